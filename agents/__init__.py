@@ -1,0 +1,1 @@
+"""Pipeline stages. Each stage is a package with its pure rules (``core``) beside its Faust agent."""

@@ -1,0 +1,1 @@
+"""Order coordinator: the reservation saga per order (one writer per order id)."""

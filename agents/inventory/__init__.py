@@ -1,0 +1,1 @@
+"""Inventory: the only writer of stock (one partition per SKU, so one writer per SKU)."""

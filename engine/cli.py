@@ -1,0 +1,115 @@
+"""``oms``: the command line. ``oms --help`` lists the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from engine.settings import REPO_ROOT, Settings, SettingsError, config_table
+
+
+def _settings(**overrides: object) -> Settings:
+    return Settings.from_env(**overrides)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from engine.worker import run_worker
+
+    return run_worker(_settings(), args.index)
+
+
+def cmd_servers(args: argparse.Namespace) -> int:
+    from engine.local import LocalServers
+
+    settings = _settings()
+    servers = LocalServers(settings)
+    if args.action == "start":
+        started = servers.start(echo=lambda m: print(m, file=sys.stderr))
+        for st in servers.status():
+            print(st.line())
+        if not started:
+            print("(already running)")
+    elif args.action == "stop":
+        stopped = servers.stop(only_started=False)
+        print("stopped: " + (", ".join(stopped) or "nothing was running under our pid files"))
+    else:
+        for st in servers.status():
+            print(st.line())
+        print(f"logs: {Path(settings.state_dir) / 'logs'}")
+    return 0
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from engine.schema_export import export
+
+    for path in export(Path(args.dir)):
+        print(path)
+    return 0
+
+
+def cmd_config(_args: argparse.Namespace) -> int:
+    print(config_table())
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from engine.runner import RunOptions, main_job
+
+    return main_job(_settings(), RunOptions.from_args(args))
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    """The test suite, exactly as CI runs it (pipeline tests start their own servers on test ports)."""
+    cmd = [sys.executable, "-m", "pytest", *args.pytest_args]
+    return subprocess.call(cmd, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="oms", description="Order-stream engine on Faust and Kafka.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="the main job: servers, stock, a generated day of orders, the engine, a report")
+    from engine.runner import RunOptions
+
+    RunOptions.add_arguments(run)
+    run.set_defaults(func=cmd_run)
+
+    w = sub.add_parser("worker", help="run one engine worker (Faust) in the foreground")
+    w.add_argument("--index", type=int, default=0, help="worker number: web port and data dir offset")
+    w.set_defaults(func=cmd_worker)
+
+    s = sub.add_parser("servers", help="local Kafka and Redis on 127.0.0.1")
+    s.add_argument("action", choices=["start", "stop", "status"])
+    s.set_defaults(func=cmd_servers)
+
+    sc = sub.add_parser("schemas", help="JSON Schemas of the records on result topics")
+    sc_sub = sc.add_subparsers(dest="schemas_action", required=True)
+    ex = sc_sub.add_parser("export", help="write one JSON Schema file per record into DIR")
+    ex.add_argument("dir")
+    ex.set_defaults(func=cmd_schemas)
+
+    c = sub.add_parser("config", help="print the configuration table (environment variables)")
+    c.set_defaults(func=cmd_config)
+
+    t = sub.add_parser("test", help="run the test suite (what CI runs)")
+    t.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra arguments for pytest")
+    t.set_defaults(func=cmd_test)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SettingsError as exc:
+        print(f"oms: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

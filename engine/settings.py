@@ -1,0 +1,189 @@
+"""Settings from the environment (12-factor). Every knob has a sane default for a laptop or CI box.
+
+``Settings.from_env()`` is the only place that reads ``os.environ`` for the engine; the README's
+configuration table is generated from ``FIELDS`` (``oms config``), so docs and code cannot drift.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SettingsError(ValueError):
+    """A setting has a value we cannot use; the message names the variable."""
+
+
+def _default_state_dir() -> str:
+    return str(REPO_ROOT / ".oms")
+
+
+def _default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "oms")
+
+
+def setting(env: str, doc: str, default: Any = None, *, factory: Any = None) -> Any:
+    """A settings field read from the environment variable ``env``."""
+    meta = {"env": env, "doc": doc}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str | None = setting(
+        "KAFKA_BOOTSTRAP", "Kafka bootstrap servers. Unset: start and use the local broker.", None
+    )
+    redis_url: str | None = setting("REDIS_URL", "Redis URL. Unset: start and use the local redis-server.", None)
+    partitions: int = setting(
+        "OMS_PARTITIONS",
+        "Partitions of every topic: the maximum parallelism. Choose once; changing it remaps SKUs.",
+        8,
+    )
+    replication_factor: int = setting("OMS_REPLICATION_FACTOR", "Replication factor of created topics.", 1)
+    app_id: str = setting("OMS_APP_ID", "Faust app id: consumer group and changelog prefix.", "oms")
+    topic_prefix: str = setting("OMS_TOPIC_PREFIX", "Prefix of every topic name.", "oms")
+    table_store: str = setting(
+        "OMS_TABLE_STORE",
+        "Faust table store: `rocksdb://` (durable local state) or `memory://`.",
+        "rocksdb://",
+    )
+    app_module: str = setting(
+        "OMS_APP",
+        "Import path of the function that builds the Faust app with its agents.",
+        "agents.pipeline:create_app",
+    )
+    saga_timeout_s: float = setting(
+        "OMS_SAGA_TIMEOUT_S",
+        "An order whose lines are not all answered within this many seconds is rejected.",
+        60.0,
+    )
+    batch_max: int = setting("OMS_BATCH_MAX", "Most events an agent takes in one batch.", 500)
+    batch_within_s: float = setting("OMS_BATCH_WITHIN_S", "Longest an agent waits to fill a batch (seconds).", 0.02)
+    commit_interval_s: float = setting(
+        "OMS_COMMIT_INTERVAL_S", "Offset commit interval: the replay window after a crash.", 1.0
+    )
+    session_timeout_s: float = setting(
+        "OMS_SESSION_TIMEOUT_S",
+        "Consumer session timeout: how long a dead worker holds its partitions.",
+        30.0,
+    )
+    standby_replicas: int = setting("OMS_STANDBY_REPLICAS", "Standby copies of each table partition.", 1)
+    workers: int = setting("OMS_WORKERS", "Worker processes the main job starts (at least 2).", 2)
+    web_port: int = setting("OMS_WEB_PORT", "First worker's web port; worker i listens on web_port + i.", 6066)
+    state_dir: str = setting(
+        "OMS_STATE_DIR",
+        "Local servers' data and logs, worker data dirs (default `./.oms`).",
+        factory=_default_state_dir,
+    )
+    cache_dir: str = setting(
+        "OMS_CACHE_DIR", "Cache of resolved Kafka jars (default `~/.cache/oms`).", factory=_default_cache_dir
+    )
+    kafka_version: str = setting("OMS_KAFKA_VERSION", "Apache Kafka version of the local broker.", "4.1.2")
+    local_kafka_port: int = setting("OMS_LOCAL_KAFKA_PORT", "Local broker port (127.0.0.1 only).", 9092)
+    local_controller_port: int = setting(
+        "OMS_LOCAL_CONTROLLER_PORT", "Local KRaft controller port (127.0.0.1 only).", 9093
+    )
+    local_redis_port: int = setting("OMS_LOCAL_REDIS_PORT", "Local redis-server port (127.0.0.1 only).", 6379)
+    kafka_heap: str = setting("OMS_KAFKA_HEAP", "Local broker JVM heap (-Xmx).", "768m")
+    log_level: str = setting("OMS_LOG_LEVEL", "Worker log level.", "warning")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f.metadata["env"]
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(name, raw, f.type)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    def validate(self) -> None:
+        def need(ok: bool, var: str, why: str) -> None:
+            if not ok:
+                raise SettingsError(f"{var}: {why}")
+
+        need(self.partitions >= 1, "OMS_PARTITIONS", "must be at least 1")
+        need(self.replication_factor >= 1, "OMS_REPLICATION_FACTOR", "must be at least 1")
+        need(self.saga_timeout_s > 0, "OMS_SAGA_TIMEOUT_S", "must be positive")
+        need(self.batch_max >= 1, "OMS_BATCH_MAX", "must be at least 1")
+        need(self.batch_within_s > 0, "OMS_BATCH_WITHIN_S", "must be positive")
+        need(self.commit_interval_s > 0, "OMS_COMMIT_INTERVAL_S", "must be positive")
+        need(self.session_timeout_s >= 6, "OMS_SESSION_TIMEOUT_S", "must be at least 6 seconds")
+        need(self.workers >= 1, "OMS_WORKERS", "must be at least 1")
+        need(
+            self.table_store.split("://")[0] in ("rocksdb", "memory"),
+            "OMS_TABLE_STORE",
+            "rocksdb:// or memory://",
+        )
+        need(":" in self.app_module, "OMS_APP", "must look like package.module:function")
+        for name in ("app_id", "topic_prefix"):
+            value = getattr(self, name)
+            need(
+                bool(value) and all(c.isalnum() or c in "._-" for c in value),
+                "OMS_APP_ID" if name == "app_id" else "OMS_TOPIC_PREFIX",
+                "letters, digits, '.', '_' and '-' only",
+            )
+
+    @property
+    def uses_local_kafka(self) -> bool:
+        return not self.kafka_bootstrap
+
+    @property
+    def uses_local_redis(self) -> bool:
+        return not self.redis_url
+
+    @property
+    def bootstrap(self) -> str:
+        return self.kafka_bootstrap or f"127.0.0.1:{self.local_kafka_port}"
+
+    @property
+    def redis(self) -> str:
+        return self.redis_url or f"redis://127.0.0.1:{self.local_redis_port}/0"
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                out[f.metadata["env"]] = str(value)
+        return out
+
+
+def _parse(name: str, raw: str, typ: Any) -> Any:
+    typ = str(typ)
+    try:
+        if typ.startswith("int"):
+            return int(raw)
+        if typ.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a {typ.split()[0]}") from None
+    return raw
+
+
+def config_table() -> str:
+    """Markdown table of every setting, for the README."""
+    rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    for f in fields(Settings):
+        if f.default_factory is not MISSING:
+            shown = "see meaning"
+        else:
+            shown = "unset" if f.default is None else f"`{f.default}`"
+        rows.append(f"| `{f.metadata['env']}` | {shown} | {f.metadata['doc']} |")
+    return "\n".join(rows)

@@ -1,0 +1,121 @@
+"""Engine worker processes: start N, wait until they own every partition, stop or kill them.
+
+Used by the main job and by the pipeline tests (which kill -9 one in mid-stream). Each worker is
+``python -m engine.cli worker --index i`` with the settings passed through the environment, logging to
+``$OMS_STATE_DIR/logs/<app id>-worker<i>.log``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from engine.settings import REPO_ROOT, Settings
+
+
+class WorkerError(RuntimeError):
+    pass
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM us when the parent dies, so no worker outlives its job."""
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class WorkerPool:
+    def __init__(self, settings: Settings, count: int) -> None:
+        self.settings = settings
+        self.count = count
+        self.procs: list[subprocess.Popen | None] = [None] * count
+        self.log_dir = Path(settings.state_dir) / "logs"
+
+    def log_path(self, index: int) -> Path:
+        return self.log_dir / f"{self.settings.app_id}-worker{index}.log"
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.settings.to_env(), "PYTHONPATH": str(REPO_ROOT)}
+        for i in range(self.count):
+            with open(self.log_path(i), "ab") as log:
+                self.procs[i] = subprocess.Popen(
+                    [sys.executable, "-m", "engine.cli", "worker", "--index", str(i)],
+                    cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    start_new_session=True, preexec_fn=_die_with_parent,
+                )  # fmt: skip
+
+    def alive(self, index: int) -> bool:
+        proc = self.procs[index]
+        return proc is not None and proc.poll() is None
+
+    def readiness(self, index: int) -> dict | None:
+        url = f"http://127.0.0.1:{self.settings.web_port + index}/oms/ready/"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                return json.loads(exc.read())
+            except ValueError:
+                return None
+        except (OSError, ValueError):
+            return None
+
+    def wait_ready(self, topics: list[str], timeout_s: float = 180.0, indexes: list[int] | None = None) -> None:
+        """Until every live worker in ``indexes`` reports ready and together they own every partition of
+        every topic in ``topics``."""
+        indexes = list(range(self.count)) if indexes is None else indexes
+        deadline = time.monotonic() + timeout_s
+        want = {f"{t}/{p}" for t in topics for p in range(self.settings.partitions)}
+        last = ""
+        while time.monotonic() < deadline:
+            owned: set[str] = set()
+            ready = True
+            for i in indexes:
+                if not self.alive(i):
+                    raise WorkerError(f"worker {i} exited (code {self.procs[i].poll()}):\n{self.log_tail(i)}")
+                state = self.readiness(i)
+                if not state or not state.get("ready"):
+                    ready = False
+                    continue
+                owned |= set(state["active"])
+            if ready and want <= owned:
+                return
+            last = f"ready={ready}, owned {len(owned & want)}/{len(want)} partitions"
+            time.sleep(0.5)
+        raise WorkerError(f"workers not ready after {timeout_s:.0f}s ({last})")
+
+    def kill(self, index: int, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[index]
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=30)
+
+    def stop(self, timeout_s: float = 40.0) -> None:
+        """SIGTERM every worker (a clean shutdown commits offsets), SIGKILL what is left after the timeout."""
+        live = [p for p in self.procs if p is not None and p.poll() is None]
+        for proc in live:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for proc in live:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+    def log_tail(self, index: int, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path(index).read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"

@@ -1,0 +1,194 @@
+"""A seeded day of orders and the opening stock that goes with it (DESIGN.md §8).
+
+Same seed, same day: SKU popularity is Zipf-distributed, orders have 1–6 lines, the hottest SKUs get less
+stock than their demand (so reservations really compete), and a flash-sale mode puts one scarce SKU in
+front of many buyers. A small share of orders is sent twice, as channels and retries do.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from schemas.inventory import Receive, receive_id
+from schemas.order import Address, Buyer, Channel, Order, OrderLine, order_id
+
+CHANNEL_MIX: dict[Channel, float] = {
+    Channel.TMALL: 0.28,
+    Channel.TAOBAO: 0.10,
+    Channel.JD: 0.20,
+    Channel.DOUYIN: 0.26,
+    Channel.SHOPIFY: 0.05,
+    Channel.WEB: 0.07,
+    Channel.POS: 0.04,
+}
+LINES_PER_ORDER = (1, 2, 3, 4, 5, 6)
+LINES_WEIGHTS = (46, 25, 13, 8, 5, 3)
+QUANTITIES = (1, 2, 3, 4, 5)
+QUANTITY_WEIGHTS = (76, 16, 5, 2, 1)
+PLACES = (
+    ("上海市", "上海市", "浦东新区"),
+    ("浙江省", "杭州市", "西湖区"),
+    ("广东省", "广州市", "天河区"),
+    ("广东省", "深圳市", "南山区"),
+    ("北京市", "北京市", "朝阳区"),
+    ("江苏省", "南京市", "鼓楼区"),
+    ("四川省", "成都市", "武侯区"),
+    ("湖北省", "武汉市", "洪山区"),
+)
+SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗"
+# 2026-11-11 00:00 China Standard Time: the day the generator simulates.
+DAY_START_MS = int(datetime(2026, 11, 10, 16, 0, tzinfo=UTC).timestamp() * 1000)
+DAY_MS = 86_400_000
+FLASH_SKU = "FLASH-0001"
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    orders: int = 20_000
+    seed: int = 11
+    tenants: tuple[str, ...] = ("acme", "blue")
+    tenant_weights: tuple[float, ...] = (0.8, 0.2)
+    skus: int = 2_000
+    warehouses: tuple[str, ...] = ("WH-SH", "WH-GZ", "WH-BJ")
+    zipf_s: float = 1.1
+    stock_ratio: float = 2.0  # opening stock / expected demand, for ordinary SKUs
+    hot_skus: int = 10  # the most popular SKUs per tenant get …
+    hot_stock_ratio: float = 0.8  # … this much stock relative to demand: they sell out
+    flash_sale: bool = False
+    flash_share: float = 0.3  # share of orders that are a single flash-SKU line in flash-sale mode
+    flash_stock: int = 500
+    duplicate_rate: float = 0.01
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def sku(self, rank: int) -> str:
+        return f"SKU-{rank:05d}"
+
+
+class Workload:
+    def __init__(self, spec: WorkloadSpec) -> None:
+        self.spec = spec
+        n = spec.skus
+        weights = [1.0 / (rank**spec.zipf_s) for rank in range(1, n + 1)]
+        total = sum(weights)
+        self.popularity = [w / total for w in weights]
+        self.cum = list(itertools.accumulate(self.popularity))
+        rng = random.Random(spec.seed * 7919)
+        self.price = [rng.choice((990, 1990, 2990, 4990, 9990, 19900, 39900, 99900)) for _ in range(n)]
+        self.channel_names = list(CHANNEL_MIX)
+        self.channel_cum = list(itertools.accumulate(CHANNEL_MIX.values()))
+        self.tenant_cum = list(itertools.accumulate(spec.tenant_weights))
+
+    # -- demand model ---------------------------------------------------------------------------------
+    def expected_units(self, rank_index: int) -> float:
+        avg_lines = sum(a * b for a, b in zip(LINES_PER_ORDER, LINES_WEIGHTS, strict=True)) / sum(LINES_WEIGHTS)
+        avg_qty = sum(a * b for a, b in zip(QUANTITIES, QUANTITY_WEIGHTS, strict=True)) / sum(QUANTITY_WEIGHTS)
+        share = 1.0 - (self.spec.flash_share if self.spec.flash_sale else 0.0)
+        return self.spec.orders * share * avg_lines * avg_qty * self.popularity[rank_index]
+
+    def opening_stock(self, origin: str, base_seq: int, ts: int) -> Iterator[Receive]:
+        """One receive per (tenant, SKU, warehouse) with stock; ``base_seq`` keeps seqs increasing across
+        loads (it is usually the load's start time)."""
+        spec = self.spec
+        rng = random.Random(spec.seed * 104729)
+        seq = base_seq
+        document = f"opening-{base_seq}"
+        for t_index, tenant in enumerate(spec.tenants):
+            tenant_share = spec.tenant_weights[t_index] / sum(spec.tenant_weights)
+            for i in range(spec.skus):
+                ratio = spec.hot_stock_ratio if i < spec.hot_skus else spec.stock_ratio
+                units = int(self.expected_units(i) * tenant_share * ratio * rng.uniform(0.8, 1.2))
+                units = max(units, 3 if rng.random() < 0.97 else 0)  # a few SKUs start out of stock
+                yield from self._spread(tenant, spec.sku(i + 1), units, origin, seq, document, ts, rng)
+                seq += len(spec.warehouses)
+            if spec.flash_sale:
+                yield from self._spread(tenant, FLASH_SKU, spec.flash_stock, origin, seq, document, ts, rng)
+                seq += len(spec.warehouses)
+
+    def _spread(self, tenant: str, sku: str, units: int, origin: str, seq: int, document: str, ts: int,
+                rng: random.Random) -> Iterator[Receive]:  # fmt: skip
+        whs = self.spec.warehouses
+        cuts = sorted(rng.randint(0, units) for _ in range(len(whs) - 1))
+        shares = [b - a for a, b in zip([0, *cuts], [*cuts, units], strict=True)]
+        for j, (wh, qty) in enumerate(zip(whs, shares, strict=True)):
+            if qty > 0:
+                yield Receive(
+                    command_id=receive_id(tenant, sku, wh, document), tenant=tenant, sku=sku, origin=origin,
+                    seq=seq + j, ts=ts, warehouse=wh, quantity=qty, unit_cost_fen=None, document_id=document,
+                )  # fmt: skip
+
+    # -- orders ---------------------------------------------------------------------------------------
+    def orders(self) -> Iterator[Order]:
+        """The day's orders in event-time order, duplicates included (a duplicate is the same record)."""
+        spec = self.spec
+        rng = random.Random(spec.seed)
+        times = sorted(self._event_time(rng) for _ in range(spec.orders))
+        resend: list[tuple[int, Order]] = []
+        for n, created in enumerate(times):
+            order = self._order(rng, n, created)
+            yield order
+            if rng.random() < spec.duplicate_rate:
+                resend.append((n + rng.randint(1, 200), order))
+            while resend and resend[0][0] <= n:
+                yield resend.pop(0)[1]
+        for _, order in resend:
+            yield order
+
+    def _event_time(self, rng: random.Random) -> int:
+        r = rng.random()
+        if r < 0.18:  # the 11.11 midnight rush: 18 % of the day's orders in its first hour
+            return DAY_START_MS + int(rng.random() * 3_600_000)
+        if r < 0.45:  # evening peak 19:00–23:00
+            return DAY_START_MS + 19 * 3_600_000 + int(rng.random() * 4 * 3_600_000)
+        return DAY_START_MS + int(rng.random() * DAY_MS)
+
+    def _order(self, rng: random.Random, n: int, created: int) -> Order:
+        spec = self.spec
+        tenant = spec.tenants[bisect.bisect_left(self.tenant_cum, rng.random() * self.tenant_cum[-1])]
+        channel = self.channel_names[
+            min(
+                bisect.bisect_left(self.channel_cum, rng.random() * self.channel_cum[-1]),
+                len(self.channel_names) - 1,
+            )
+        ]
+        shop = f"s{rng.randint(1, 2)}"
+        platform_id = f"{20261111000000 + n * 7 + rng.randint(0, 6)}"
+        if spec.flash_sale and rng.random() < spec.flash_share:
+            picks = [(FLASH_SKU, 1, 9900)]
+        else:
+            count = rng.choices(LINES_PER_ORDER, LINES_WEIGHTS)[0]
+            chosen: list[int] = []
+            while len(chosen) < count:
+                i = min(bisect.bisect_left(self.cum, rng.random()), spec.skus - 1)
+                if i not in chosen:
+                    chosen.append(i)
+            picks = [(spec.sku(i + 1), rng.choices(QUANTITIES, QUANTITY_WEIGHTS)[0], self.price[i]) for i in chosen]
+        province, city, district = rng.choice(PLACES)
+        buyer = f"b{rng.randint(1, max(10, spec.orders // 3))}"
+        return Order(
+            tenant=tenant,
+            order_id=order_id(channel, shop, platform_id),
+            channel=channel,
+            shop_id=shop,
+            platform_order_id=platform_id,
+            buyer=Buyer(id=buyer, nick=f"nick_{buyer}"),
+            receiver=Address(
+                name=rng.choice(SURNAMES) + "先生",
+                phone=f"1{rng.randint(30, 99)}****{rng.randint(1000, 9999)}",
+                province=province,
+                city=city,
+                district=district,
+                street=f"{rng.randint(1, 999)}号",
+            ),
+            lines=[
+                OrderLine(line_no=k + 1, sku=sku, quantity=qty, unit_price_fen=price)
+                for k, (sku, qty, price) in enumerate(picks)
+            ],
+            created_at=created,
+            paid_at=created + rng.randint(5_000, 120_000),
+            ingested_at=0,
+        )

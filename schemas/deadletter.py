@@ -1,0 +1,45 @@
+"""Dead letters (I6): bad input is parked here with a reason code and its original bytes."""
+
+from __future__ import annotations
+
+import base64
+import enum
+
+from schemas.common import EpochMs, Ident, Record, Text
+
+
+class ReasonCode(enum.StrEnum):
+    MALFORMED_JSON = "malformed_json"  # not JSON at all
+    SCHEMA_VIOLATION = "schema_violation"  # JSON, but wrong types, missing fields, out-of-range values
+    INVALID_RECORD = "invalid_record"  # passes the schema but fails a cross-field rule
+    UNKNOWN_WAREHOUSE = "unknown_warehouse"  # a stock command names a warehouse with no stock record
+    WOULD_OVERSELL = "would_oversell"  # an adjustment would push on_hand below what is reserved
+    NOT_RESERVED = "not_reserved"  # an issue command for a line that holds no reservation
+    MISROUTED = "misrouted"  # on a partition its key does not hash to (a producer without murmur2)
+    PROCESSING_ERROR = "processing_error"  # a bug: the record is parked instead of stalling the partition
+
+
+class DeadLetter(Record, kw_only=True):
+    """Key: the original record's key when it had one. ``dead_letter_id`` is the source coordinates, so a
+    redelivered bad record dead-letters to the same id."""
+
+    v: int = 1
+    dead_letter_id: Ident
+    reason: ReasonCode
+    detail: Text
+    stage: Ident
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    key_b64: str | None
+    value_b64: str
+    tenant: str | None = None
+    ts: EpochMs
+
+    @property
+    def original_value(self) -> bytes:
+        return base64.b64decode(self.value_b64)
+
+
+def dead_letter_id(topic: str, partition: int, offset: int) -> str:
+    return f"dlq.{topic.replace(':', '_')}.{partition}.{offset}"

@@ -1,0 +1,180 @@
+"""Inventory commands (the only way stock changes) and the stock events that record each change.
+
+Every command is keyed ``tenant:sku`` so that one partition — one agent — owns each SKU's stock
+(DESIGN.md §2). Every command carries an idempotency stamp ``(origin, seq)``: ``origin`` names the single
+upstream stream that issued it and ``seq`` strictly increases within that origin. The inventory agent
+applies a command only if its ``seq`` is above the last one applied for that origin on that SKU, so a
+redelivered command has no second effect (I3) while the memory this takes is one integer per origin.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+from schemas.common import (
+    MAX_STOCK_DELTA,
+    EpochMs,
+    Ident,
+    Quantity,
+    Record,
+    Seq,
+    Tenant,
+    Text,
+    UnitPriceFen,
+    join_key,
+)
+
+WarehouseId = Ident
+StockDelta = Annotated[int, Meta(ge=-MAX_STOCK_DELTA, le=MAX_STOCK_DELTA)]
+
+
+class CommandKind(enum.StrEnum):
+    RESERVE = "reserve"  # 预占
+    RELEASE = "release"  # 释放预占
+    ISSUE = "issue"  # 出库 (ship)
+    RECEIVE = "receive"  # 入库
+    ADJUST = "adjust"  # 盘点调整
+    RETURN = "return"  # 退货入库
+
+
+class _Command(Record, tag_field="kind", kw_only=True):
+    v: int = 1
+    command_id: Ident
+    tenant: Tenant
+    sku: Ident
+    origin: Ident
+    seq: Seq
+    ts: EpochMs
+
+    @property
+    def key(self) -> str:
+        return join_key(self.tenant, self.sku)
+
+    @property
+    def kind(self) -> CommandKind:
+        """The tag (msgspec keeps it on the class, not the instance)."""
+        return CommandKind(type(self).__struct_config__.tag)
+
+
+class Reserve(_Command, tag=CommandKind.RESERVE.value, kw_only=True):
+    """Reserve ``quantity`` units for one order line, in one warehouse (first of ``warehouses`` that can
+    serve it; any warehouse when empty)."""
+
+    order_id: Ident
+    line_id: Ident
+    quantity: Quantity
+    warehouses: list[WarehouseId] = msgspec.field(default_factory=list)
+
+
+class Release(_Command, tag=CommandKind.RELEASE.value, kw_only=True):
+    """Release the line's reservation, if it still holds one."""
+
+    order_id: Ident
+    line_id: Ident
+    reason: Text = ""
+
+
+class Issue(_Command, tag=CommandKind.ISSUE.value, kw_only=True):
+    """Goods leave the warehouse for a reserved line: on_hand and reserved both drop."""
+
+    order_id: Ident
+    line_id: Ident
+    shipment_id: Ident | None = None
+
+
+class Receive(_Command, tag=CommandKind.RECEIVE.value, kw_only=True):
+    warehouse: WarehouseId
+    quantity: Quantity
+    unit_cost_fen: UnitPriceFen | None = None
+    document_id: Ident
+
+
+class Adjust(_Command, tag=CommandKind.ADJUST.value, kw_only=True):
+    """Stock-count correction; may be negative but never below what is reserved."""
+
+    warehouse: WarehouseId
+    delta: StockDelta
+    reason: Text = ""
+    document_id: Ident
+
+
+class Return(_Command, tag=CommandKind.RETURN.value, kw_only=True):
+    """Customer return put back into sellable stock."""
+
+    warehouse: WarehouseId
+    quantity: Quantity
+    order_id: Ident
+    line_id: Ident
+    document_id: Ident
+
+
+InventoryCommand = Reserve | Release | Issue | Receive | Adjust | Return
+
+
+class StockEvent(Record, kw_only=True):
+    """One applied stock change, with the state after it at that warehouse. Key: ``tenant:sku``.
+
+    ``version`` counts applied changes per SKU from 1 without gaps, so a consumer can apply events in order
+    and detect loss; ``event_id`` equals the command id (each command applies at most once).
+    """
+
+    v: int = 1
+    event_id: Ident
+    tenant: Tenant
+    sku: Ident
+    warehouse: WarehouseId
+    kind: CommandKind
+    d_on_hand: int
+    d_reserved: int
+    on_hand: int
+    reserved: int
+    version: Annotated[int, Meta(ge=1)]
+    order_id: Ident | None = None
+    line_id: Ident | None = None
+    unit_cost_fen: UnitPriceFen | None = None
+    origin: Ident
+    seq: Seq
+    ts: EpochMs
+
+    @property
+    def key(self) -> str:
+        return join_key(self.tenant, self.sku)
+
+    @property
+    def available(self) -> int:
+        return self.on_hand - self.reserved
+
+
+# Deterministic command ids: the same business fact always yields the same id.
+
+
+def reserve_id(tenant: str, line_id: str) -> str:
+    return f"reserve.{tenant}.{line_id}"
+
+
+def release_id(tenant: str, line_id: str) -> str:
+    return f"release.{tenant}.{line_id}"
+
+
+def issue_id(tenant: str, line_id: str) -> str:
+    return f"issue.{tenant}.{line_id}"
+
+
+def receive_id(tenant: str, sku: str, warehouse: str, document_id: str) -> str:
+    return f"receive.{tenant}.{sku}.{warehouse}.{document_id}"
+
+
+def adjust_id(tenant: str, sku: str, warehouse: str, document_id: str) -> str:
+    return f"adjust.{tenant}.{sku}.{warehouse}.{document_id}"
+
+
+def return_id(tenant: str, line_id: str, document_id: str) -> str:
+    return f"return.{tenant}.{line_id}.{document_id}"
+
+
+def reservation_key(tenant: str, sku: str, line_id: str) -> str:
+    return join_key(tenant, sku, line_id)

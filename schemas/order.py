@@ -1,0 +1,142 @@
+"""The canonical Order: what every channel adapter produces and every stage downstream consumes."""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated
+
+from msgspec import Meta
+
+from schemas.common import (
+    MAX_LINES_PER_ORDER,
+    Currency,
+    EpochMs,
+    Fen,
+    Ident,
+    Quantity,
+    Record,
+    Tenant,
+    Text,
+    UnitPriceFen,
+    join_key,
+)
+
+
+class Channel(enum.StrEnum):
+    """Sales channel (渠道)."""
+
+    TMALL = "tmall"
+    TAOBAO = "taobao"
+    JD = "jd"
+    DOUYIN = "douyin"
+    SHOPIFY = "shopify"
+    WEB = "web"  # the retailer's own web store
+    POS = "pos"  # physical store point of sale
+
+
+class OrderStatus(enum.StrEnum):
+    """Normalised channel status (see reference/oms_anchors.md §3.5)."""
+
+    PENDING_PAYMENT = "pending_payment"
+    PAID = "paid"  # paid, waiting to ship (待发货)
+    HOLD_BY_PLATFORM = "hold_by_platform"  # platform says don't ship yet (JD LOCKED, refund pending, …)
+    REFUNDING = "refunding"
+    CANCELLED = "cancelled"
+    SHIPPED = "shipped"
+    FINISHED = "finished"
+
+
+class Address(Record, kw_only=True):
+    """Receiver address (收货地址). Channels may mask PII; masked values are kept as received."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=100)]
+    phone: Annotated[str, Meta(max_length=40)] = ""
+    country: Annotated[str, Meta(pattern=r"^[A-Z]{2}$")] = "CN"
+    province: Annotated[str, Meta(max_length=60)] = ""
+    city: Annotated[str, Meta(max_length=60)] = ""
+    district: Annotated[str, Meta(max_length=60)] = ""
+    street: Annotated[str, Meta(max_length=300)] = ""
+    postal_code: Annotated[str, Meta(max_length=20)] = ""
+
+
+class Buyer(Record, kw_only=True):
+    id: Annotated[str, Meta(min_length=1, max_length=128)]
+    nick: Annotated[str, Meta(max_length=128)] = ""
+    phone: Annotated[str, Meta(max_length=40)] = ""
+
+
+LineNo = Annotated[int, Meta(ge=1, le=MAX_LINES_PER_ORDER)]
+
+
+class OrderLine(Record, kw_only=True):
+    line_no: LineNo
+    sku: Ident
+    quantity: Quantity
+    unit_price_fen: UnitPriceFen
+    platform_line_id: Annotated[str, Meta(max_length=128)] = ""
+    title: Annotated[str, Meta(max_length=300)] = ""
+
+
+class Order(Record, kw_only=True):
+    """A customer order in canonical form. Key: ``tenant:order_id``."""
+
+    v: int = 1
+    tenant: Tenant
+    order_id: Ident
+    channel: Channel
+    shop_id: Ident
+    platform_order_id: Annotated[str, Meta(min_length=1, max_length=128)]
+    status: OrderStatus = OrderStatus.PAID
+    buyer: Buyer
+    receiver: Address
+    lines: Annotated[list[OrderLine], Meta(min_length=1, max_length=MAX_LINES_PER_ORDER)]
+    currency: Currency = "CNY"
+    shipping_fen: Fen = 0
+    created_at: EpochMs  # channel (event) time
+    paid_at: EpochMs | None = None
+    ingested_at: EpochMs  # processing time at the edge; latency is measured from here
+    buyer_message: Text = ""
+    seller_memo: Text = ""
+
+    @property
+    def key(self) -> str:
+        return join_key(self.tenant, self.order_id)
+
+    @property
+    def goods_fen(self) -> int:
+        return sum(line.unit_price_fen * line.quantity for line in self.lines)
+
+    def line_id(self, line: OrderLine) -> str:
+        return line_id(self.order_id, line.line_no)
+
+
+def order_id(channel: Channel | str, shop_id: str, platform_order_id: str) -> str:
+    """Canonical order id: deterministic from where the order came from, so redeliveries collide."""
+    ch = channel.value if isinstance(channel, Channel) else channel
+    return f"{ch}-{shop_id}-{platform_order_id}"
+
+
+def line_id(order_id: str, line_no: int) -> str:
+    return f"{order_id}#{line_no}"
+
+
+def validate_order(order: Order) -> list[str]:
+    """Cross-field checks msgspec cannot express; returns problems (empty when fine)."""
+    problems = []
+    numbers = [line.line_no for line in order.lines]
+    if len(set(numbers)) != len(numbers):
+        problems.append("duplicate line_no")
+    return problems
+
+
+__all__ = [
+    "Address",
+    "Buyer",
+    "Channel",
+    "Order",
+    "OrderLine",
+    "OrderStatus",
+    "line_id",
+    "order_id",
+    "validate_order",
+]

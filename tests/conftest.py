@@ -1,0 +1,48 @@
+"""Shared fixtures. Pipeline tests run against a real Kafka broker and Redis server that the project's own
+``engine.local`` starts on test ports (so a developer's running instance is never touched)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.local import LocalServers
+from engine.settings import Settings
+
+TEST_PORTS = {"local_kafka_port": 29092, "local_controller_port": 29093, "local_redis_port": 26379}
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Kafka + Redis for the whole session; yields the base settings pointing at them."""
+    state = Path(os.environ.get("OMS_TEST_STATE_DIR") or tmp_path_factory.mktemp("oms-state"))
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP", "REDIS_URL")}
+    base = Settings.from_env(env, state_dir=str(state), **TEST_PORTS)
+    if os.environ.get("OMS_TEST_KAFKA_BOOTSTRAP"):  # run the pipeline tests against a cluster you already have
+        base = base.with_(kafka_bootstrap=os.environ["OMS_TEST_KAFKA_BOOTSTRAP"])
+    local = LocalServers(base)
+    local.start(echo=lambda m: print(m))
+    try:
+        yield base
+    finally:
+        local.stop(only_started=True)
+
+
+@pytest.fixture
+def settings(servers: Settings) -> Settings:
+    """A fresh namespace per test: its own topics, consumer group, tables and web ports."""
+    run = uuid.uuid4().hex[:8]
+    return servers.with_(
+        topic_prefix=f"t{run}",
+        app_id=f"oms-t{run}",
+        partitions=4,
+        session_timeout_s=8.0,
+        commit_interval_s=0.5,
+        saga_timeout_s=30.0,
+        web_port=int(os.environ.get("OMS_TEST_WEB_PORT", "36066")),
+        log_level=os.environ.get("OMS_LOG_LEVEL", "warning"),
+    )
