@@ -64,6 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_test(args: argparse.Namespace) -> int:
     """The test suite, exactly as CI runs it (pipeline tests start their own servers on test ports)."""
     cmd = [sys.executable, "-m", "pytest", *args.pytest_args]
+    print(f"oms test: {' '.join(cmd[2:])}", file=sys.stderr)
     return subprocess.call(cmd, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
 
 
@@ -94,14 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("config", help="print the configuration table (environment variables)")
     c.set_defaults(func=cmd_config)
 
-    t = sub.add_parser("test", help="run the test suite (what CI runs)")
-    t.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra arguments for pytest")
+    t = sub.add_parser("test", help="run the test suite (what CI runs); other arguments go to pytest")
     t.set_defaults(func=cmd_test)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "test":
+        args.pytest_args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except SettingsError as exc:
