@@ -59,8 +59,13 @@ def create_app(settings: Settings, worker_index: int = 0) -> faust.App:
         web_bind="127.0.0.1",
         web_host="127.0.0.1",
         web_port=settings.web_port + worker_index,
+        # our own body limit answers 413 with a message; aiohttp's must not cut in first
+        web_application_options={"client_max_size": settings.max_payload_bytes + 1},
     )
     app.oms = Context(settings, Topics(settings.topic_prefix), worker_index)  # type: ignore[attr-defined]
+    from engine import watchdog  # imports this module: after the app exists
+
+    watchdog.install(app, stall_s=max(15.0, 10 * settings.commit_interval_s))
 
     @app.page("/oms/ready/")
     async def ready(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:

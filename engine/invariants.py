@@ -20,6 +20,7 @@ from schemas import wire
 from schemas.deadletter import DeadLetter, ReasonCode
 from schemas.inventory import Adjust, CommandKind, InventoryCommand, Receive, Return, StockEvent
 from schemas.order import Order, line_id
+from schemas.review import CancellationKind, OrderCancellation, Outcome, ReviewDecision
 from schemas.saga import DecisionStatus, OrderDecision
 
 MAX_LISTED = 40  # violations listed in full; the rest are counted
@@ -31,6 +32,8 @@ class RunRecords:
     commands: list[InventoryCommand] = field(default_factory=list)
     stock_events: list[StockEvent] = field(default_factory=list)
     decisions: list[OrderDecision] = field(default_factory=list)
+    reviews: list[ReviewDecision] = field(default_factory=list)
+    cancellations: list[OrderCancellation] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     undecodable: Counter = field(default_factory=Counter)  # topic -> records that fail their schema
 
@@ -104,14 +107,20 @@ def _check_stock_events(rec: RunRecords, v: Verdict) -> dict[str, StockEvent]:
             cur[0] += ev.d_on_hand
             cur[1] += ev.d_reserved
             if cur != [ev.on_hand, ev.reserved]:
-                v.fail("I1", f"{tenant}:{sku}@{ev.warehouse} v{version}: deltas give {cur}, event says "
-                       f"{[ev.on_hand, ev.reserved]}")  # fmt: skip
+                v.fail(
+                    "I1",
+                    f"{tenant}:{sku}@{ev.warehouse} v{version}: deltas give {cur}, event says "
+                    f"{[ev.on_hand, ev.reserved]}",
+                )
                 cur[:] = [ev.on_hand, ev.reserved]
             available = ev.on_hand - ev.reserved
             worst[ev.warehouse] = min(worst.get(ev.warehouse, 0), available, ev.on_hand, ev.reserved)
             if available < 0 or ev.reserved < 0 or ev.on_hand < 0:
-                v.fail("I1", f"{tenant}:{sku}@{ev.warehouse} v{version}: on_hand {ev.on_hand}, reserved "
-                       f"{ev.reserved} (available {available})")  # fmt: skip
+                v.fail(
+                    "I1",
+                    f"{tenant}:{sku}@{ev.warehouse} v{version}: on_hand {ev.on_hand}, reserved "
+                    f"{ev.reserved} (available {available})",
+                )
         oversold += sum(-w for w in worst.values() if w < 0)
         v.counts.setdefault("final_levels", {})[f"{tenant}:{sku}"] = {wh: list(x) for wh, x in level.items()}
     v.oversold_units = oversold
@@ -166,58 +175,96 @@ def _check_lines_and_decisions(rec: RunRecords, applied: dict[str, StockEvent], 
     for (tenant, line), kinds in effects.items():
         closes = kinds[CommandKind.RELEASE] + kinds[CommandKind.ISSUE]
         if kinds[CommandKind.RESERVE] > 1 or closes > 1 or closes > kinds[CommandKind.RESERVE]:
-            v.fail("I3", f"{tenant}:{line}: reserved {kinds[CommandKind.RESERVE]}x, released "
-                   f"{kinds[CommandKind.RELEASE]}x, issued {kinds[CommandKind.ISSUE]}x")  # fmt: skip
+            v.fail(
+                "I3",
+                f"{tenant}:{line}: reserved {kinds[CommandKind.RESERVE]}x, released "
+                f"{kinds[CommandKind.RELEASE]}x, issued {kinds[CommandKind.ISSUE]}x",
+            )
 
-    orders = {}
-    for order in rec.orders:
-        orders.setdefault(order.key, order)
+    orders: dict[str, Order] = {}
+    for order in rec.orders:  # the latest snapshot of each order
+        if order.key not in orders or order.version >= orders[order.key].version:
+            orders[order.key] = order
+    last_review: dict[str, ReviewDecision] = {}
+    for r in rec.reviews:
+        if r.key not in last_review or (r.order_version, r.ts) >= (
+            last_review[r.key].order_version,
+            last_review[r.key].ts,
+        ):
+            last_review[r.key] = r
+    cancelled: dict[str, set[str] | None] = {}  # order -> cancelled line ids (None: the whole order)
+    for c in rec.cancellations:
+        if c.kind is CancellationKind.ORDER:
+            cancelled[c.key] = None
+        elif c.kind is CancellationKind.LINES and cancelled.get(c.key, set()) is not None:
+            cancelled.setdefault(c.key, set()).update(c.line_ids)
     decisions: dict[str, set[DecisionStatus]] = defaultdict(set)
     reasons: Counter = Counter()
     final_status: dict[str, OrderDecision] = {}
     for d in rec.decisions:
         decisions[d.key].add(d.status)
-        final_status[d.key] = d
+        final_status.setdefault(d.key, d)
     for key, statuses in decisions.items():
         if len(statuses) > 1:
             v.fail("I4", f"{key}: more than one decision ({sorted(s.value for s in statuses)})")
         if key not in orders:
             v.fail("I4", f"{key}: a decision for an order that was never placed")
-    missing = [k for k in orders if k not in decisions]
+    # An order needs its decision once review let it through (or refused it); a held or unpaid one does not.
+    waiting = {k for k, r in last_review.items() if r.outcome is Outcome.HELD}
+    reviewed = rec.reviews or rec.decisions  # runs without a review stage decide every order
+    needed = (
+        [k for k in orders if k not in waiting and (k in last_review or not rec.reviews)] if reviewed else list(orders)
+    )
+    missing = [k for k in needed if k not in decisions]
     if missing:
         v.fail("I4", f"{len(missing)} order(s) without a decision, e.g. {missing[:3]}")
-    accepted = rejected = 0
+
+    def held_lines(order: Order, lines: list[str]) -> list[str]:
+        """The lines that hold a reservation at the end (reserved more often than released or issued)."""
+        held = []
+        for lid in lines:
+            k = effects.get((order.tenant, lid))
+            if k is not None and k[CommandKind.RESERVE] > k[CommandKind.RELEASE] + k[CommandKind.ISSUE]:
+                held.append(lid)
+        return held
+
+    accepted = rejected = cancelled_n = 0
     for key, order in orders.items():
+        all_lines = [line_id(order.order_id, ln.line_no) for ln in order.lines]
         d = final_status.get(key)
+        gone = cancelled.get(key, set())
         if d is None:
+            if held_lines(order, all_lines):
+                v.fail("I4", f"{key} has no decision (held or unpaid) but holds reservations")
             continue
-        holding = [
-            line_id(order.order_id, ln.line_no)
-            for ln in order.lines
-            if (k := effects.get((order.tenant, line_id(order.order_id, ln.line_no)))) is not None
-            and k[CommandKind.RESERVE] > k[CommandKind.RELEASE] + k[CommandKind.ISSUE]
-        ]
-        if d.status is DecisionStatus.REJECTED:
-            rejected += 1
-            reasons[d.reason.value if d.reason else "unknown"] += 1
-            if holding:
-                v.fail("I4", f"{key} was rejected but still holds reservations for {holding}")
-        else:
+        if d.status is DecisionStatus.ACCEPTED:
             accepted += 1
-            if len(holding) != len(order.lines):
-                v.fail(
-                    "I4",
-                    f"{key} was accepted but holds {len(holding)} of {len(order.lines)} line reservations",
-                )
+            expected = [dl.line_id for dl in d.lines if gone is not None and dl.line_id not in gone]
+            holding = held_lines(order, all_lines)
+            if sorted(holding) != sorted(expected):
+                v.fail("I4", f"{key} was accepted: holds {sorted(holding)}, should hold {sorted(expected)}")
+        else:
+            if d.status is DecisionStatus.CANCELLED:
+                cancelled_n += 1
+            else:
+                rejected += 1
+            reasons[d.reason.value if d.reason else "unknown"] += 1
+            holding = held_lines(order, all_lines)
+            if holding:
+                v.fail("I4", f"{key} was {d.status.value} but still holds reservations for {holding}")
     v.counts.update(
         orders=len(orders),
         orders_sent=len(rec.orders),
         accepted=accepted,
         rejected=rejected,
+        cancelled=cancelled_n,
+        held=sum(1 for k in waiting if k not in decisions),
         rejected_by_reason=dict(reasons),
         lines=sum(len(o.lines) for o in orders.values()),
         decisions=len(decisions),
         decision_copies=len(rec.decisions),
+        review_outcomes=dict(Counter(r.outcome.value for r in last_review.values())),
+        fired_rules=dict(Counter(f.rule_id for r in rec.reviews for f in r.fired)),
     )
 
 
@@ -229,6 +276,8 @@ def collect(bootstrap: str, topics: Topics, timeout_s: float = 120.0) -> RunReco
         topics.inventory_commands: (InventoryCommand, rec.commands),
         topics.stock_events: (StockEvent, rec.stock_events),
         topics.order_decisions: (OrderDecision, rec.decisions),
+        topics.review_decisions: (ReviewDecision, rec.reviews),
+        topics.order_cancellations: (OrderCancellation, rec.cancellations),
         topics.dead_letters: (DeadLetter, rec.dead_letters),
     }
     for msg in read_topics(bootstrap, list(decoders), timeout_s=timeout_s):

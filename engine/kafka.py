@@ -49,7 +49,11 @@ def wait_for_broker(bootstrap: str, timeout_s: float = 60.0) -> dict[int, str]:
 
 
 def create_topics(
-    bootstrap: str, names: Iterable[str], partitions: int, replication: int = 1, config: dict | None = None
+    bootstrap: str,
+    names: Iterable[str],
+    partitions: int,
+    replication: int = 1,
+    configs: dict[str, dict[str, str]] | None = None,
 ) -> list[str]:
     """Create the topics that do not exist yet (with their partition count); returns the created ones.
     An existing topic with a different partition count is an error: it would remap keys."""
@@ -59,7 +63,8 @@ def create_topics(
     for name in names:
         if name in existing and len(existing[name].partitions) != partitions:
             raise ValueError(f"topic {name} has {len(existing[name].partitions)} partitions, settings say {partitions}")
-    todo = [NewTopic(n, partitions, replication, config=config or {}) for n in names if n not in existing]
+    configs = configs or {}
+    todo = [NewTopic(n, partitions, replication, config=configs.get(n, {})) for n in names if n not in existing]
     if not todo:
         return []
     for fut in client.create_topics(todo, operation_timeout=30).values():
@@ -252,3 +257,51 @@ def group_lag(bootstrap: str, group: str, topics: Iterable[str]) -> dict[str, in
         return lag
     finally:
         reader.close()
+
+
+class AsyncProducer:
+    """confluent-kafka for asyncio callers (the HTTP API): idempotent, acks=all, murmur2; ``send`` returns
+    once the broker has the record. A daemon thread serves the delivery callbacks."""
+
+    def __init__(self, bootstrap: str) -> None:
+        import asyncio
+        import threading
+
+        self._loop = asyncio.get_running_loop()
+        self._p = producer(bootstrap, **{"linger.ms": 2})
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="oms-api-producer", daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._closed.is_set():
+            self._p.poll(0.05)
+
+    async def send(self, topic: str, key: str, value: bytes, headers: dict[str, bytes] | None = None) -> None:
+        fut = self._loop.create_future()
+
+        def delivered(err: KafkaError | None, _msg: Any) -> None:
+            self._loop.call_soon_threadsafe(_settle, fut, err)
+
+        while True:
+            try:
+                self._p.produce(topic, value=value, key=key, headers=headers, on_delivery=delivered)
+                break
+            except BufferError:
+                import asyncio
+
+                await asyncio.sleep(0.01)
+        await fut
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._p.flush(timeout_s)
+        self._closed.set()
+
+
+def _settle(fut: Any, err: KafkaError | None) -> None:
+    if fut.done():
+        return
+    if err is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(DeliveryFailed(str(err)))

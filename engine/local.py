@@ -147,11 +147,16 @@ class KafkaServer:
         tmp = self.libs.with_name("libs.partial")
         shutil.rmtree(tmp, ignore_errors=True)
         cmd = [
-            mvn, "-B", "-q", "-f", str(DEPLOY_DIR / "pom.xml"),
+            mvn,
+            "-B",
+            "-q",
+            "-f",
+            str(DEPLOY_DIR / "pom.xml"),
             f"-Dkafka.version={self.s.kafka_version}",
             "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies",
-            "-DincludeScope=runtime", f"-DoutputDirectory={tmp}",
-        ]  # fmt: skip
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={tmp}",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0 or not any(tmp.glob("kafka_2.13-*.jar")):
             raise LocalServerError(
@@ -200,11 +205,17 @@ class KafkaServer:
             cluster_id_file.write_text(cid[-1])
         proc = subprocess.run(
             self._java_cmd(
-                "kafka.tools.StorageTool", "format", "-t", cluster_id_file.read_text().strip(),
-                "-c", str(self.props), "--ignore-formatted",
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id_file.read_text().strip(),
+                "-c",
+                str(self.props),
+                "--ignore-formatted",
             ),
-            capture_output=True, text=True,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
             raise LocalServerError(f"formatting Kafka storage failed:\n{(proc.stdout + proc.stderr)[-2000:]}")
 
@@ -222,11 +233,16 @@ class KafkaServer:
         self.ensure_jars(echo)
         self._format()
         cmd = self._java_cmd(
-            "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
-            "-XX:+ExplicitGCInvokesConcurrent", "-Djava.awt.headless=true",
-            f"-Dkafka.logs.dir={self.log.parent}", "kafka.Kafka", str(self.props),
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:InitiatingHeapOccupancyPercent=35",
+            "-XX:+ExplicitGCInvokesConcurrent",
+            "-Djava.awt.headless=true",
+            f"-Dkafka.logs.dir={self.log.parent}",
+            "kafka.Kafka",
+            str(self.props),
             heap=self.s.kafka_heap,
-        )  # fmt: skip
+        )
         proc = _spawn(cmd, self.log, self.pid_file)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -306,9 +322,22 @@ class RedisServer:
         binary = self.binary(echo)
         self.home.mkdir(parents=True, exist_ok=True)
         cmd = [
-            binary, "--port", str(self.s.local_redis_port), "--bind", "127.0.0.1", "--protected-mode", "yes",
-            "--dir", str(self.home), "--save", "", "--appendonly", "no", "--daemonize", "no",
-        ]  # fmt: skip
+            binary,
+            "--port",
+            str(self.s.local_redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--protected-mode",
+            "yes",
+            "--dir",
+            str(self.home),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+        ]
         proc = _spawn(cmd, self.log, self.pid_file)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

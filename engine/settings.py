@@ -93,6 +93,23 @@ class Settings:
     local_redis_port: int = setting("OMS_LOCAL_REDIS_PORT", "Local redis-server port (127.0.0.1 only).", 6379)
     kafka_heap: str = setting("OMS_KAFKA_HEAP", "Local broker JVM heap (-Xmx).", "768m")
     log_level: str = setting("OMS_LOG_LEVEL", "Worker log level.", "warning")
+    tenants_file: str | None = setting(
+        "OMS_TENANTS_FILE",
+        "TOML file of tenants: API token digests, Shopify shops and webhook secrets. Unset: the API answers 503.",
+        None,
+    )
+    rules_file: str = setting(
+        "OMS_RULES_FILE",
+        "TOML file of review rules per tenant (default `deploy/rules.toml`; updatable at run time on the "
+        "review-rules topic).",
+        factory=lambda: str(REPO_ROOT / "deploy" / "rules.toml"),
+    )
+    max_payload_bytes: int = setting(
+        "OMS_MAX_PAYLOAD_BYTES", "Largest request body or raw channel record accepted (bytes).", 1_048_576
+    )
+    idempotency_ttl_s: int = setting(
+        "OMS_IDEMPOTENCY_TTL_S", "How long the API remembers a delivery (Redis SET NX keys), in seconds.", 7 * 86400
+    )
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -131,6 +148,7 @@ class Settings:
             "rocksdb:// or memory://",
         )
         need(":" in self.app_module, "OMS_APP", "must look like package.module:function")
+        need(self.max_payload_bytes >= 1024, "OMS_MAX_PAYLOAD_BYTES", "must be at least 1024")
         for name in ("app_id", "topic_prefix"):
             value = getattr(self, name)
             need(

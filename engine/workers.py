@@ -33,9 +33,10 @@ def _die_with_parent() -> None:
 
 
 class WorkerPool:
-    def __init__(self, settings: Settings, count: int) -> None:
+    def __init__(self, settings: Settings, count: int, env: dict[int, dict[str, str]] | None = None) -> None:
         self.settings = settings
         self.count = count
+        self.env = env or {}  # extra environment per worker index (tests: fault injection)
         self.procs: list[subprocess.Popen | None] = [None] * count
         self.log_dir = Path(settings.state_dir) / "logs"
 
@@ -49,9 +50,14 @@ class WorkerPool:
             with open(self.log_path(i), "ab") as log:
                 self.procs[i] = subprocess.Popen(
                     [sys.executable, "-m", "engine.cli", "worker", "--index", str(i)],
-                    cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    start_new_session=True, preexec_fn=_die_with_parent,
-                )  # fmt: skip
+                    cwd=REPO_ROOT,
+                    env={**env, **self.env.get(i, {})},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                )
 
     def alive(self, index: int) -> bool:
         proc = self.procs[index]

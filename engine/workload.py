@@ -109,17 +109,31 @@ class Workload:
                 yield from self._spread(tenant, FLASH_SKU, spec.flash_stock, origin, seq, document, ts, rng)
                 seq += len(spec.warehouses)
 
-    def _spread(self, tenant: str, sku: str, units: int, origin: str, seq: int, document: str, ts: int,
-                rng: random.Random) -> Iterator[Receive]:  # fmt: skip
+    def _spread(
+        self, tenant: str, sku: str, units: int, origin: str, seq: int, document: str, ts: int, rng: random.Random
+    ) -> Iterator[Receive]:
         whs = self.spec.warehouses
         cuts = sorted(rng.randint(0, units) for _ in range(len(whs) - 1))
         shares = [b - a for a, b in zip([0, *cuts], [*cuts, units], strict=True)]
         for j, (wh, qty) in enumerate(zip(whs, shares, strict=True)):
             if qty > 0:
                 yield Receive(
-                    command_id=receive_id(tenant, sku, wh, document), tenant=tenant, sku=sku, origin=origin,
-                    seq=seq + j, ts=ts, warehouse=wh, quantity=qty, unit_cost_fen=None, document_id=document,
-                )  # fmt: skip
+                    command_id=receive_id(tenant, sku, wh, document),
+                    tenant=tenant,
+                    sku=sku,
+                    origin=origin,
+                    seq=seq + j,
+                    ts=ts,
+                    warehouse=wh,
+                    quantity=qty,
+                    unit_cost_fen=None,
+                    document_id=document,
+                )
+
+    def catalog(self) -> dict[str, set[str]]:
+        """Every SKU each tenant sells (the product master), stocked or not."""
+        skus = {self.spec.sku(i + 1) for i in range(self.spec.skus)} | ({FLASH_SKU} if self.spec.flash_sale else set())
+        return {tenant: set(skus) for tenant in self.spec.tenants}
 
     # -- orders ---------------------------------------------------------------------------------------
     def orders(self) -> Iterator[Order]:
@@ -139,12 +153,15 @@ class Workload:
             yield order
 
     def _event_time(self, rng: random.Random) -> int:
+        """Whole seconds, as platforms report them."""
         r = rng.random()
         if r < 0.18:  # the 11.11 midnight rush: 18 % of the day's orders in its first hour
-            return DAY_START_MS + int(rng.random() * 3_600_000)
-        if r < 0.45:  # evening peak 19:00–23:00
-            return DAY_START_MS + 19 * 3_600_000 + int(rng.random() * 4 * 3_600_000)
-        return DAY_START_MS + int(rng.random() * DAY_MS)
+            offset = int(rng.random() * 3_600)
+        elif r < 0.45:  # evening peak 19:00–23:00
+            offset = 19 * 3_600 + int(rng.random() * 4 * 3_600)
+        else:
+            offset = int(rng.random() * DAY_MS / 1000)
+        return DAY_START_MS + offset * 1000
 
     def _order(self, rng: random.Random, n: int, created: int) -> Order:
         spec = self.spec
@@ -189,6 +206,6 @@ class Workload:
                 for k, (sku, qty, price) in enumerate(picks)
             ],
             created_at=created,
-            paid_at=created + rng.randint(5_000, 120_000),
+            paid_at=created + rng.randint(5, 120) * 1000,
             ingested_at=0,
         )

@@ -16,6 +16,11 @@ class ReasonCode(enum.StrEnum):
     WOULD_OVERSELL = "would_oversell"  # an adjustment would push on_hand below what is reserved
     NOT_RESERVED = "not_reserved"  # an issue command for a line that holds no reservation
     MISROUTED = "misrouted"  # on a partition its key does not hash to (a producer without murmur2)
+    UNKNOWN_TENANT = "unknown_tenant"  # the key or path names a tenant that is not configured
+    UNKNOWN_CHANNEL = "unknown_channel"
+    UNKNOWN_SKU = "unknown_sku"  # a line names a SKU the tenant's catalog does not have
+    BAD_KEY = "bad_key"  # a raw channel record whose key is not tenant:shop:platform_order_id
+    OVERSIZE = "oversize"  # larger than the ingestion limit
     PROCESSING_ERROR = "processing_error"  # a bug: the record is parked instead of stalling the partition
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from typing import Annotated
 
+import msgspec
 from msgspec import Meta
 
 from schemas.common import (
@@ -68,11 +69,21 @@ class Buyer(Record, kw_only=True):
 LineNo = Annotated[int, Meta(ge=1, le=MAX_LINES_PER_ORDER)]
 
 
+class LineState(enum.StrEnum):
+    """A line's own state on the channel: a refund can cover some lines of an order."""
+
+    ACTIVE = "active"
+    REFUNDING = "refunding"  # refund requested, not settled: do not ship
+    CANCELLED = "cancelled"  # refunded / removed before shipment
+
+
 class OrderLine(Record, kw_only=True):
     line_no: LineNo
     sku: Ident
     quantity: Quantity
     unit_price_fen: UnitPriceFen
+    paid_fen: Fen | None = None  # what the buyer paid for the line after discounts (revenue basis)
+    status: LineState = LineState.ACTIVE
     platform_line_id: Annotated[str, Meta(max_length=128)] = ""
     title: Annotated[str, Meta(max_length=300)] = ""
 
@@ -97,6 +108,8 @@ class Order(Record, kw_only=True):
     ingested_at: EpochMs  # processing time at the edge; latency is measured from here
     buyer_message: Text = ""
     seller_memo: Text = ""
+    version: Annotated[int, Meta(ge=0)] = 0  # the channel's modification time (ms): later supersedes earlier
+    risk_flags: Annotated[list[Ident], Meta(max_length=20)] = msgspec.field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -133,6 +146,7 @@ __all__ = [
     "Address",
     "Buyer",
     "Channel",
+    "LineState",
     "Order",
     "OrderLine",
     "OrderStatus",

@@ -24,6 +24,8 @@ class RejectReason(enum.StrEnum):
     NOT_RESERVABLE = "not_reservable"  # line already released or shipped (a redelivered reserve)
     TIMEOUT = "timeout"  # no answer from inventory within the saga timeout
     INVALID_ORDER = "invalid_order"
+    REVIEW = "review"  # a review rule (审单) rejected it; the review decision names the rules
+    CANCELLED = "cancelled"  # the channel cancelled it before it was decided
 
 
 class LineResult(Record, kw_only=True):
@@ -63,6 +65,7 @@ class SagaTimeout(Record, kw_only=True):
 class DecisionStatus(enum.StrEnum):
     ACCEPTED = "accepted"
     REJECTED = "rejected"
+    CANCELLED = "cancelled"  # cancelled by the channel before a decision was reached
 
 
 class DecisionLine(Record, kw_only=True):

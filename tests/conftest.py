@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.delivery import Credentials
 from engine.local import LocalServers
 from engine.settings import Settings
 
@@ -32,11 +33,22 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         local.stop(only_started=True)
 
 
+@pytest.fixture(scope="session")
+def credentials(tmp_path_factory: pytest.TempPathFactory) -> Credentials:
+    """API tokens and Shopify webhook secrets for the tenants the tests use."""
+    return Credentials.create(["acme", "blue"], tmp_path_factory.mktemp("tenants"))
+
+
 @pytest.fixture
-def settings(servers: Settings) -> Settings:
-    """A fresh namespace per test: its own topics, consumer group, tables and web ports."""
+def settings(servers: Settings, credentials: Credentials, tmp_path: Path) -> Settings:
+    """A fresh namespace per test: its own topics, consumer group, tables and web ports; no review rules
+    unless a test publishes some."""
     run = uuid.uuid4().hex[:8]
+    no_rules = tmp_path / "rules.toml"
+    no_rules.write_text("")
     return servers.with_(
+        tenants_file=str(credentials.path),
+        rules_file=str(no_rules),
         topic_prefix=f"t{run}",
         app_id=f"oms-t{run}",
         partitions=4,

@@ -16,7 +16,7 @@ from agents.coordinator.core import PENDING, Coordinator, Saga, Stamp
 from engine.app import active_partitions, context, state_table
 from engine.stage import Output, PartitionWork, Stage, now_ms
 from schemas import wire
-from schemas.order import Order
+from schemas.review import CancelSaga, SagaRequest, StartSaga
 from schemas.saga import LineResult, SagaTimeout
 
 log = logging.getLogger("oms.coordinator")
@@ -29,11 +29,15 @@ def install(app: faust.App) -> Stage:
     rules = Coordinator(timeout_ms=int(settings.saga_timeout_s * 1000))
     sagas = state_table(app, "sagas", "tenant:order_id -> saga state (lines, status, deadline)")
     inputs = app.topic(
-        topics.orders, topics.line_results, topics.saga_timeouts,
-        key_type=bytes, value_type=bytes, partitions=partitions,
-    )  # fmt: skip
-    # Short origin names keep the inventory's high-water map small: "o3" = orders partition 3.
-    alias = {topics.orders: "o", topics.line_results: "r", topics.saga_timeouts: "t"}
+        topics.saga_requests,
+        topics.line_results,
+        topics.saga_timeouts,
+        key_type=bytes,
+        value_type=bytes,
+        partitions=partitions,
+    )
+    # Short origin names keep the inventory's high-water map small: "o3" = saga-requests partition 3.
+    alias = {topics.saga_requests: "o", topics.line_results: "r", topics.saga_timeouts: "t"}
     stage = Stage(app, "coordinator")
     pending: dict[str, tuple[int, int]] = {}  # saga key -> (partition, deadline): the timer's index
     indexed: set[int] = set()
@@ -41,14 +45,16 @@ def install(app: faust.App) -> Stage:
     def handle(work: PartitionWork, event: EventT) -> None:
         msg = event.message
         kind = alias[msg.topic]
-        record = stage.decode(work, event, {"o": Order, "r": LineResult, "t": SagaTimeout}[kind])
+        record = stage.decode(work, event, {"o": SagaRequest, "r": LineResult, "t": SagaTimeout}[kind])
         if record is None:
             return
         stamp = Stamp(f"{settings.app_id}.{kind}{msg.partition}", msg.offset)
         saga = Saga.from_state(work.get(sagas, record.key))
         now = now_ms()
-        if kind == "o":
-            step = rules.on_order(saga, record, stamp, msg.partition, now)
+        if isinstance(record, StartSaga):
+            step = rules.on_order(saga, record.order, stamp, msg.partition, now)
+        elif isinstance(record, CancelSaga):
+            step = rules.on_cancel(saga, record, stamp, now)
         elif kind == "r":
             step = rules.on_result(saga, record, stamp, now)
         else:
@@ -58,6 +64,8 @@ def install(app: faust.App) -> Stage:
             work.emit(topics.inventory_commands, cmd)
         if step.decision is not None:
             work.emit(topics.order_decisions, step.decision)
+        if step.cancellation is not None:
+            work.emit(topics.order_cancellations, step.cancellation)
         if step.changed and step.saga is not None:
             work.put(sagas, record.key, step.saga.to_state())
 
@@ -77,7 +85,7 @@ def install(app: faust.App) -> Stage:
     async def saga_deadlines() -> None:
         if app.in_recovery:
             return
-        active = {tp.partition for tp in active_partitions(app) if tp.topic == topics.orders}
+        active = {tp.partition for tp in active_partitions(app) if tp.topic == topics.saga_requests}
         if active != indexed:
             # Partitions moved (start-up, rebalance, a worker died): rebuild the index from the table.
             for key in [k for k, (p, _) in pending.items() if p not in active]:

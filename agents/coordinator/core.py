@@ -17,6 +17,7 @@ from typing import Any
 
 from schemas.inventory import Release, Reserve, release_id, reserve_id
 from schemas.order import Channel, Order, line_id, validate_order
+from schemas.review import CancellationKind, CancelSaga, OrderCancellation, cancellation_id
 from schemas.saga import (
     DecisionLine,
     DecisionStatus,
@@ -32,9 +33,9 @@ from schemas.saga import (
 #: sequence is strictly increasing per origin and a replayed input reproduces the same stamps.
 SEQ_FANOUT = 1024
 
-PENDING, ACCEPTED, REJECTED = "pending", "accepted", "rejected"
+PENDING, ACCEPTED, REJECTED, CANCELLED = "pending", "accepted", "rejected", "cancelled"
 # Line states within a saga.
-L_PENDING, L_RESERVED, L_REJECTED, L_RELEASED = "p", "r", "x", "l"
+L_PENDING, L_RESERVED, L_REJECTED, L_RELEASED, L_CANCELLED = "p", "r", "x", "l", "c"
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +140,7 @@ class Saga:
             lines=[
                 DecisionLine(line_id=ln.line_id, sku=ln.sku, quantity=ln.quantity, warehouse=ln.warehouse)
                 for ln in self.lines
+                if self.status != ACCEPTED or ln.status != L_CANCELLED  # accepted: only what will ship
             ],
             order_created_at=self.order_created_at,
             ingested_at=self.ingested_at,
@@ -152,6 +154,7 @@ class Step:
     changed: bool = False
     commands: list[Reserve | Release] = field(default_factory=list)
     decision: OrderDecision | None = None
+    cancellation: OrderCancellation | None = None
     note: str = ""
 
 
@@ -213,6 +216,14 @@ class Coordinator:
         if found is None:
             return Step(saga, note="unknown_line")
         i, line = found
+        if line.status == L_CANCELLED:
+            # The channel cancelled this line while its reserve was in flight: give the stock back.
+            if result.status is LineStatus.RESERVED and line.warehouse is None:
+                saga = saga.copy()
+                saga.lines[i].warehouse = result.warehouse
+                release = _release(saga.tenant, saga.order_id, line.line_id, line.sku, stamp, i, now)
+                return Step(saga, True, [release], note="late_reserved_released")
+            return Step(saga, note="duplicate_result")
         if saga.status == PENDING:
             if line.status != L_PENDING:
                 return Step(saga, note="duplicate_result")
@@ -220,7 +231,7 @@ class Coordinator:
             line = saga.lines[i]
             if result.status is LineStatus.RESERVED:
                 line.status, line.warehouse = L_RESERVED, result.warehouse
-                if all(ln.status == L_RESERVED for ln in saga.lines):
+                if _complete(saga):
                     saga.status, saga.decided_at = ACCEPTED, now
                     return Step(saga, True, decision=saga.decision(), note="accepted")
                 return Step(saga, True, note="line_reserved")
@@ -246,6 +257,52 @@ class Coordinator:
         detail = f"no answer for {len(waiting)} line(s) within {self.timeout_ms} ms"
         return self._reject(saga.copy(), RejectReason.TIMEOUT, detail, stamp, now)
 
+    def on_cancel(self, saga: Saga | None, cmd: CancelSaga, stamp: Stamp, now: int) -> Step:
+        """The channel cancelled the order (no line ids) or some lines before shipment."""
+        if saga is None:
+            return Step(None, note="cancel_without_saga")
+        saga = saga.copy()
+        targets = set(cmd.line_ids) or {ln.line_id for ln in saga.lines}
+        commands: list[Reserve | Release] = []
+        released: list[str] = []
+        for i, ln in enumerate(saga.lines):
+            if ln.line_id not in targets or ln.status == L_CANCELLED:
+                continue
+            if ln.status == L_RESERVED:
+                commands.append(_release(saga.tenant, saga.order_id, ln.line_id, ln.sku, stamp, i, now))
+                released.append(ln.line_id)
+            ln.status = L_CANCELLED  # a reserve still in flight is released when its result arrives
+        whole = all(ln.status == L_CANCELLED for ln in saga.lines)
+        decision = None
+        if saga.status == PENDING:
+            if whole:
+                saga.status, saga.reason, saga.detail, saga.decided_at = (
+                    CANCELLED,
+                    RejectReason.CANCELLED.value,
+                    cmd.reason,
+                    now,
+                )
+                decision = saga.decision()
+            elif _complete(saga):
+                saga.status, saga.decided_at = ACCEPTED, now
+                decision = saga.decision()
+        elif saga.status == ACCEPTED and whole:
+            saga.status = CANCELLED  # the accepted decision stands; the cancellation record says what followed
+        kind = CancellationKind.ORDER if whole else CancellationKind.LINES
+        lines = sorted(targets)
+        cancellation = OrderCancellation(
+            cancellation_id=cancellation_id(saga.tenant, saga.order_id, kind, [] if whole else lines),
+            tenant=saga.tenant,
+            order_id=saga.order_id,
+            kind=kind,
+            line_ids=lines,
+            released_line_ids=released,
+            reason=cmd.reason,
+            stage="coordinator",
+            ts=now,
+        )
+        return Step(saga, True, commands, decision, cancellation, note="cancelled" if whole else "lines_cancelled")
+
     def _reject(self, saga: Saga, reason: RejectReason, detail: str, stamp: Stamp, now: int) -> Step:
         saga.status, saga.reason, saga.detail, saga.decided_at = REJECTED, reason.value, detail, now
         commands: list[Reserve | Release] = []
@@ -254,6 +311,12 @@ class Coordinator:
                 ln.status = L_RELEASED
                 commands.append(_release(saga.tenant, saga.order_id, ln.line_id, ln.sku, stamp, i, now))
         return Step(saga, True, commands, saga.decision(), note="rejected")
+
+
+def _complete(saga: Saga) -> bool:
+    """Every line answered "reserved" (cancelled lines aside), and at least one line is left to ship."""
+    live = [ln for ln in saga.lines if ln.status != L_CANCELLED]
+    return bool(live) and all(ln.status == L_RESERVED for ln in live)
 
 
 def _release(tenant: str, order_id: str, line: str, sku: str, stamp: Stamp, i: int, now: int) -> Release:

@@ -12,11 +12,12 @@ from faust.types import EventT, StreamT
 
 from agents.inventory.core import Reservation, SkuStock, apply
 from engine.app import context, state_table
+from engine.catalog import Catalog
 from engine.stage import PartitionWork, Stage
-from schemas.inventory import InventoryCommand, reservation_key
+from schemas.inventory import CommandKind, InventoryCommand, reservation_key
 
 
-def install(app: faust.App) -> Stage:
+def install(app: faust.App, catalog: Catalog | None = None) -> Stage:
     ctx = context(app)
     topics, partitions = ctx.topics, ctx.settings.partitions
     stock = state_table(
@@ -48,13 +49,25 @@ def install(app: faust.App) -> Stage:
                 work.put(reservations, rkey, out.reservation.to_state())
         for ev in out.events:
             work.emit(topics.stock_events, ev)
+            if ev.kind is CommandKind.RECEIVE:
+                work.side_effects.append((ev.tenant, ev.sku))
         for result in out.results:
             work.emit(topics.line_results, result)
         if out.refused:
             stage.dead_letter(work, event, out.refused[0], out.refused[1], cmd.tenant)
 
+    async def publish_catalog(work: PartitionWork) -> None:
+        """SKUs that received stock join the tenant's catalog (the edge refuses SKUs outside it)."""
+        if catalog is None or not work.side_effects:
+            return
+        by_tenant: dict[str, set[str]] = {}
+        for tenant, sku in work.side_effects:
+            by_tenant.setdefault(tenant, set()).add(sku)
+        for tenant, skus in by_tenant.items():
+            await catalog.add(tenant, skus)
+
     @app.agent(commands, name="inventory", concurrency=1)
     async def inventory(stream: StreamT) -> None:
-        await stage.run(stream, handle)
+        await stage.run(stream, handle, after_commit=publish_catalog)
 
     return stage

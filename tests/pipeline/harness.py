@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from engine import kafka
 from engine.invariants import RunRecords, Verdict, check, collect
-from engine.runner import load_stock, send_orders, wait_idle
+from engine.runner import engine_inputs, load_stock, send_orders, wait_idle
 from engine.settings import Settings
 from engine.topics import Topics
 from engine.workers import WorkerPool
@@ -25,14 +25,22 @@ class Pipeline:
 
     def __post_init__(self) -> None:
         self.topics = Topics(self.settings.topic_prefix)
-        kafka.create_topics(self.settings.bootstrap, self.topics.all(), self.settings.partitions)
+        kafka.create_topics(
+            self.settings.bootstrap, self.topics.all(), self.settings.partitions, configs=self.topics.configs()
+        )
 
     @property
     def bootstrap(self) -> str:
         return self.settings.bootstrap
 
-    def start_workers(self, count: int = 2, topics: list[str] | None = None, **overrides: object) -> WorkerPool:
-        pool = WorkerPool(self.settings.with_(**overrides) if overrides else self.settings, count)
+    def start_workers(
+        self,
+        count: int = 2,
+        topics: list[str] | None = None,
+        env: dict[int, dict[str, str]] | None = None,
+        **overrides: object,
+    ) -> WorkerPool:
+        pool = WorkerPool(self.settings.with_(**overrides) if overrides else self.settings, count, env)
         pool.start()
         self.pools.append(pool)
         pool.wait_ready(topics or [self.topics.orders, self.topics.inventory_commands])
@@ -50,6 +58,18 @@ class Pipeline:
 
     def send_orders(self, orders: list) -> None:
         send_orders(self.bootstrap, self.topics, orders)
+
+    def api(self, path: str, index: int = 0) -> str:
+        return f"http://127.0.0.1:{self.settings.web_port + index}{path}"
+
+    def publish_catalog(self, catalog: dict[str, set[str]]) -> None:
+        from engine.catalog import publish
+        from engine.redisx import Keys
+
+        publish(self.settings.redis, Keys(self.settings.topic_prefix), catalog)
+
+    def read(self, topic: str, typ: object) -> list:
+        return [wire.decode(m.value, typ) for m in kafka.read_topics(self.bootstrap, [topic])]
 
     def decisions(self) -> dict[str, OrderDecision]:
         out: dict[str, OrderDecision] = {}
@@ -74,7 +94,7 @@ class Pipeline:
 
     def wait_idle(self, timeout_s: float = 120.0) -> None:
         try:
-            wait_idle(self.settings, self.topics, timeout_s)
+            wait_idle(self.settings, engine_inputs(self.topics), timeout_s)
         except Exception:
             for pool in self.pools:
                 for i in range(pool.count):
@@ -95,3 +115,24 @@ class Pipeline:
             pool.stop(timeout_s=20)
         kafka.delete_topics(self.bootstrap, self.settings.topic_prefix + ".")
         kafka.delete_topics(self.bootstrap, self.settings.app_id + "-")
+
+
+def http(method: str, url: str, body: bytes | dict | None = None, headers: dict | None = None) -> tuple[int, dict]:
+    """A small HTTP client for the API tests (stdlib only)."""
+    import json as _json
+    import urllib.error
+    import urllib.request
+
+    data = _json.dumps(body).encode() if isinstance(body, dict | list) else body
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, _json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        try:
+            return exc.code, _json.loads(raw or b"{}")
+        except ValueError:
+            return exc.code, {"raw": raw.decode(errors="replace")}

@@ -16,6 +16,7 @@ from agents.coordinator.core import (
 )
 from schemas.inventory import Release, Reserve
 from schemas.order import Address, Buyer, Channel, Order, OrderLine, line_id
+from schemas.review import CancelSaga
 from schemas.saga import DecisionStatus, LineResult, LineStatus, RejectReason, SagaTimeout, result_id
 
 T = "t1"
@@ -155,3 +156,53 @@ def test_core_does_not_mutate_the_saga_it_is_given() -> None:
 def test_stamp_sub_index_is_bounded() -> None:
     with pytest.raises(ValueError):
         Stamp("x", 1).seq(SEQ_FANOUT)
+
+
+def cancel(order: Order, *lines: int) -> CancelSaga:
+    return CancelSaga(
+        tenant=T,
+        order_id=order.order_id,
+        line_ids=[line_id(order.order_id, n) for n in lines],
+        reason="channel_cancelled",
+        ts=1,
+    )
+
+
+def test_cancel_of_a_pending_saga_is_its_decision_and_releases_what_is_reserved() -> None:
+    order = make_order(3)
+    saga = start(order)
+    saga = coord.on_result(saga, answer(order, 0, LineStatus.RESERVED), Stamp("coord.r0", 1), now=200).saga
+    step = coord.on_cancel(saga, cancel(order), Stamp("coord.o0", 12), now=300)
+    assert step.decision.status is DecisionStatus.CANCELLED and step.decision.reason is RejectReason.CANCELLED
+    assert [c.line_id for c in step.commands] == [line_id(order.order_id, 1)]
+    assert step.cancellation.kind.value == "order" and step.cancellation.released_line_ids == [
+        line_id(order.order_id, 1)
+    ]
+    late = coord.on_result(step.saga, answer(order, 1, LineStatus.RESERVED), Stamp("coord.r0", 2), now=400)
+    assert [c.line_id for c in late.commands] == [line_id(order.order_id, 2)] and late.decision is None
+    assert not coord.on_result(late.saga, answer(order, 1, LineStatus.RESERVED), Stamp("coord.r0", 3), now=500).commands
+
+
+def test_cancel_after_acceptance_releases_without_a_second_decision() -> None:
+    order = make_order(2)
+    saga = start(order)
+    for i in range(2):
+        saga = coord.on_result(saga, answer(order, i, LineStatus.RESERVED), Stamp("coord.r0", i), now=200).saga
+    assert saga.status == ACCEPTED
+    step = coord.on_cancel(saga, cancel(order), Stamp("coord.o0", 12), now=300)
+    assert step.decision is None and len(step.commands) == 2 and step.saga.status == "cancelled"
+
+
+def test_cancelling_the_missing_line_lets_a_pending_saga_accept() -> None:
+    order = make_order(2)
+    saga = start(order)
+    saga = coord.on_result(saga, answer(order, 0, LineStatus.RESERVED), Stamp("coord.r0", 1), now=200).saga
+    step = coord.on_cancel(saga, cancel(order, 2), Stamp("coord.o0", 12), now=300)
+    assert step.decision.status is DecisionStatus.ACCEPTED and [ln.line_id for ln in step.decision.lines] == [
+        line_id(order.order_id, 1)
+    ]
+    assert step.cancellation.kind.value == "lines" and not step.commands
+
+
+def test_cancel_without_a_saga_does_nothing() -> None:
+    assert not coord.on_cancel(None, cancel(make_order(1)), Stamp("coord.o0", 1), now=1).commands

@@ -17,7 +17,7 @@ from engine.workload import Workload, WorkloadSpec
 from schemas import wire
 from schemas.deadletter import ReasonCode
 from schemas.inventory import InventoryCommand
-from schemas.order import Order
+from schemas.order import Channel, Order
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,9 +32,13 @@ def test_settings_come_from_the_environment() -> None:
 
 @pytest.mark.parametrize(
     ("env", "var"),
-    [({"OMS_PARTITIONS": "many"}, "OMS_PARTITIONS"), ({"OMS_PARTITIONS": "0"}, "OMS_PARTITIONS"),
-     ({"OMS_TABLE_STORE": "redis://"}, "OMS_TABLE_STORE"), ({"OMS_TOPIC_PREFIX": "a b"}, "OMS_TOPIC_PREFIX")],
-)  # fmt: skip
+    [
+        ({"OMS_PARTITIONS": "many"}, "OMS_PARTITIONS"),
+        ({"OMS_PARTITIONS": "0"}, "OMS_PARTITIONS"),
+        ({"OMS_TABLE_STORE": "redis://"}, "OMS_TABLE_STORE"),
+        ({"OMS_TOPIC_PREFIX": "a b"}, "OMS_TOPIC_PREFIX"),
+    ],
+)
 def test_bad_settings_name_the_variable(env: dict[str, str], var: str) -> None:
     with pytest.raises(SettingsError, match=var):
         Settings.from_env(env)
@@ -111,4 +115,5 @@ def test_exported_schemas_accept_real_records(tmp_path: Path) -> None:
 def test_topics_share_one_prefix() -> None:
     t = Topics("oms")
     assert t.orders == "oms.orders" and t.inventory_commands == "oms.inventory-commands"
-    assert len(set(t.all())) == len(SPECS)
+    assert len(set(t.all())) == len(SPECS) + len(Channel)  # the contract topics and one raw topic per channel
+    assert t.channel_of(t.raw[Channel.JD]) is Channel.JD and t.channel_of(t.orders) is None

@@ -115,10 +115,16 @@ def test_a_redelivered_event_copy_is_not_a_violation() -> None:
 def test_oversell_is_caught_and_counted() -> None:
     rec = history()
     last = rec.stock_events[-1]
-    rec.stock_events.append(msgspec.structs.replace(
-        last, event_id="reserve.acme.web-s1-9#1", line_id="web-s1-9#1", version=last.version + 1,
-        d_reserved=1, reserved=last.reserved + 1,
-    ))  # fmt: skip
+    rec.stock_events.append(
+        msgspec.structs.replace(
+            last,
+            event_id="reserve.acme.web-s1-9#1",
+            line_id="web-s1-9#1",
+            version=last.version + 1,
+            d_reserved=1,
+            reserved=last.reserved + 1,
+        )
+    )
     verdict = check(rec)
     assert any(v.startswith("I1") for v in verdict.violations)
     assert verdict.oversold_units == 1
@@ -159,8 +165,12 @@ def test_release_then_reserve_again_of_one_line_is_caught() -> None:
     rel = Release(
         command_id=release_id(T, lid), tenant=T, sku="A", origin="r", seq=1, ts=3, order_id="web-s1-1", line_id=lid
     )
-    rec.stock_events.append(msgspec.structs.replace(base, event_id=rel.command_id, kind="release", d_reserved=-1,
-                                                    reserved=0, version=last + 1))  # fmt: skip
-    rec.stock_events.append(msgspec.structs.replace(base, event_id="reserve.acme.again", d_reserved=1, reserved=1,
-                                                    version=last + 2))  # fmt: skip
+    rec.stock_events.append(
+        msgspec.structs.replace(
+            base, event_id=rel.command_id, kind="release", d_reserved=-1, reserved=0, version=last + 1
+        )
+    )
+    rec.stock_events.append(
+        msgspec.structs.replace(base, event_id="reserve.acme.again", d_reserved=1, reserved=1, version=last + 2)
+    )
     assert any(v.startswith("I3") for v in check(rec).violations)
