@@ -56,7 +56,7 @@ def create_app(settings: Settings, worker_index: int = 0) -> faust.App:
         producer_acks=-1,
         producer_linger_ms=2,
         web_enabled=True,
-        web_bind="127.0.0.1",
+        web_bind=settings.web_bind,
         web_host="127.0.0.1",
         web_port=settings.web_port + worker_index,
         # our own body limit answers 413 with a message; aiohttp's must not cut in first

@@ -77,6 +77,11 @@ class Settings:
     standby_replicas: int = setting("OMS_STANDBY_REPLICAS", "Standby copies of each table partition.", 1)
     workers: int = setting("OMS_WORKERS", "Worker processes the main job starts (at least 2).", 2)
     web_port: int = setting("OMS_WEB_PORT", "First worker's web port; worker i listens on web_port + i.", 6066)
+    web_bind: str = setting(
+        "OMS_WEB_BIND",
+        "Address the workers' web server (API, readiness) binds to; 0.0.0.0 to serve other hosts.",
+        "127.0.0.1",
+    )
     state_dir: str = setting(
         "OMS_STATE_DIR",
         "Local servers' data and logs, worker data dirs (default `./.oms`).",

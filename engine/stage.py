@@ -205,6 +205,11 @@ class Stage:
                     log.critical("%s: could not finish a batch while stopping; exiting without commit", self.name)
                     os._exit(70)
                 raise
+            except Exception:
+                # Outside the per-event guard (table writes, sends): the batch is half done. Faust would ack
+                # it and restart the agent on that state; exit instead and replay from the last commit.
+                log.critical("%s: batch failed after its outputs; exiting without commit", self.name, exc_info=True)
+                os._exit(70)
             if self._exit_after is not None and self.stats.events >= self._exit_after:
                 await self.app.producer.flush()  # the changelog is on the broker; the offsets are not
                 log.error("%s: fault injection: exiting after %d events", self.name, self.stats.events)

@@ -11,6 +11,7 @@ import faust
 import uvloop
 from faust.worker import Worker
 
+from engine import kafka
 from engine.settings import Settings, SettingsError
 
 
@@ -33,11 +34,27 @@ class _Worker(Worker):
             logging.disable(level - 1)
 
 
+def ensure_changelogs(app: faust.App, settings: Settings) -> None:
+    """Create every table's changelog topic (compacted, same partitions) before Faust starts. If Faust
+    declares it itself, a worker's first table write can race the metadata and die of PartitionsMismatch
+    ("the changelog topic has 0 partitions") — seen on a fresh broker."""
+    names = [table.changelog_topic.get_topic_name() for table in app.tables.values()]
+    if names:
+        kafka.create_topics(
+            settings.bootstrap,
+            names,
+            settings.partitions,
+            settings.replication_factor,
+            {name: {"cleanup.policy": "compact"} for name in names},
+        )
+
+
 def run_worker(settings: Settings, index: int = 0) -> int:
     """Blocks until the worker is stopped (SIGTERM/SIGINT shut it down cleanly: offsets are committed)."""
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     app = load_app_factory(settings.app_module)(settings, index)
+    ensure_changelogs(app, settings)
     worker = _Worker(app, loglevel=settings.log_level, quiet=True, loop=loop, redirect_stdouts=False)
     worker.execute_from_commandline()  # exits the process when done
     return 0
