@@ -45,19 +45,35 @@ class WorkerPool:
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.settings.to_env(), "PYTHONPATH": str(REPO_ROOT)}
         for i in range(self.count):
-            with open(self.log_path(i), "ab") as log:
-                self.procs[i] = subprocess.Popen(
-                    [sys.executable, "-m", "engine.cli", "worker", "--index", str(i)],
-                    cwd=REPO_ROOT,
-                    env={**env, **self.env.get(i, {})},
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                    preexec_fn=_die_with_parent,
-                )
+            self._spawn(i)
+
+    def _spawn(self, index: int) -> None:
+        env = {**os.environ, **self.settings.to_env(), "PYTHONPATH": str(REPO_ROOT), **self.env.get(index, {})}
+        with open(self.log_path(index), "ab") as log:
+            self.procs[index] = subprocess.Popen(
+                [sys.executable, "-m", "engine.cli", "worker", "--index", str(index)],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+
+    def restart(self, index: int, timeout_s: float = 40.0) -> None:
+        """Stop one worker cleanly (SIGTERM: it commits and leaves the group) and start it again: two
+        rebalances, as in a rolling deploy."""
+        proc = self.procs[index]
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        self._spawn(index)
 
     def alive(self, index: int) -> bool:
         proc = self.procs[index]

@@ -11,8 +11,9 @@ import pytest
 from engine import codec
 from engine.schema_export import export
 from engine.settings import Settings, SettingsError, config_table
-from engine.stage import partition_for
+from engine.stage import ADMIT, AHEAD, COVERED, admission, offset_key, partition_for
 from engine.topics import SPECS, Topics
+from engine.transport import _NoReadFilter
 from engine.workload import Workload, WorkloadSpec
 from schemas import wire
 from schemas.deadletter import ReasonCode
@@ -117,3 +118,21 @@ def test_topics_share_one_prefix() -> None:
     assert t.orders == "oms.orders" and t.inventory_commands == "oms.inventory-commands"
     assert len(set(t.all())) == len(SPECS) + len(Channel)  # the contract topics and one raw topic per channel
     assert t.channel_of(t.raw[Channel.JD]) is Channel.JD and t.channel_of(t.orders) is None
+
+
+def test_admission_is_strictly_in_offset_order() -> None:
+    assert admission(expected=10, offset=10) == ADMIT
+    assert admission(expected=10, offset=9) == COVERED  # the state already includes it: a replay
+    assert admission(expected=10, offset=0) == COVERED
+    assert admission(expected=10, offset=11) == AHEAD  # a hole: offset 10 was never seen
+    assert offset_key("oms.orders", 3) == "oms.orders/3"
+
+
+def test_faust_read_offset_filter_is_off() -> None:
+    """Faust drops records below its read offset and books jumps as gaps; with this mapping it does neither."""
+    offsets = _NoReadFilter()
+    offsets["t", 0] = 500  # what Faust writes after a stale record
+    assert offsets["t", 0] is None  # what its drain loop then reads: re-fetched record 12 is not dropped
+    offsets.pop(("t", 0), None)
+    offsets.update({("t", 1): 3})
+    assert offsets["t", 1] is None
