@@ -283,16 +283,17 @@ class Stage:
                 msg.acked = True
                 if tp not in holes:
                     holes[tp] = expected[tp]
-                    log.warning(
-                        "%s: %s/%s: offset %s arrived while %s is next (Faust committed %s); re-reading from %s",
-                        self.name,
-                        msg.topic,
-                        msg.partition,
-                        msg.offset,
-                        expected[tp],
-                        self.app.consumer._committed_offset.get(tp),
-                        expected[tp],
-                    )
+                    if self._rereads.get(tp, (None,))[0] != expected[tp]:  # once per hole; the retry says the rest
+                        log.warning(
+                            "%s: %s/%s: offset %s arrived while %s is next (Faust committed %s); re-reading from %s",
+                            self.name,
+                            msg.topic,
+                            msg.partition,
+                            msg.offset,
+                            expected[tp],
+                            self.app.consumer._committed_offset.get(tp),
+                            expected[tp],
+                        )
                 self.stats.held += 1
                 continue
             w.last_event = event
