@@ -65,14 +65,7 @@ class WorkerPool:
     def restart(self, index: int, timeout_s: float = 40.0) -> None:
         """Stop one worker cleanly (SIGTERM: it commits and leaves the group) and start it again: two
         rebalances, as in a rolling deploy."""
-        proc = self.procs[index]
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        self._terminate([self.procs[index]], timeout_s)
         self._spawn(index)
 
     def alive(self, index: int) -> bool:
@@ -124,7 +117,11 @@ class WorkerPool:
 
     def stop(self, timeout_s: float = 40.0) -> None:
         """SIGTERM every worker (a clean shutdown commits offsets), SIGKILL what is left after the timeout."""
-        live = [p for p in self.procs if p is not None and p.poll() is None]
+        self._terminate(self.procs, timeout_s)
+
+    @staticmethod
+    def _terminate(procs: list[subprocess.Popen | None], timeout_s: float) -> None:
+        live = [p for p in procs if p is not None and p.poll() is None]
         for proc in live:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
