@@ -1,40 +1,46 @@
 """The whole pipeline as one Faust app: what ``oms worker`` runs (``OMS_APP=agents.pipeline:create_app``).
 
-ingest (raw channel topics, HTTP API) → orders → review → saga-requests → coordinator ⇄ inventory.
+raw channel topics ─► ingest ─┐
+HTTP API, webhooks ───────────┴─► order inbox ─► orders (review + saga) ─► inventory commands ─► inventory
+                                       ▲                                                            │
+                                       └──────────────────── line results ◄─────────────────────────┘
 """
 
 from __future__ import annotations
 
 import faust
 
-from agents.coordinator import agent as coordinator
 from agents.ingest import agent as ingest
 from agents.ingest import views as ingest_views
 from agents.inventory import agent as inventory
-from agents.review import agent as review
-from agents.review import views as review_views
-from agents.review.registry import Registry
-from engine import broadcast
+from agents.orders import agent as orders
+from agents.orders import views as order_views
+from agents.orders.registry import Registry
+from engine.app import context
 from engine.app import create_app as create_base_app
-from engine.catalog import Catalog
-from engine.http import Edge
+from engine.http.edge import Edge
+from engine.kafka import broadcast
+from engine.readmodels.catalog import Catalog
+from engine.readmodels.holds import HoldsModel
+from engine.readmodels.sync import ReadModelSync
 from engine.settings import Settings
 from engine.tenants import Tenants
 
 
-def create_app(settings: Settings, worker_index: int = 0) -> faust.App:
-    app = create_base_app(settings, worker_index)
-    topics = app.oms.topics
+def create_app(settings: Settings, worker_index: int = 0, topic_epochs: dict[str, str] | None = None) -> faust.App:
+    app = create_base_app(settings, worker_index, topic_epochs)
+    topics = context(app).topics
     tenants = Tenants.load(settings.tenants_file)
-    registry = Registry.from_file(settings.rules_file)
+    registry = Registry()
     edge = Edge(settings, tenants)
     catalog = Catalog(edge.redis, edge.keys)
+    holds = HoldsModel(edge.redis, edge.keys)
+    sync = ReadModelSync(app, edge.redis, edge.keys)
     broadcast.follow(app, settings.bootstrap, topics.review_rules, settings.partitions, registry.on_record)
 
-    ingest.install(app, tenants, catalog)
+    ingest.install(app, tenants)
     ingest_views.install(app, edge, catalog)
-    review.install(app, registry, edge.redis, edge.keys)
-    review_views.install(app, edge, registry)
-    coordinator.install(app)
-    inventory.install(app, catalog)
+    orders.install(app, holds, sync)
+    order_views.install(app, edge, holds, registry)
+    inventory.install(app, catalog, sync)
     return app

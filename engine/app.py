@@ -6,28 +6,32 @@ Stages get their topics and settings from ``context(app)``; this module knows no
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import faust
 from faust.types import TP
 
-from engine import codec, transport
+from engine.kafka import transport
 from engine.settings import Settings
 from engine.topics import Topics
 
 log = logging.getLogger("oms")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Context:
     settings: Settings
     topics: Topics
     worker_index: int
+    #: each input topic's incarnation (engine.kafka.admin.topic_epochs), looked up when the worker starts
+    topic_epochs: dict[str, str] = field(default_factory=dict)
+    #: the stages installed on this app, by name (for /oms/stats/)
+    stages: dict[str, Any] = field(default_factory=dict)
 
 
-def create_app(settings: Settings, worker_index: int = 0) -> faust.App:
-    codec.register()
+def create_app(settings: Settings, worker_index: int = 0, topic_epochs: dict[str, str] | None = None) -> faust.App:
     transport.register()
     session = settings.session_timeout_s
     datadir = Path(settings.state_dir) / "workers" / settings.app_id / f"w{worker_index}"
@@ -42,19 +46,17 @@ def create_app(settings: Settings, worker_index: int = 0) -> faust.App:
         topic_replication_factor=settings.replication_factor,
         key_serializer="raw",
         value_serializer="raw",
-        # at-least-once with idempotent state (DESIGN.md §5): never Faust's exactly_once
+        # Stages commit their own transactions (engine.runtime.stage); Faust's exactly-once mode stays off.
         processing_guarantee="at_least_once",
+        TableManager="engine.state.tables:TableManager",
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=settings.commit_interval_s,
-        broker_commit_every=max(100, settings.batch_max * 2),
         broker_session_timeout=session,
         broker_heartbeat_interval=max(1.0, min(3.0, session / 10)),
         broker_rebalance_timeout=max(60.0, session * 2),
         broker_request_timeout=max(90.0, session + 30),
         table_standby_replicas=settings.standby_replicas,
-        stream_wait_empty=True,
-        producer_acks=-1,
-        producer_linger_ms=2,
+        stream_wait_empty=False,
         web_enabled=True,
         web_bind=settings.web_bind,
         web_host="127.0.0.1",
@@ -62,18 +64,58 @@ def create_app(settings: Settings, worker_index: int = 0) -> faust.App:
         # our own body limit answers 413 with a message; aiohttp's must not cut in first
         web_application_options={"client_max_size": settings.max_payload_bytes + 1},
     )
-    app.oms = Context(settings, Topics(settings.topic_prefix), worker_index)  # type: ignore[attr-defined]
-    from engine import watchdog  # imports this module: after the app exists
-
-    watchdog.install(app, stall_s=max(15.0, 10 * settings.commit_interval_s))
+    app.oms = Context(settings, Topics(settings.topic_prefix), worker_index, dict(topic_epochs or {}))  # type: ignore[attr-defined]
 
     @app.page("/oms/ready/")
     async def ready(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
-        """Readiness, unlike Faust's ``/`` (which answers during recovery): partitions assigned and
-        table recovery finished."""
+        """Readiness, unlike Faust's ``/`` (which answers during recovery): partitions assigned and table
+        recovery finished."""
         actives = sorted(f"{tp.topic}/{tp.partition}" for tp in active_partitions(app))
         ok = bool(actives) and not app.in_recovery and app.tables.recovery.completed.is_set()
         return web.json({"ready": ok, "active": actives, "worker": worker_index}, status=200 if ok else 503)
+
+    @app.page("/oms/stats/")
+    async def stats(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        """Each stage's counters (records admitted, covered, stale, transactions, fenced, ...)."""
+        stages = {name: stage.stats.as_dict() for name, stage in context(app).stages.items()}
+        return web.json({"worker": worker_index, "pid": __import__("os").getpid(), "stages": stages})
+
+    @app.page("/oms/debug/")
+    async def debug(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        """For an operator chasing a stall: recovery progress and where every asyncio task is waiting."""
+        import asyncio
+
+        recovery = app.tables.recovery
+        tasks = []
+        for task in asyncio.all_tasks():
+            where, coro = [], task.get_coro()
+            while coro is not None and len(where) < 20:  # follow the chain of awaits down to where it waits
+                frame = (
+                    getattr(coro, "cr_frame", None)
+                    or getattr(coro, "gi_frame", None)
+                    or getattr(coro, "ag_frame", None)
+                )
+                if frame is not None:
+                    where.append(
+                        f"{frame.f_code.co_filename.rsplit('/', 2)[-1]}:{frame.f_lineno} {frame.f_code.co_name}"
+                    )
+                coro = (
+                    getattr(coro, "cr_await", None)
+                    or getattr(coro, "gi_yieldfrom", None)
+                    or getattr(coro, "ag_await", None)
+                )
+            tasks.append({"task": task.get_name(), "at": where})
+        return web.json(
+            {
+                "worker": worker_index,
+                "in_recovery": bool(app.in_recovery),
+                "recovery_completed": app.tables.recovery.completed.is_set(),
+                "active_remaining": {f"{tp.topic}/{tp.partition}": n for tp, n in recovery.active_remaining().items()},
+                "active_highwaters": {f"{tp.topic}/{tp.partition}": n for tp, n in recovery.active_highwaters.items()},
+                "active_offsets": {f"{tp.topic}/{tp.partition}": n for tp, n in recovery.active_offsets.items()},
+                "tasks": tasks,
+            }
+        )
 
     return app
 
@@ -87,27 +129,3 @@ def active_partitions(app: faust.App) -> set[TP]:
         return set(app.assignor.assigned_actives())
     except Exception:  # before the first assignment
         return set()
-
-
-def table_options() -> dict[str, int]:
-    """RocksDB sizing per table partition (Faust's default is a 2 GiB block cache per DB, DESIGN.md §5)."""
-    return {
-        "block_cache_size": 32 * 1024 * 1024,
-        "write_buffer_size": 8 * 1024 * 1024,
-        "max_write_buffer_number": 2,
-        "max_open_files": 256,
-    }
-
-
-def state_table(app: faust.App, name: str, help: str) -> faust.Table:
-    """A stage's state table: str keys (``tenant:…``), orjson values, one partition per input partition."""
-    table = app.Table(
-        name, key_type=str, partitions=context(app).settings.partitions, options=table_options(), help=help
-    )
-    # Faust derives serializers from the key/value *types* and has no argument for them, and registering
-    # the table already built its changelog topic with the default (json) ones. Set ours and rebuild the
-    # changelog topic, or every standby/recovery read fails to decode the raw ``tenant:…`` keys.
-    table.key_serializer = "raw"
-    table.value_serializer = codec.CODEC_NAME
-    table.changelog_topic = table._new_changelog_topic()
-    return table

@@ -16,13 +16,18 @@ def _settings(**overrides: object) -> Settings:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from engine.tripwire import TripwireError
     from engine.worker import run_worker
 
-    return run_worker(_settings(), args.index)
+    try:
+        return run_worker(_settings(), args.index)
+    except TripwireError as exc:
+        print(f"oms worker: {exc}", file=sys.stderr)
+        return 3
 
 
 def cmd_servers(args: argparse.Namespace) -> int:
-    from engine.local import LocalServers
+    from deploy.local.servers import LocalServers
 
     settings = _settings()
     servers = LocalServers(settings)
@@ -55,8 +60,41 @@ def cmd_config(_args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rules(args: argparse.Namespace) -> int:
+    from agents.orders.publish import RulesError, load_rules_file, publish_rules
+
+    settings = _settings()
+    path = args.file or settings.rules_file
+    try:
+        rulesets = load_rules_file(path)
+    except RulesError as exc:
+        print(f"oms rules: {exc}", file=sys.stderr)
+        return 2
+    if not rulesets:
+        print(f"oms rules: {path} holds no rule set", file=sys.stderr)
+        return 2
+    published = publish_rules(settings, rulesets, "rules-publisher")
+    print(f"published {published} rule set(s) to every partition of {settings.topic_prefix}.order-inbox")
+    return 0
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--orders", type=int, default=20_000, help="orders in the generated day (default 20000)")
+    p.add_argument("--seed", type=int, default=11, help="workload seed: same seed, same day")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default OMS_WORKERS, min 2)")
+    p.add_argument("--flash-sale", action="store_true", help="one scarce SKU in front of many buyers")
+    p.add_argument("--keep", action="store_true", help="keep the run's topics and worker data afterwards")
+    p.add_argument("--stall", type=float, default=None, help="give up after this long without progress (s)")
+    p.add_argument(
+        "--chaos",
+        default="",
+        help="faults to inject while the day runs, e.g. 'kill@25,kill@60' (kill -9 a worker at 25%% and 60%% "
+        "of the orders resolved) or 'pause@25:45' (SIGSTOP a worker for 45 s at 25%%)",
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from engine.runner import RunOptions, main_job
+    from workload.day import RunOptions, main_job
 
     return main_job(_settings(), RunOptions.from_args(args))
 
@@ -73,9 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="the main job: servers, stock, a generated day of orders, the engine, a report")
-    from engine.runner import RunOptions
-
-    RunOptions.add_arguments(run)
+    add_run_arguments(run)
     run.set_defaults(func=cmd_run)
 
     w = sub.add_parser("worker", help="run one engine worker (Faust) in the foreground")
@@ -85,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("servers", help="local Kafka and Redis on 127.0.0.1")
     s.add_argument("action", choices=["start", "stop", "status"])
     s.set_defaults(func=cmd_servers)
+
+    r = sub.add_parser("rules", help="review rules")
+    r_sub = r.add_subparsers(dest="rules_action", required=True)
+    pub = r_sub.add_parser("publish", help="publish a rules file (default OMS_RULES_FILE) into the log")
+    pub.add_argument("file", nargs="?", default=None)
+    pub.set_defaults(func=cmd_rules)
 
     sc = sub.add_parser("schemas", help="JSON Schemas of the records on result topics")
     sc_sub = sc.add_subparsers(dest="schemas_action", required=True)

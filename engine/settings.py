@@ -59,15 +59,36 @@ class Settings:
         "Import path of the function that builds the Faust app with its agents.",
         "agents.pipeline:create_app",
     )
-    saga_timeout_s: float = setting(
-        "OMS_SAGA_TIMEOUT_S",
-        "An order whose lines are not all answered within this many seconds is rejected.",
+    saga_stuck_s: float = setting(
+        "OMS_SAGA_STUCK_S",
+        "A saga still waiting for a stock answer after this many seconds is reported as stuck (never decided by "
+        "the clock: an answer is late, not lost).",
+        300.0,
+    )
+    order_retention_s: int = setting(
+        "OMS_ORDER_RETENTION_S",
+        "Order-side state is forgotten this long after the order's last channel update once it is decided "
+        "(channel time); a later update for it is ignored, not taken for a new order.",
+        7 * 86400,
+    )
+    line_retention_s: int = setting(
+        "OMS_LINE_RETENTION_S",
+        "The stock side forgets a released or shipped line, and an idle idempotency origin, this long after "
+        "(command time).",
+        7 * 86400,
+    )
+    transaction_timeout_s: float = setting(
+        "OMS_TRANSACTION_TIMEOUT_S",
+        "Kafka transaction timeout: the longest a vanished worker's open transaction can hold readers back.",
         60.0,
     )
     batch_max: int = setting("OMS_BATCH_MAX", "Most events an agent takes in one batch.", 500)
     batch_within_s: float = setting("OMS_BATCH_WITHIN_S", "Longest an agent waits to fill a batch (seconds).", 0.02)
     commit_interval_s: float = setting(
-        "OMS_COMMIT_INTERVAL_S", "Offset commit interval: the replay window after a crash.", 1.0
+        "OMS_COMMIT_INTERVAL_S",
+        "How often a worker commits the stages' input positions to its consumer group (for lag tooling; the "
+        "positions that count are in the stages' state).",
+        1.0,
     )
     session_timeout_s: float = setting(
         "OMS_SESSION_TIMEOUT_S",
@@ -105,8 +126,8 @@ class Settings:
     )
     rules_file: str = setting(
         "OMS_RULES_FILE",
-        "TOML file of review rules per tenant (default `deploy/rules.toml`; updatable at run time on the "
-        "review-rules topic).",
+        "TOML file of review rules per tenant, published into the log by `oms run` and `oms rules publish` "
+        "(default `deploy/rules.toml`); updatable at run time with `PUT /api/v1/{tenant}/rules`.",
         factory=lambda: str(REPO_ROOT / "deploy" / "rules.toml"),
     )
     max_payload_bytes: int = setting(
@@ -141,7 +162,10 @@ class Settings:
 
         need(self.partitions >= 1, "OMS_PARTITIONS", "must be at least 1")
         need(self.replication_factor >= 1, "OMS_REPLICATION_FACTOR", "must be at least 1")
-        need(self.saga_timeout_s > 0, "OMS_SAGA_TIMEOUT_S", "must be positive")
+        need(self.saga_stuck_s > 0, "OMS_SAGA_STUCK_S", "must be positive")
+        need(self.order_retention_s >= 60, "OMS_ORDER_RETENTION_S", "must be at least 60 seconds")
+        need(self.line_retention_s >= 60, "OMS_LINE_RETENTION_S", "must be at least 60 seconds")
+        need(self.transaction_timeout_s >= 5, "OMS_TRANSACTION_TIMEOUT_S", "must be at least 5 seconds")
         need(self.batch_max >= 1, "OMS_BATCH_MAX", "must be at least 1")
         need(self.batch_within_s > 0, "OMS_BATCH_WITHIN_S", "must be positive")
         need(self.commit_interval_s > 0, "OMS_COMMIT_INTERVAL_S", "must be positive")

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.deadletter import DeadLetter
+from schemas.inbox import InboxRecord
 from schemas.inventory import InventoryCommand, StockEvent
-from schemas.order import Channel, Order
-from schemas.review import OrderCancellation, ReviewCommand, ReviewDecision, RuleSet, SagaRequest
-from schemas.saga import LineResult, OrderDecision, SagaTimeout
+from schemas.order import Channel
+from schemas.review import OrderCancellation, ReviewDecision, RuleSet
+from schemas.saga import OrderDecision
 
 
 @dataclass(frozen=True)
@@ -38,22 +39,14 @@ def _spec(
 
 SPECS: tuple[TopicSpec, ...] = (
     _spec(
-        "orders",
-        "orders",
-        "tenant:order_id",
-        Order,
-        "order.v1",
+        "order_inbox",
+        "order-inbox",
+        "tenant:shop:b-buyer (the order's buyer key)",
+        InboxRecord,
+        "order-inbox.v1",
         True,
-        "Canonical orders (every channel snapshot, deduplicated later by version), input of review.",
-    ),
-    _spec(
-        "review_commands",
-        "review-commands",
-        "tenant:order_id",
-        ReviewCommand,
-        "review-command.v1",
-        False,
-        "Operators' release / reject of held orders (from the API).",
+        "Everything that can change an order, in one order per buyer: channel snapshots (ingest, API), operator "
+        "actions, the inventory's line results, and review rule versions (one copy per partition).",
     ),
     _spec(
         "review_rules",
@@ -62,7 +55,7 @@ SPECS: tuple[TopicSpec, ...] = (
         RuleSet,
         "rule-set.v1",
         True,
-        "Review rules per tenant; compacted; every worker reads all of it.",
+        "The latest review rules of each tenant (compacted), as published; what the API shows.",
         cleanup_policy="compact",
     ),
     _spec(
@@ -72,16 +65,7 @@ SPECS: tuple[TopicSpec, ...] = (
         ReviewDecision,
         "review-decision.v1",
         True,
-        "What review decided (approved, held, rejected, released, cancelled) and which rules fired.",
-    ),
-    _spec(
-        "saga_requests",
-        "saga-requests",
-        "tenant:order_id",
-        SagaRequest,
-        "saga-request.v1",
-        False,
-        "Review → coordinator: start the reservation saga of an approved order, or cancel (some of) it.",
+        "What review decided (approved, held, rejected, released, cancelled, awaiting payment) and which rules fired.",
     ),
     _spec(
         "inventory_commands",
@@ -93,31 +77,13 @@ SPECS: tuple[TopicSpec, ...] = (
         "Every stock change: reserve, release, issue, receive, adjust, return. One writer per SKU.",
     ),
     _spec(
-        "line_results",
-        "line-results",
-        "tenant:order_id",
-        LineResult,
-        "line-result.v1",
-        True,
-        "The inventory agent's answer to each reserve command.",
-    ),
-    _spec(
-        "saga_timeouts",
-        "saga-timeouts",
-        "tenant:order_id",
-        SagaTimeout,
-        "saga-timeout.v1",
-        False,
-        "Internal: deadline ticks from the coordinator's timer to itself.",
-    ),
-    _spec(
         "order_decisions",
         "order-decisions",
         "tenant:order_id",
         OrderDecision,
         "order-decision.v1",
         True,
-        "One terminal decision per order: accepted, rejected (stock, timeout, review) or cancelled.",
+        "One terminal decision per order: accepted, rejected (stock, review) or cancelled.",
     ),
     _spec(
         "order_cancellations",
@@ -162,14 +128,10 @@ class Topics:
         self.raw: dict[Channel, str] = {ch: f"{prefix}.raw.{ch.value}" for ch in Channel}
 
     # declared for type checkers; set in __init__
-    orders: str
-    review_commands: str
+    order_inbox: str
     review_rules: str
     review_decisions: str
-    saga_requests: str
     inventory_commands: str
-    line_results: str
-    saga_timeouts: str
     order_decisions: str
     order_cancellations: str
     stock_events: str

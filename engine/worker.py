@@ -11,8 +11,10 @@ import faust
 import uvloop
 from faust.worker import Worker
 
-from engine import kafka
+from engine import tripwire
+from engine.kafka.admin import create_topics, topic_epochs
 from engine.settings import Settings, SettingsError
+from engine.topics import Topics
 
 
 def load_app_factory(path: str) -> Callable[..., faust.App]:
@@ -21,7 +23,7 @@ def load_app_factory(path: str) -> Callable[..., faust.App]:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise SettingsError(f"OMS_APP={path!r}: cannot load it ({exc})") from None
-    return factory
+    return factory  # type: ignore[no-any-return]
 
 
 class _Worker(Worker):
@@ -34,13 +36,15 @@ class _Worker(Worker):
             logging.disable(level - 1)
 
 
-def ensure_changelogs(app: faust.App, settings: Settings) -> None:
-    """Create every table's changelog topic (compacted, same partitions) before Faust starts. If Faust
-    declares it itself, a worker's first table write can race the metadata and die of PartitionsMismatch
-    ("the changelog topic has 0 partitions") — seen on a fresh broker."""
+def ensure_topics(app: faust.App, settings: Settings) -> None:
+    """Create the pipeline's topics and every table's changelog (compacted, same partitions) before Faust
+    starts. If Faust declares a changelog itself, a worker's first table write can race the metadata and die
+    of PartitionsMismatch ("the changelog topic has 0 partitions") — seen on a fresh broker."""
+    topics = Topics(settings.topic_prefix)
+    create_topics(settings.bootstrap, topics.all(), settings.partitions, settings.replication_factor, topics.configs())
     names = [table.changelog_topic.get_topic_name() for table in app.tables.values()]
     if names:
-        kafka.create_topics(
+        create_topics(
             settings.bootstrap,
             names,
             settings.partitions,
@@ -50,11 +54,15 @@ def ensure_changelogs(app: faust.App, settings: Settings) -> None:
 
 
 def run_worker(settings: Settings, index: int = 0) -> int:
-    """Blocks until the worker is stopped (SIGTERM/SIGINT shut it down cleanly: offsets are committed)."""
+    """Blocks until the worker is stopped (SIGTERM/SIGINT shut it down cleanly)."""
+    tripwire.check()
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
-    app = load_app_factory(settings.app_module)(settings, index)
-    ensure_changelogs(app, settings)
+    topics = Topics(settings.topic_prefix)
+    create_topics(settings.bootstrap, topics.all(), settings.partitions, settings.replication_factor, topics.configs())
+    epochs = topic_epochs(settings.bootstrap, topics.all())
+    app = load_app_factory(settings.app_module)(settings, index, epochs)
+    ensure_topics(app, settings)
     worker = _Worker(app, loglevel=settings.log_level, quiet=True, loop=loop, redirect_stdouts=False)
     worker.execute_from_commandline()  # exits the process when done
     return 0

@@ -30,8 +30,15 @@ Tenant = Annotated[
 Ident = Annotated[
     str,
     Meta(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.#/-]{0,159}$",
-        description="Deterministic identifier; never contains ':' (the key separator)",
+        pattern=r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.#/-]{0,159}$",
+        description="Deterministic identifier; never contains ':' (the key separator) nor '..' (a path segment)",
+    ),
+]
+Key = Annotated[
+    str,
+    Meta(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}:[A-Za-z0-9_.#/:-]{1,400}$",
+        description="A record key: the tenant, ':', then the entity (e.g. tenant:shop:buyer)",
     ),
 ]
 Text = Annotated[str, Meta(max_length=2000)]

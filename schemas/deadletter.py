@@ -21,6 +21,7 @@ class ReasonCode(enum.StrEnum):
     UNKNOWN_SKU = "unknown_sku"  # a line names a SKU the tenant's catalog does not have
     BAD_KEY = "bad_key"  # a raw channel record whose key is not tenant:shop:platform_order_id
     OVERSIZE = "oversize"  # larger than the ingestion limit
+    STALE_SEQUENCE = "stale_sequence"  # a command at or below its origin's high-water mark that was never applied
     PROCESSING_ERROR = "processing_error"  # a bug: the record is parked instead of stalling the partition
 
 

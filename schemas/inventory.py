@@ -1,10 +1,11 @@
 """Inventory commands (the only way stock changes) and the stock events that record each change.
 
-Every command is keyed ``tenant:sku`` so that one partition — one agent — owns each SKU's stock
-(DESIGN.md §2). Every command carries an idempotency stamp ``(origin, seq)``: ``origin`` names the single
-upstream stream that issued it and ``seq`` strictly increases within that origin. The inventory agent
-applies a command only if its ``seq`` is above the last one applied for that origin on that SKU, so a
-redelivered command has no second effect (I3) while the memory this takes is one integer per origin.
+Every command is keyed ``tenant:sku`` so that one partition — one agent — owns each SKU's stock. Every command
+carries an idempotency stamp ``(origin, seq)``: ``origin`` names the single upstream stream that issued it (with
+the incarnation of the topic it came from) and ``seq`` strictly increases within that origin. The inventory
+agent applies commands of an origin in ``seq`` order: a command at or below the highest ``seq`` applied is a
+redelivery (no second effect, I3) when it matches what was applied, and is dead-lettered as
+``stale_sequence`` when it does not — never silently dropped.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from schemas.common import (
     MAX_STOCK_DELTA,
     EpochMs,
     Ident,
+    Key,
     Quantity,
     Record,
     Seq,
@@ -62,11 +64,12 @@ class _Command(Record, tag_field="kind", kw_only=True):
 
 class Reserve(_Command, tag=CommandKind.RESERVE.value, kw_only=True):
     """Reserve ``quantity`` units for one order line, in one warehouse (first of ``warehouses`` that can
-    serve it; any warehouse when empty)."""
+    serve it; any warehouse when empty). The answer goes to the order side's inbox under ``reply_to``."""
 
     order_id: Ident
     line_id: Ident
     quantity: Quantity
+    reply_to: Key
     warehouses: list[WarehouseId] = msgspec.field(default_factory=list)
 
 

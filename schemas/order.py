@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import hashlib
+import re
 from typing import Annotated
 
 import msgspec
@@ -133,6 +135,22 @@ def line_id(order_id: str, line_no: int) -> str:
     return f"{order_id}#{line_no}"
 
 
+_SAFE_BUYER = re.compile(r"^[A-Za-z0-9_.#/-]{1,100}$")
+
+
+def buyer_key(order: Order) -> str:
+    """The order side's entity key, ``tenant:shop:b-<buyer>``: everything about one buyer's orders in one shop
+    (review, velocity, the reservation saga, and the 合单 merge window) has one writer. A buyer id that is
+    masked (``*``) or missing says nothing about who bought, so such an order is its own entity
+    (``tenant:shop:o-<order id>``). The key must not change between snapshots of an order, so it never
+    depends on the receiver, which a channel may edit."""
+    buyer = order.buyer.id.strip()
+    if buyer and "*" not in buyer:
+        part = buyer if _SAFE_BUYER.match(buyer) else "h-" + hashlib.sha1(buyer.encode()).hexdigest()[:20]
+        return join_key(order.tenant, order.shop_id, f"b-{part}")
+    return join_key(order.tenant, order.shop_id, f"o-{order.order_id}")
+
+
 def validate_order(order: Order) -> list[str]:
     """Cross-field checks msgspec cannot express; returns problems (empty when fine)."""
     problems = []
@@ -150,6 +168,7 @@ __all__ = [
     "Order",
     "OrderLine",
     "OrderStatus",
+    "buyer_key",
     "line_id",
     "order_id",
     "validate_order",

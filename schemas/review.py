@@ -1,9 +1,9 @@
 """Review (审单) records: rule sets, review outcomes, operator actions, and the requests and
 cancellations that review sends on.
 
-Flow: ``orders`` (ingested snapshots) → review → ``saga-requests`` (start / cancel the reservation saga),
-``review-decisions`` (what review decided and which rules fired), ``order-decisions`` (orders that review
-rejected or that were cancelled before reaching the saga) and ``order-cancellations``.
+The order stage reviews every order (rules per tenant, versioned in the log), records what it decided and
+which rules fired on ``review-decisions``, and records cancellations and return requests on
+``order-cancellations``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import msgspec
 from msgspec import Meta
 
 from schemas.common import EpochMs, Fen, Ident, Record, Tenant, Text, join_key
-from schemas.order import Channel, Order
+from schemas.order import Channel
 
 
 class Action(enum.StrEnum):
@@ -111,11 +111,12 @@ class RuleSet(Record, kw_only=True):
 
 class Outcome(enum.StrEnum):
     APPROVED = "approved"
-    HELD = "held"
+    HELD = "held"  # 挂起: waiting for an operator (an open state, listed in the holds read model)
     REJECTED = "rejected"
-    RELEASED = "released"  # an operator released a held order
-    CANCELLED = "cancelled"  # cancelled by the channel (or an operator) before it reached the saga
-    DUPLICATE = "duplicate"  # not recorded on the topic; counted only
+    RELEASED = "released"  # an operator released a held order (or acknowledged an amendment)
+    CANCELLED = "cancelled"  # cancelled by the channel (or an operator) before it was approved
+    AWAITING_PAYMENT = "awaiting_payment"  # seen, not paid: nothing is reserved until it is (an open state)
+    SHIPPED = "shipped"  # first seen already shipped (by the platform itself): nothing to reserve
 
 
 class FiredRule(Record, kw_only=True):
@@ -148,55 +149,9 @@ class ReviewDecision(Record, kw_only=True):
         return join_key(self.tenant, self.order_id)
 
 
-class ReviewCommandKind(enum.StrEnum):
+class OperatorActionKind(enum.StrEnum):
     RELEASE = "release"
     REJECT = "reject"
-
-
-class ReviewCommand(Record, kw_only=True):
-    """An operator's action on a held order (from the API). Key: ``tenant:order_id``."""
-
-    v: int = 1
-    command_id: Ident
-    tenant: Tenant
-    order_id: Ident
-    action: ReviewCommandKind
-    actor: Ident
-    note: Text = ""
-    ts: EpochMs
-
-    @property
-    def key(self) -> str:
-        return join_key(self.tenant, self.order_id)
-
-
-class StartSaga(Record, tag="start", tag_field="kind", kw_only=True):
-    """Review approved the order: reserve its stock. Key: ``tenant:order_id``."""
-
-    v: int = 1
-    order: Order
-
-    @property
-    def key(self) -> str:
-        return self.order.key
-
-
-class CancelSaga(Record, tag="cancel", tag_field="kind", kw_only=True):
-    """The channel cancelled the order or some of its lines before shipment. Key: ``tenant:order_id``."""
-
-    v: int = 1
-    tenant: Tenant
-    order_id: Ident
-    line_ids: list[Ident] = msgspec.field(default_factory=list)  # empty: the whole order
-    reason: Ident
-    ts: EpochMs
-
-    @property
-    def key(self) -> str:
-        return join_key(self.tenant, self.order_id)
-
-
-SagaRequest = StartSaga | CancelSaga
 
 
 class CancellationKind(enum.StrEnum):
@@ -216,7 +171,7 @@ class OrderCancellation(Record, kw_only=True):
     line_ids: list[Ident] = msgspec.field(default_factory=list)
     released_line_ids: list[Ident] = msgspec.field(default_factory=list)
     reason: Ident
-    stage: Ident  # where it took effect: "review" (never reached the saga) or "coordinator"
+    stage: Ident  # the stage that recorded it ("orders")
     ts: EpochMs
 
     @property

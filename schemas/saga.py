@@ -1,4 +1,4 @@
-"""Records of the order saga: line results from the inventory agent, timeouts, and order decisions."""
+"""Records of the reservation saga: the inventory's answer per line, and the order's one decision."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 
 from msgspec import Meta
 
-from schemas.common import EpochMs, Ident, Quantity, Record, Tenant, Text, join_key
+from schemas.common import EpochMs, Ident, Key, Quantity, Record, Tenant, Text, join_key
 from schemas.order import Channel
 
 
@@ -21,15 +21,19 @@ class RejectReason(enum.StrEnum):
 
     INSUFFICIENT_STOCK = "insufficient_stock"  # 库存不足
     UNKNOWN_SKU = "unknown_sku"  # no stock record at all for this SKU
-    NOT_RESERVABLE = "not_reservable"  # line already released or shipped (a redelivered reserve)
-    TIMEOUT = "timeout"  # no answer from inventory within the saga timeout
+    NOT_RESERVABLE = "not_reservable"  # the line was already released or shipped (a replayed reserve)
     INVALID_ORDER = "invalid_order"
-    REVIEW = "review"  # a review rule (审单) rejected it; the review decision names the rules
+    REVIEW = "review"  # a review rule (审单) or an operator rejected it; the review decision says which
     CANCELLED = "cancelled"  # the channel cancelled it before it was decided
+    ENGINE_ERROR = "engine_error"  # the engine could not process a line: a bug or a broken invariant, never a sale
 
 
-class LineResult(Record, kw_only=True):
-    """The inventory agent's answer to one reserve command. Key: ``tenant:order_id``."""
+#: Rejections the engine caused itself: a run with any of them has failed, whatever the invariants say.
+ENGINE_REASONS = frozenset({RejectReason.ENGINE_ERROR})
+
+
+class LineResult(Record, tag="line_result", tag_field="kind", kw_only=True):
+    """The inventory agent's answer to one reserve command. Key: the order's buyer key (the order side's inbox)."""
 
     v: int = 1
     result_id: Ident
@@ -41,31 +45,18 @@ class LineResult(Record, kw_only=True):
     reason: RejectReason | None = None
     warehouse: Ident | None = None
     quantity: Quantity
+    reply_to: Key
     ts: EpochMs
 
     @property
     def key(self) -> str:
-        return join_key(self.tenant, self.order_id)
-
-
-class SagaTimeout(Record, kw_only=True):
-    """A tick telling the coordinator that an order's saga passed its deadline. Key: ``tenant:order_id``."""
-
-    v: int = 1
-    tenant: Tenant
-    order_id: Ident
-    deadline: EpochMs
-    ts: EpochMs
-
-    @property
-    def key(self) -> str:
-        return join_key(self.tenant, self.order_id)
+        return self.reply_to
 
 
 class DecisionStatus(enum.StrEnum):
     ACCEPTED = "accepted"
     REJECTED = "rejected"
-    CANCELLED = "cancelled"  # cancelled by the channel before a decision was reached
+    CANCELLED = "cancelled"  # cancelled by the channel (or an operator) before a decision was reached
 
 
 class DecisionLine(Record, kw_only=True):
@@ -76,9 +67,10 @@ class DecisionLine(Record, kw_only=True):
 
 
 class OrderDecision(Record, kw_only=True):
-    """The one terminal decision of an order's reservation saga. Key: ``tenant:order_id``.
+    """The one terminal decision of an order. Key: ``tenant:order_id``.
 
-    ``decision_id`` is deterministic; a redelivered copy is identical except for ``decided_at``.
+    ``decision_id`` is deterministic and so is every field (``decided_at`` is the time of the input record
+    that completed the decision): a redelivered copy is byte-identical.
     """
 
     v: int = 1

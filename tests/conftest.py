@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.delivery import Credentials
-from engine.local import LocalServers
+from deploy.local.servers import LocalServers
 from engine.settings import Settings
+from workload.delivery import Credentials
 
 TEST_PORTS = {"local_kafka_port": 29092, "local_controller_port": 29093, "local_redis_port": 26379}
 
@@ -54,7 +54,6 @@ def settings(servers: Settings, credentials: Credentials, tmp_path: Path) -> Set
         partitions=4,
         session_timeout_s=8.0,
         commit_interval_s=0.5,
-        saga_timeout_s=30.0,
         web_port=int(os.environ.get("OMS_TEST_WEB_PORT", "36066")),
         log_level=os.environ.get("OMS_LOG_LEVEL", "warning"),
     )

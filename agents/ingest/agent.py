@@ -1,88 +1,77 @@
-"""The ingest agent (Kafka route): raw channel payloads → the same adapters as the API → ``orders``.
+"""The ingest stage (Kafka route): raw channel payloads → the same adapters as the API → the order inbox.
 
-Raw topics are ``<prefix>.raw.<channel>``, keyed ``tenant:shop_id:platform_order_id`` (the channel's own
-JSON as the value), so that every update of one platform order stays in order on one partition.
-Anything that cannot become a canonical order is dead-lettered with its reason and original bytes.
+Raw topics are ``<prefix>.raw.<channel>``, keyed ``tenant:shop_id:platform_order_id`` (the channel's own JSON
+as the value), so that every update of one platform order stays in order on one partition. Anything that
+cannot become a canonical order is dead-lettered with its reason and original bytes. The stage keeps no state
+but its positions, and reads nothing outside its input: the time an order was received is its record's time.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 import faust
-from faust.types import EventT, StreamT
 
 from agents.ingest.adapters import AdapterError, Source, adapt
 from agents.ingest.adapters.base import parse_json
 from engine.app import context
-from engine.catalog import Catalog, Lookup
-from engine.stage import PartitionWork, Stage
+from engine.kafka.clients import partition_for
+from engine.runtime.stage import Stage
+from engine.runtime.work import Input, Logic, PartitionWork
 from engine.tenants import Tenants
+from engine.topics import Topics
 from schemas.deadletter import ReasonCode
+from schemas.inbox import OrderSnapshot
+
+#: Set by whoever first produced an order (the API, a load generator): when it was sent, in epoch ms.
+SENT_HEADER = "oms-sent-ms"
 
 
-def install(app: faust.App, tenants: Tenants | None, catalog: Catalog) -> Stage:
-    ctx = context(app)
-    topics, settings = ctx.topics, ctx.settings
-    raw = app.topic(*topics.raw.values(), key_type=bytes, value_type=bytes, partitions=settings.partitions)
-    stage = Stage(app, "ingest")
-    adapted: dict[tuple[str, int, int], Any] = {}  # filled by prefetch, read by handle, per batch
-    known = [Lookup()]  # the catalog answer for the current batch
+class IngestLogic(Logic):
+    name = "ingest"
+    tables = ()
 
-    def classify(event: EventT) -> Any:
-        """The canonical order, or (reason, detail, tenant) for a dead letter."""
-        msg = event.message
-        channel = topics.channel_of(msg.topic)
-        key = msg.key.decode("utf-8", "replace") if isinstance(msg.key, bytes) else str(msg.key or "")
+    def __init__(self, topics: Topics, partitions: int, tenants: Tenants | None, max_payload_bytes: int) -> None:
+        self.inputs = tuple(topics.raw.values())
+        self.topics = topics
+        self.partitions = partitions
+        self.tenants = tenants
+        self.max_bytes = max_payload_bytes
+
+    def process(self, work: PartitionWork, record: Input) -> None:
+        channel = self.topics.channel_of(record.topic)
+        key = record.key.decode("utf-8", "replace") if record.key else ""
         parts = key.split(":", 2)
         if channel is None or len(parts) != 3 or not all(parts):
-            return (ReasonCode.BAD_KEY, f"key {key[:80]!r} is not tenant:shop_id:platform_order_id", None)
+            work.dead_letter(record, ReasonCode.BAD_KEY, f"key {key[:80]!r} is not tenant:shop_id:platform_order_id")
+            return
         tenant, shop, platform_id = parts
-        if tenants is not None and not tenants.known(tenant):
-            return (ReasonCode.UNKNOWN_TENANT, f"tenant {tenant!r} is not configured", None)
-        value = msg.value or b""
-        if len(value) > settings.max_payload_bytes:
-            return (ReasonCode.OVERSIZE, f"{len(value)} bytes > {settings.max_payload_bytes}", tenant)
-        try:
-            order = adapt(Source(tenant, channel, shop, received_at=int(time.time() * 1000)), parse_json(value))
-        except AdapterError as exc:
-            return (exc.reason, exc.detail, tenant)
-        if order.platform_order_id != platform_id:
-            return (
-                ReasonCode.BAD_KEY,
-                f"key names order {platform_id!r}, payload is {order.platform_order_id!r}",
-                tenant,
+        if partition_for(key, self.partitions) != record.partition:
+            where = partition_for(key, self.partitions)
+            work.dead_letter(
+                record, ReasonCode.MISROUTED, f"key {key!r} belongs to partition {where}, arrived on {record.partition}"
             )
-        return order
-
-    async def prefetch(events: list[EventT]) -> None:
-        adapted.clear()
-        orders = []
-        for event in events:
-            result = classify(event)
-            adapted[(event.message.topic, event.message.partition, event.message.offset)] = result
-            if not isinstance(result, tuple):
-                orders.append(result)
-        checked = [o for o in orders if tenants is not None and tenants.checks_catalog(o.tenant)]
-        known[0] = await catalog.lookup(checked) if checked else Lookup()
-
-    def handle(work: PartitionWork, event: EventT) -> None:
-        msg = event.message
-        result = adapted.pop((msg.topic, msg.partition, msg.offset), None) or classify(event)
-        if not stage.routed_here(work, event, msg.key.decode("utf-8", "replace") if msg.key else ""):
             return
-        if isinstance(result, tuple):
-            stage.dead_letter(work, event, result[0], result[1], result[2])
+        if self.tenants is not None and not self.tenants.known(tenant):
+            work.dead_letter(record, ReasonCode.UNKNOWN_TENANT, f"tenant {tenant!r} is not configured")
             return
-        unknown = known[0].unknown(result)
-        if unknown:
-            stage.dead_letter(work, event, ReasonCode.UNKNOWN_SKU, f"unknown SKU(s) {unknown[:5]}", result.tenant)
+        value = record.value or b""
+        if len(value) > self.max_bytes:
+            work.dead_letter(record, ReasonCode.OVERSIZE, f"{len(value)} bytes > {self.max_bytes}", tenant)
             return
-        work.emit(topics.orders, result)
+        try:
+            order = adapt(Source(tenant, channel, shop, received_at=record.timestamp_ms), parse_json(value))
+        except AdapterError as exc:
+            work.dead_letter(record, exc.reason, exc.detail, tenant)
+            return
+        if order.platform_order_id != platform_id:
+            detail = f"key names order {platform_id!r}, payload is {order.platform_order_id!r}"
+            work.dead_letter(record, ReasonCode.BAD_KEY, detail, tenant)
+            return
+        snapshot = OrderSnapshot(order=order)
+        sent = [(name, v) for name, v in record.headers if name == SENT_HEADER]  # for end-to-end latency
+        work.emit(self.topics.order_inbox, snapshot.key, snapshot, headers=sent or None)
 
-    @app.agent(raw, name="ingest", concurrency=1)
-    async def ingest(stream: StreamT) -> None:
-        await stage.run(stream, handle, prefetch=prefetch)
 
-    return stage
+def install(app: faust.App, tenants: Tenants | None) -> Stage:
+    ctx = context(app)
+    logic = IngestLogic(ctx.topics, ctx.settings.partitions, tenants, ctx.settings.max_payload_bytes)
+    return Stage(app, logic)

@@ -17,7 +17,7 @@ from schemas.deadletter import ReasonCode
 from schemas.order import Channel, Order
 
 MAX_BATCH = 500
-_IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.#/-]{0,63}$")
+_IDENT = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.#/-]{0,63}$")
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 
 
@@ -63,7 +63,9 @@ def parse(
             404, ReasonCode.UNKNOWN_CHANNEL.value, f"unknown channel {channel!r}; one of {[c.value for c in Channel]}"
         )
     if not _TENANT.match(tenant) or not _IDENT.match(shop):
-        return Refused(400, "bad_path", "tenant and shop must be letters, digits, '-', '_' (shop also '.', '#', '/')")
+        return Refused(
+            400, "bad_path", "tenant and shop must be letters, digits, '-', '_' (shop also '.', '#', '/'; never '..')"
+        )
     if content_type is not None and content_type.split(";")[0].strip().lower() not in ("application/json", ""):
         return Refused(415, "unsupported_media_type", f"send application/json, not {content_type!r}")
     if len(body) > max_bytes:

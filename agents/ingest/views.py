@@ -4,11 +4,12 @@
   ``{"orders": [...]}``; bearer token of the tenant. Answers 202 with the canonical order id per order
   (``accepted`` or ``duplicate``), 207 when some orders of a batch were refused, or a 4xx.
 * ``POST /webhooks/shopify/orders`` — Shopify order webhooks, authenticated by ``X-Shopify-Hmac-SHA256``
-  and the shop domain, deduplicated on ``X-Shopify-Webhook-Id``.
+  and the shop domain, deduplicated per order on ``X-Shopify-Webhook-Id``.
 
-A delivery is remembered in Redis (``SET NX`` with a TTL) before it is produced, so a redelivered webhook
-or a repeated pull is answered ``duplicate`` without a second record; the review stage deduplicates again
-by channel version, so a Redis outage never creates a second order.
+An order is produced first (idempotent producer, ``acks=all``) and only then remembered in Redis (``SET`` with
+a TTL), so a crash between the two can cost a duplicate delivery — which the order stage recognises by channel
+version — but never an order. Redis is the fast path that answers ``duplicate`` without producing again; the
+order stage is the guard. Every dedupe key names one order, never a request or a batch.
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ from typing import Any
 import faust
 
 from agents.ingest.adapters.shopify import verify_hmac
+from agents.ingest.agent import SENT_HEADER
 from agents.ingest.edge import ItemError, Parsed, Refused, parse
-from engine import redisx
 from engine.app import context
-from engine.catalog import Catalog
-from engine.http import Edge, Problem, problem, reply
+from engine.http.edge import Edge, Problem, problem, reply
+from engine.readmodels import redis as redisx
+from engine.readmodels.catalog import Catalog
 from schemas import wire
 from schemas.deadletter import ReasonCode
+from schemas.inbox import OrderSnapshot
+from schemas.order import Order
 
 
 def install(app: faust.App, edge: Edge, catalog: Catalog) -> None:
@@ -38,17 +42,23 @@ def install(app: faust.App, edge: Edge, catalog: Catalog) -> None:
         channel: str,
         shop: str,
         body: bytes,
-        dedupe_key: str | None = None,
+        delivery_id: str | None = None,
     ) -> faust.web.Response:
         """Validate the body as ``channel`` payloads of ``tenant``/``shop`` and submit what is valid."""
         content_type = request.headers.get("Content-Type")
         parsed = parse(tenant, channel, shop, body, content_type, _now(), edge.settings.max_payload_bytes)
         if isinstance(parsed, Refused):
             return reply(view, parsed.status, parsed.body())
-        return await submit(view, parsed, dedupe_key)
+        return await submit(view, parsed, delivery_id)
 
-    async def submit(view: faust.web.View, parsed: Parsed, dedupe_key: str | None = None) -> faust.web.Response:
-        """Catalog check, idempotency, produce; then one answer for the whole request."""
+    def dedupe_key(order: Order, delivery_id: str | None) -> str:
+        """One order of one delivery: a redelivered webhook repeats its id, a batch never shares one key."""
+        if delivery_id:
+            return edge.keys.idempotency(order.tenant, f"{delivery_id}:{order.order_id}:{order.version}")
+        return edge.keys.idempotency(order.tenant, f"{order.order_id}:{order.version}")
+
+    async def submit(view: faust.web.View, parsed: Parsed, delivery_id: str | None) -> faust.web.Response:
+        """Catalog check, dedupe, produce, remember; then one answer for the whole request."""
         tenants = edge.tenants
         checked = [o for _, o in parsed.orders if tenants is not None and tenants.checks_catalog(o.tenant)]
         lookup = await catalog.lookup(checked)
@@ -63,20 +73,22 @@ def install(app: faust.App, edge: Edge, catalog: Catalog) -> None:
                 err = ItemError(index, ReasonCode.UNKNOWN_SKU.value, f"unknown SKU(s) {unknown[:5]}")
                 results[index] = {"index": index, "status": "rejected", "error": err.code, "message": err.message}
                 continue
-            key = edge.keys.idempotency(order.tenant, dedupe_key or f"{order.order_id}:{order.version}")
-            fresh = await redisx.safely(
-                "idempotency", edge.redis.set(key, order.order_id, nx=True, ex=edge.settings.idempotency_ttl_s), True
-            )
-            if not fresh:
+            key = dedupe_key(order, delivery_id)
+            seen = await redisx.safely("idempotency", edge.redis.exists(key), 0)
+            if seen:
                 results[index] = {"index": index, "order_id": order.order_id, "status": "duplicate"}
                 continue
+            snapshot = OrderSnapshot(order=order)
             try:
                 await producer.send(
-                    topics.orders, order.key, wire.encode(order), {"oms-sent-ms": str(order.ingested_at).encode()}
+                    topics.order_inbox,
+                    snapshot.key,
+                    wire.encode(snapshot),
+                    {SENT_HEADER: str(order.ingested_at).encode()},
                 )
             except Exception as exc:
-                await redisx.safely("idempotency undo", edge.redis.delete(key))  # let the caller's retry through
                 raise Problem(503, "unavailable", f"could not store the order, retry later: {exc}") from None
+            await redisx.safely("idempotency", edge.redis.set(key, order.order_id, ex=edge.settings.idempotency_ttl_s))
             results[index] = {"index": index, "order_id": order.order_id, "status": "accepted"}
         ordered = [results[i] for i in sorted(results)]
         refused = sum(1 for r in ordered if r["status"] == "rejected")
@@ -114,8 +126,8 @@ def install(app: faust.App, edge: Edge, catalog: Catalog) -> None:
                 if not verify_hmac(shop.webhook_secret(), body, request.headers.get("X-Shopify-Hmac-SHA256")):
                     raise Problem(401, "bad_signature", "X-Shopify-Hmac-SHA256 does not match the body")
                 webhook = request.headers.get("X-Shopify-Webhook-Id")
-                dedupe = f"shopify-webhook:{webhook}" if webhook else None
-                return await accept(self, request, tenant, "shopify", shop.shop_id, body, dedupe)
+                delivery = f"shopify-webhook:{webhook}" if webhook else None
+                return await accept(self, request, tenant, "shopify", shop.shop_id, body, delivery)
             except Problem as exc:
                 return problem(self, exc)
 

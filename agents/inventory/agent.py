@@ -1,73 +1,113 @@
-"""The inventory agent: reads inventory commands (key ``tenant:sku``), applies the stock rules, writes the
-stock and reservation tables, and emits stock events, line results and dead letters.
+"""The inventory stage: the only writer of stock. Reads inventory commands (key ``tenant:sku``), applies the stock
+rules, and emits stock events, line results (to the order side's inbox) and dead letters.
 
-``concurrency=1``: the partition is the lock, and with more than one actor per partition Faust can commit
-past a command still in flight (DESIGN.md §5).
+One Faust agent per worker (``concurrency=1``) owns each partition it is assigned, and one transactional
+producer per partition fences any earlier owner: each SKU has exactly one writer, even across pauses.
 """
 
 from __future__ import annotations
 
-import faust
-from faust.types import EventT, StreamT
+import asyncio
+import logging
+from typing import Any
 
-from agents.inventory.core import Reservation, SkuStock, apply
-from engine.app import context, state_table
-from engine.catalog import Catalog
-from engine.stage import PartitionWork, Stage
+import faust
+
+from agents.inventory.core import LineReservation, SkuStock, apply
+from engine.app import context
+from engine.kafka.clients import partition_for
+from engine.readmodels.catalog import Catalog
+from engine.readmodels.sync import ReadModelSync
+from engine.runtime.stage import Stage
+from engine.runtime.work import Input, Logic, PartitionWork
+from engine.topics import Topics
+from schemas import wire
+from schemas.deadletter import ReasonCode
 from schemas.inventory import CommandKind, InventoryCommand, reservation_key
 
+log = logging.getLogger("oms.inventory")
 
-def install(app: faust.App, catalog: Catalog | None = None) -> Stage:
-    ctx = context(app)
-    topics, partitions = ctx.topics, ctx.settings.partitions
-    stock = state_table(
-        app, "stock", "tenant:sku -> per-warehouse [on_hand, reserved], per-origin high-water seq, version"
-    )
-    reservations = state_table(
-        app, "reservations", "tenant:sku:line_id -> open reservation [order_id, warehouse, quantity]"
-    )
-    commands = app.topic(topics.inventory_commands, key_type=bytes, value_type=bytes, partitions=partitions)
-    stage = Stage(app, "inventory")
+STOCK, LINES = "stock", "lines"
 
-    def handle(work: PartitionWork, event: EventT) -> None:
-        cmd = stage.decode(work, event, InventoryCommand)
-        if cmd is None:
+
+class InventoryLogic(Logic):
+    name = "inventory"
+    tables = (STOCK, LINES)
+
+    def __init__(self, topics: Topics, partitions: int, line_retention_ms: int, catalog: Catalog | None = None) -> None:
+        self.inputs = (topics.inventory_commands,)
+        self.topics = topics
+        self.partitions = partitions
+        self.retention_ms = line_retention_ms
+        self.catalog = catalog
+        self.stage: Stage | None = None
+        self._pending: set[asyncio.Future] = set()
+
+    def process(self, work: PartitionWork, record: Input) -> None:
+        try:
+            cmd = wire.decode(record.value, InventoryCommand)
+        except wire.WireError as exc:
+            work.dead_letter(record, exc.reason, exc.detail)
             return
-        line = getattr(cmd, "line_id", None)
-        rkey = reservation_key(cmd.tenant, cmd.sku, line) if line else None
-        current = SkuStock.from_state(cmd.tenant, cmd.sku, work.get(stock, cmd.key))
-        held = Reservation.from_state(work.get(reservations, rkey)) if rkey else None
-        out = apply(current, held, cmd)
-        if out.duplicate:
-            stage.stats.note("duplicate")
-        else:
-            work.put(stock, cmd.key, out.stock.to_state())
-        if out.reservation_changed and rkey:
-            if out.reservation is None:
-                work.delete(reservations, rkey)
-            else:
-                work.put(reservations, rkey, out.reservation.to_state())
-        for ev in out.events:
-            work.emit(topics.stock_events, ev)
-            if ev.kind is CommandKind.RECEIVE:
-                work.side_effects.append((ev.tenant, ev.sku))
+        if partition_for(cmd.key, self.partitions) != record.partition:
+            detail = f"key {cmd.key!r} belongs to partition {partition_for(cmd.key, self.partitions)}"
+            work.dead_letter(record, ReasonCode.MISROUTED, f"{detail}, arrived on {record.partition}", cmd.tenant)
+            return
+        work.advance(cmd.ts)
+        stock = work.get_as(STOCK, cmd.key, SkuStock) or SkuStock(tenant=cmd.tenant, sku=cmd.sku)
+        line_id = getattr(cmd, "line_id", None)
+        line_key = reservation_key(cmd.tenant, cmd.sku, line_id) if line_id else None
+        line = work.get_as(LINES, line_key, LineReservation) if line_key else None
+        out = apply(stock, line, cmd, self.retention_ms)
+        if out.note:
+            work.note(out.note)
+        if out.stock_changed:
+            work.put(STOCK, cmd.key, out.stock)
+        if out.line_changed and line_key and out.line is not None:
+            work.put(LINES, line_key, out.line, expires_at=out.line.expires_at(self.retention_ms))
+        for event in out.events:
+            work.emit(self.topics.stock_events, event.key, event)
+            if event.kind is CommandKind.RECEIVE:
+                work.side_effects.append((event.tenant, event.sku))
         for result in out.results:
-            work.emit(topics.line_results, result)
+            work.emit(self.topics.order_inbox, result.key, result)
         if out.refused:
-            stage.dead_letter(work, event, out.refused[0], out.refused[1], cmd.tenant)
+            work.dead_letter(record, out.refused[0], out.refused[1], cmd.tenant)
 
-    async def publish_catalog(work: PartitionWork) -> None:
-        """SKUs that received stock join the tenant's catalog (the edge refuses SKUs outside it)."""
-        if catalog is None or not work.side_effects:
+    def expires_at(self, table: str, value: bytes) -> int | None:
+        if table != LINES:
+            return None
+        return wire.decode_state(value, LineReservation).expires_at(self.retention_ms)
+
+    def after_commit(self, partition: int, side_effects: list[Any]) -> None:
+        """SKUs that received stock join the tenant's catalog (the HTTP edge refuses SKUs outside it)."""
+        if self.catalog is None:
             return
         by_tenant: dict[str, set[str]] = {}
-        for tenant, sku in work.side_effects:
+        for tenant, sku in side_effects:
             by_tenant.setdefault(tenant, set()).add(sku)
         for tenant, skus in by_tenant.items():
-            await catalog.add(tenant, skus)
+            future = asyncio.ensure_future(self.catalog.add(tenant, skus))
+            self._pending.add(future)
+            future.add_done_callback(self._pending.discard)
 
-    @app.agent(commands, name="inventory", concurrency=1)
-    async def inventory(stream: StreamT) -> None:
-        await stage.run(stream, handle, after_commit=publish_catalog)
+    async def rebuild_catalog(self, partition: int) -> bool:
+        """Every SKU with a stock record in ``partition`` joins its tenant's catalog again."""
+        if self.catalog is None or self.stage is None:
+            return True
+        by_tenant: dict[str, set[str]] = {}
+        for _key, value in self.stage.store(STOCK).items(partition):
+            stock = wire.decode_state(value, SkuStock)
+            if stock.levels:
+                by_tenant.setdefault(stock.tenant, set()).add(stock.sku)
+        return all([await self.catalog.add(tenant, skus) for tenant, skus in by_tenant.items()])
 
+
+def install(app: faust.App, catalog: Catalog | None = None, sync: ReadModelSync | None = None) -> Stage:
+    ctx = context(app)
+    settings = ctx.settings
+    logic = InventoryLogic(ctx.topics, settings.partitions, settings.line_retention_s * 1000, catalog)
+    stage = logic.stage = Stage(app, logic)
+    if sync is not None and catalog is not None:
+        sync.register("catalog", stage.owned, logic.rebuild_catalog)
     return stage

@@ -1,23 +1,30 @@
-"""Stock rules for one SKU: the pure core of the inventory agent.
+"""Stock rules for one SKU: the pure core of the inventory stage (库存).
 
-State per SKU (key ``tenant:sku``) is small and bounded:
+State per SKU (key ``tenant:sku``), small and bounded:
 
-* ``levels``: per warehouse ``[on_hand, reserved]``; available = on_hand − reserved is never negative (I1);
-* ``high_water``: per command origin, the highest ``seq`` applied. A command at or below it is a
-  redelivery and has no effect (I3). This is the idempotency memory; it holds one integer per origin
-  (a coordinator input partition, a stock loader, a WMS dock), like Kafka's idempotent producer keeps
-  one sequence per producer id, so it does not grow with the number of commands;
-* ``version``: applied changes so far, stamped on every stock event so consumers detect gaps.
+* ``levels``: per warehouse ``on_hand`` and ``reserved``; available = on_hand − reserved is never negative (I1);
+* ``origins``: per command origin, the highest ``seq`` applied (its high-water mark) and when; the last few
+  document commands (receipts, adjustments, returns) of the origin are remembered by id;
+* ``version``: changes applied so far, stamped on every stock event so consumers can detect a gap.
 
-Open reservations are kept per order line in a second table (key ``tenant:sku:line_id``): they are
-needed to release or ship exactly what was reserved, and they are deleted when released or shipped,
-so that table is bounded by the orders in flight, not by history.
+Each order line has its own record (key ``tenant:sku:line_id``): open while it holds a reservation (预占),
+then released or issued (shipped); or refused, when there was no stock for it. A closed line is kept
+``line_retention`` (command time) so that a replayed reserve for it is answered as the first time instead of
+reserving again, then forgotten.
+
+Commands of one origin apply in ``seq`` order. A command at or below its origin's high-water mark is a
+redelivery when it matches what was applied (the line's record, or a remembered document id): it has no
+second effect and a reserve is answered again. When it does not match — it was never applied, so applying
+it now would reorder the origin's commands — it is refused as ``stale_sequence`` (a dead letter, and for a
+reserve a rejected answer): never silently dropped.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
-from typing import Any
+
+import msgspec
 
 from schemas.deadletter import ReasonCode
 from schemas.inventory import (
@@ -32,75 +39,81 @@ from schemas.inventory import (
 )
 from schemas.saga import LineResult, LineStatus, RejectReason, result_id
 
+#: Document commands remembered per origin (for telling a redelivery from a reordered command).
+RECENT_DOCUMENTS = 16
 
-@dataclass(slots=True)
-class SkuStock:
+
+class Level(msgspec.Struct, array_like=True):
+    on_hand: int
+    reserved: int
+
+    @property
+    def available(self) -> int:
+        return self.on_hand - self.reserved
+
+
+class OriginMark(msgspec.Struct, kw_only=True):
+    """How far one command origin got on this SKU."""
+
+    seq: int
+    ts: int  # command time of its last applied command
+    recent: list[tuple[int, str]] = msgspec.field(default_factory=list)  # (seq, command id) of document commands
+
+
+class SkuStock(msgspec.Struct, kw_only=True):
     tenant: str
     sku: str
-    levels: dict[str, list[int]] = field(default_factory=dict)  # warehouse -> [on_hand, reserved]
-    high_water: dict[str, int] = field(default_factory=dict)  # origin -> last applied seq
+    levels: dict[str, Level] = msgspec.field(default_factory=dict)  # warehouse -> level
+    origins: dict[str, OriginMark] = msgspec.field(default_factory=dict)
     version: int = 0
-
-    @classmethod
-    def from_state(cls, tenant: str, sku: str, state: dict[str, Any] | None) -> SkuStock:
-        if not state:
-            return cls(tenant, sku)
-        return cls(
-            tenant,
-            sku,
-            {wh: [int(v[0]), int(v[1])] for wh, v in state["l"].items()},
-            dict(state["hw"]),
-            int(state["v"]),
-        )
-
-    def to_state(self) -> dict[str, Any]:
-        return {"l": self.levels, "hw": self.high_water, "v": self.version}
 
     def copy(self) -> SkuStock:
         return SkuStock(
-            self.tenant,
-            self.sku,
-            {wh: list(v) for wh, v in self.levels.items()},
-            dict(self.high_water),
-            self.version,
+            tenant=self.tenant,
+            sku=self.sku,
+            levels={wh: Level(v.on_hand, v.reserved) for wh, v in self.levels.items()},
+            origins={o: OriginMark(seq=m.seq, ts=m.ts, recent=list(m.recent)) for o, m in self.origins.items()},
+            version=self.version,
         )
 
     def available(self, warehouse: str) -> int:
-        on_hand, reserved = self.levels.get(warehouse, (0, 0))
-        return on_hand - reserved
+        level = self.levels.get(warehouse)
+        return 0 if level is None else level.available
 
 
-@dataclass(slots=True, frozen=True)
-class Reservation:
-    """An open reservation of one order line (预占记录)."""
+class LineState(enum.StrEnum):
+    OPEN = "open"  # holds a reservation
+    REFUSED = "refused"  # its reserve was refused (no stock): remembered so a redelivery is answered the same
+    RELEASED = "released"  # given back (or released before any reserve arrived)
+    ISSUED = "issued"  # shipped: left the warehouse
+
+
+class LineReservation(msgspec.Struct, kw_only=True):
+    """One order line's reservation record (预占记录)."""
 
     order_id: str
-    warehouse: str
+    warehouse: str | None
     quantity: int
+    state: LineState
+    closed_at: int | None = None  # command time it was refused, released or issued
+    refusal: RejectReason | None = None
 
-    @classmethod
-    def from_state(cls, state: list[Any] | None) -> Reservation | None:
-        return None if state is None else cls(state[0], state[1], int(state[2]))
-
-    def to_state(self) -> list[Any]:
-        return [self.order_id, self.warehouse, self.quantity]
+    def expires_at(self, retention_ms: int) -> int | None:
+        return None if self.closed_at is None else self.closed_at + retention_ms
 
 
 @dataclass(slots=True)
 class Outcome:
-    """What one command did. ``stock`` is a new object whenever anything changed."""
+    """What one command did. ``stock`` is a new object whenever anything of it changed."""
 
     stock: SkuStock
-    reservation: Reservation | None  # the line's reservation after the command
-    reservation_changed: bool = False
+    line: LineReservation | None  # the line's record after the command
+    stock_changed: bool = False
+    line_changed: bool = False
     events: list[StockEvent] = field(default_factory=list)
     results: list[LineResult] = field(default_factory=list)
-    refused: tuple[ReasonCode, str] | None = None  # an external command that cannot apply
-    duplicate: bool = False
-
-    @property
-    def stock_changed(self) -> bool:
-        return not self.duplicate
+    refused: tuple[ReasonCode, str] | None = None  # a command that cannot apply (dead-lettered)
+    note: str = ""
 
 
 def choose_warehouse(stock: SkuStock, quantity: int, preferred: list[str]) -> str | None:
@@ -116,32 +129,40 @@ def choose_warehouse(stock: SkuStock, quantity: int, preferred: list[str]) -> st
     return None
 
 
-def apply(stock: SkuStock, reservation: Reservation | None, cmd: InventoryCommand) -> Outcome:
+def is_document(cmd: InventoryCommand) -> bool:
+    return isinstance(cmd, Receive | Adjust | Return)
+
+
+def apply(stock: SkuStock, line: LineReservation | None, cmd: InventoryCommand, retention_ms: int) -> Outcome:
     """Apply one command to one SKU's stock. Pure: the inputs are not modified."""
-    if cmd.seq <= stock.high_water.get(cmd.origin, -1):
-        # A redelivery (replay after a crash, or an upstream retry): no effect. A reserve is answered
-        # again from the current state so a waiting saga still hears back.
-        results = [_status_result(cmd, reservation)] if isinstance(cmd, Reserve) else []
-        return Outcome(stock, reservation, results=results, duplicate=True)
+    mark = stock.origins.get(cmd.origin)
+    if mark is not None and cmd.seq <= mark.seq:
+        return _redelivered(stock, line, cmd, mark)
 
     new = stock.copy()
-    new.high_water[cmd.origin] = cmd.seq
-    out = Outcome(new, reservation)
+    recent = list(mark.recent) if mark is not None else []
+    if is_document(cmd):
+        recent = [*recent, (cmd.seq, cmd.command_id)][-RECENT_DOCUMENTS:]
+    new.origins[cmd.origin] = OriginMark(seq=cmd.seq, ts=cmd.ts, recent=recent)
+    for origin in [o for o, m in new.origins.items() if o != cmd.origin and m.ts + retention_ms <= cmd.ts]:
+        del new.origins[origin]  # idle past retention (an old topic incarnation, a retired loader)
+    out = Outcome(new, line, stock_changed=True)
     if isinstance(cmd, Reserve):
-        _reserve(new, reservation, cmd, out)
+        _reserve(new, line, cmd, out)
     elif isinstance(cmd, Release):
-        if reservation is not None:
-            _change(new, reservation.warehouse, 0, -reservation.quantity, cmd, out, reservation)
-            out.reservation, out.reservation_changed = None, True
+        _release(new, line, cmd, out)
     elif isinstance(cmd, Issue):
-        if reservation is None:
+        if line is None or line.state is not LineState.OPEN:
             out.refused = (ReasonCode.NOT_RESERVED, f"line {cmd.line_id} holds no reservation")
         else:
-            q = reservation.quantity
-            _change(new, reservation.warehouse, -q, -q, cmd, out, reservation)
-            out.reservation, out.reservation_changed = None, True
+            q = line.quantity
+            _change(new, line.warehouse or "", -q, -q, cmd, out, line.order_id)
+            out.line = LineReservation(
+                order_id=line.order_id, warehouse=line.warehouse, quantity=q, state=LineState.ISSUED, closed_at=cmd.ts
+            )
+            out.line_changed = True
     elif isinstance(cmd, Receive | Return):
-        _change(new, cmd.warehouse, cmd.quantity, 0, cmd, out, None)
+        _change(new, cmd.warehouse, cmd.quantity, 0, cmd, out, getattr(cmd, "order_id", None))
     elif isinstance(cmd, Adjust):
         _adjust(new, cmd, out)
     else:  # pragma: no cover - the union is closed
@@ -149,26 +170,78 @@ def apply(stock: SkuStock, reservation: Reservation | None, cmd: InventoryComman
     return out
 
 
-def _reserve(new: SkuStock, reservation: Reservation | None, cmd: Reserve, out: Outcome) -> None:
-    if reservation is not None:  # this line already holds a reservation (re-sent under another stamp)
-        out.results.append(_status_result(cmd, reservation))
+def _redelivered(stock: SkuStock, line: LineReservation | None, cmd: InventoryCommand, mark: OriginMark) -> Outcome:
+    """A command at or below its origin's high-water mark: a redelivery, or a command that was skipped."""
+    out = Outcome(stock, line, note="duplicate")
+    if isinstance(cmd, Reserve):
+        if line is not None and line.order_id == cmd.order_id:
+            out.results.append(_answer(cmd, line))
+            return out
+    elif isinstance(cmd, Release | Issue):
+        if line is None or line.state is not LineState.OPEN:
+            return out  # closed already (or nothing to close): applying it again changes nothing
+    elif any(seq == cmd.seq and cid == cmd.command_id for seq, cid in mark.recent):
+        return out
+    out.note = "stale_sequence"
+    out.refused = (
+        ReasonCode.STALE_SEQUENCE,
+        f"{cmd.command_id}: seq {cmd.seq} of origin {cmd.origin} is at or below its high-water mark {mark.seq} "
+        "but was never applied (a reordered or very old command)",
+    )
+    if isinstance(cmd, Reserve):
+        out.results.append(_result(cmd, LineStatus.REJECTED, RejectReason.ENGINE_ERROR, None, cmd.quantity))
+    return out
+
+
+def _answer(cmd: Reserve, line: LineReservation) -> LineResult:
+    """A reserve for a line that already has a record: answered from it, with no effect."""
+    if line.state is LineState.OPEN:
+        return _result(cmd, LineStatus.RESERVED, None, line.warehouse, line.quantity)
+    if line.state is LineState.REFUSED:
+        return _result(cmd, LineStatus.REJECTED, line.refusal, None, cmd.quantity)
+    return _result(cmd, LineStatus.REJECTED, RejectReason.NOT_RESERVABLE, None, cmd.quantity)
+
+
+def _reserve(new: SkuStock, line: LineReservation | None, cmd: Reserve, out: Outcome) -> None:
+    if line is not None:  # this line already has a record (re-sent under another stamp)
+        out.note = "reserve_again"
+        out.results.append(_answer(cmd, line))
         return
     warehouse = choose_warehouse(new, cmd.quantity, cmd.warehouses)
     if warehouse is None:
         reason = RejectReason.INSUFFICIENT_STOCK if new.levels else RejectReason.UNKNOWN_SKU
         out.results.append(_result(cmd, LineStatus.REJECTED, reason, None, cmd.quantity))
+        out.line = LineReservation(
+            order_id=cmd.order_id, warehouse=None, quantity=0, state=LineState.REFUSED, closed_at=cmd.ts, refusal=reason
+        )
+        out.line_changed = True
         return
-    held = Reservation(cmd.order_id, warehouse, cmd.quantity)
-    _change(new, warehouse, 0, cmd.quantity, cmd, out, held)
-    out.reservation, out.reservation_changed = held, True
+    _change(new, warehouse, 0, cmd.quantity, cmd, out, cmd.order_id)
+    out.line = LineReservation(order_id=cmd.order_id, warehouse=warehouse, quantity=cmd.quantity, state=LineState.OPEN)
+    out.line_changed = True
     out.results.append(_result(cmd, LineStatus.RESERVED, None, warehouse, cmd.quantity))
 
 
+def _release(new: SkuStock, line: LineReservation | None, cmd: Release, out: Outcome) -> None:
+    if line is not None and line.state is not LineState.OPEN:
+        return  # closed already
+    if line is not None:
+        _change(new, line.warehouse or "", 0, -line.quantity, cmd, out, line.order_id)
+        warehouse, quantity = line.warehouse, line.quantity
+    else:
+        warehouse, quantity = None, 0  # released before any reserve: a later reserve for it is refused
+    out.line = LineReservation(
+        order_id=cmd.order_id, warehouse=warehouse, quantity=quantity, state=LineState.RELEASED, closed_at=cmd.ts
+    )
+    out.line_changed = True
+
+
 def _adjust(new: SkuStock, cmd: Adjust, out: Outcome) -> None:
-    if cmd.warehouse not in new.levels and cmd.delta < 0:
+    level = new.levels.get(cmd.warehouse)
+    if level is None and cmd.delta < 0:
         out.refused = (ReasonCode.UNKNOWN_WAREHOUSE, f"no stock of {cmd.sku} at {cmd.warehouse}")
         return
-    on_hand, reserved = new.levels.get(cmd.warehouse, (0, 0))
+    on_hand, reserved = (level.on_hand, level.reserved) if level else (0, 0)
     if on_hand + cmd.delta < reserved:
         out.refused = (
             ReasonCode.WOULD_OVERSELL,
@@ -186,12 +259,12 @@ def _change(
     d_reserved: int,
     cmd: InventoryCommand,
     out: Outcome,
-    reservation: Reservation | None,
+    order_id: str | None,
 ) -> None:
-    level = new.levels.setdefault(warehouse, [0, 0])
-    level[0] += d_on_hand
-    level[1] += d_reserved
-    if level[1] < 0 or level[0] < level[1]:  # unreachable by the rules above; a guard, not a rule
+    level = new.levels.setdefault(warehouse, Level(0, 0))
+    level.on_hand += d_on_hand
+    level.reserved += d_reserved
+    if level.reserved < 0 or level.on_hand < level.reserved:  # unreachable by the rules above; a guard
         raise AssertionError(f"stock invariant broken at {new.tenant}:{new.sku}@{warehouse}: {level}")
     new.version += 1
     out.events.append(
@@ -203,10 +276,10 @@ def _change(
             kind=cmd.kind,
             d_on_hand=d_on_hand,
             d_reserved=d_reserved,
-            on_hand=level[0],
-            reserved=level[1],
+            on_hand=level.on_hand,
+            reserved=level.reserved,
             version=new.version,
-            order_id=getattr(cmd, "order_id", None) or (reservation.order_id if reservation else None),
+            order_id=order_id,
             line_id=getattr(cmd, "line_id", None),
             unit_cost_fen=getattr(cmd, "unit_cost_fen", None),
             origin=cmd.origin,
@@ -214,12 +287,6 @@ def _change(
             ts=cmd.ts,
         )
     )
-
-
-def _status_result(cmd: Reserve, reservation: Reservation | None) -> LineResult:
-    if reservation is not None:
-        return _result(cmd, LineStatus.RESERVED, None, reservation.warehouse, reservation.quantity)
-    return _result(cmd, LineStatus.REJECTED, RejectReason.NOT_RESERVABLE, None, cmd.quantity)
 
 
 def _result(
@@ -235,5 +302,6 @@ def _result(
         reason=reason,
         warehouse=warehouse,
         quantity=quantity,
+        reply_to=cmd.reply_to,
         ts=cmd.ts,
     )

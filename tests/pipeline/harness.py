@@ -1,20 +1,27 @@
-"""Drive the real pipeline from a test: topics, stock, workers, orders, and the invariant check."""
+"""Drive the real pipeline from a test: topics, stock, workers, orders — and the inputs, recorded as they are
+sent, that the invariants are then checked against."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from engine import kafka
-from engine.invariants import RunRecords, Verdict, check, collect
-from engine.runner import engine_inputs, load_stock, send_orders, wait_idle
+from engine.kafka.admin import create_topics, delete_topics
+from engine.kafka.clients import Sender, read_topics
 from engine.settings import Settings
+from engine.supervisor import WorkerPool
 from engine.topics import Topics
-from engine.workers import WorkerPool
-from engine.workload import Workload
+from invariants import Inputs, Outputs, Verdict, check, collect
 from schemas import wire
+from schemas.inventory import InventoryCommand
+from schemas.order import Order
 from schemas.saga import OrderDecision
+from workload.day import engine_inputs, wait_idle
+from workload.generator import Workload
+from workload.stock import load_stock, send_orders
 
 
 @dataclass
@@ -22,10 +29,11 @@ class Pipeline:
     settings: Settings
     topics: Topics = field(init=False)
     pools: list[WorkerPool] = field(default_factory=list)
+    inputs: Inputs = field(default_factory=Inputs)
 
     def __post_init__(self) -> None:
         self.topics = Topics(self.settings.topic_prefix)
-        kafka.create_topics(
+        create_topics(
             self.settings.bootstrap, self.topics.all(), self.settings.partitions, configs=self.topics.configs()
         )
 
@@ -43,78 +51,117 @@ class Pipeline:
         pool = WorkerPool(self.settings.with_(**overrides) if overrides else self.settings, count, env)
         pool.start()
         self.pools.append(pool)
-        pool.wait_ready(topics or [self.topics.orders, self.topics.inventory_commands])
+        pool.wait_ready(topics or [self.topics.order_inbox, self.topics.inventory_commands])
         return pool
 
+    # -- inputs (recorded as sent) -------------------------------------------------------------------------
     def load(self, workload: Workload) -> int:
-        return load_stock(self.bootstrap, self.topics, workload)
+        stock = list(workload.opening_stock("stock-loader", 0, int(time.time() * 1000)))
+        self.inputs.add_stock(stock)
+        return load_stock(self.bootstrap, self.topics, self.settings.partitions, stock, app_id=self.settings.app_id)
+
+    def send_orders(self, orders: list[Order]) -> None:
+        self.inputs.add_orders(orders)
+        send_orders(self.bootstrap, self.topics, orders)
+
+    def send_commands(self, commands: Iterable[InventoryCommand]) -> None:
+        """Stock commands exactly as given (origin and sequence included)."""
+        commands = list(commands)
+        self.inputs.add_stock(commands)
+        self.send(self.topics.inventory_commands, commands)
+
+    def send_bad(self, topic: str, key: str | bytes, raw: bytes, partition: int | None = None) -> None:
+        """A record crafted to be bad: the invariants expect it dead-lettered."""
+        self.inputs.bad_records.add(raw)
+        sender = Sender(self.bootstrap)
+        sender.send(topic, key, raw, partition=partition)
+        sender.flush()
 
     def send(self, topic: str, records: Iterable, key: str | bytes | None = None) -> None:
-        sender = kafka.Sender(self.bootstrap)
+        sender = Sender(self.bootstrap)
         for record in records:
             raw = record if isinstance(record, bytes) else wire.encode(record)
             sender.send(topic, key if key is not None or isinstance(record, bytes) else record.key, raw)
         sender.flush()
 
-    def send_orders(self, orders: list) -> None:
-        send_orders(self.bootstrap, self.topics, orders)
-
+    # -- outputs -------------------------------------------------------------------------------------------
     def api(self, path: str, index: int = 0) -> str:
         return f"http://127.0.0.1:{self.settings.web_port + index}{path}"
 
     def publish_catalog(self, catalog: dict[str, set[str]]) -> None:
-        from engine.catalog import publish
-        from engine.redisx import Keys
+        from engine.readmodels.catalog import publish
+        from engine.readmodels.redis import Keys
 
         publish(self.settings.redis, Keys(self.settings.topic_prefix), catalog)
 
     def read(self, topic: str, typ: object) -> list:
-        return [wire.decode(m.value, typ) for m in kafka.read_topics(self.bootstrap, [topic])]
+        return [wire.decode(m.value, typ) for m in read_topics(self.bootstrap, [topic])]
 
     def decisions(self) -> dict[str, OrderDecision]:
         out: dict[str, OrderDecision] = {}
-        for msg in kafka.read_topics(self.bootstrap, [self.topics.order_decisions]):
+        for msg in read_topics(self.bootstrap, [self.topics.order_decisions]):
             d = wire.decode(msg.value, OrderDecision)
             out.setdefault(d.key, d)
         return out
 
-    def wait_decisions(self, expected: int, timeout_s: float = 240.0, pool: WorkerPool | None = None) -> int:
+    def wait_decisions(
+        self, expected: int, timeout_s: float = 240.0, pool: WorkerPool | None = None, restart: bool = True
+    ) -> int:
+        """Until ``expected`` orders are decided; workers that die meanwhile are started again (``restart``)."""
         deadline = time.monotonic() + timeout_s
         seen = 0
         while time.monotonic() < deadline:
             seen = len(self.decisions())
             if seen >= expected:
                 return seen
-            for p in [pool] if pool else self.pools:
-                for i in range(p.count):
-                    if p.procs[i] is not None and p.procs[i].returncode is None and not p.alive(i):
-                        raise AssertionError(f"worker {i} died:\n{p.log_tail(i)}")
+            for p in ([pool] if pool else self.pools) if restart else []:
+                p.supervise()
             time.sleep(1.0)
+        self.dump_logs()
         raise AssertionError(f"only {seen}/{expected} orders decided within {timeout_s}s")
 
-    def wait_idle(self, timeout_s: float = 120.0) -> None:
+    def wait_idle(self, timeout_s: float = 180.0, restart: bool = True) -> None:
         try:
-            wait_idle(self.settings, engine_inputs(self.topics), timeout_s)
+            pool = self.pools[-1] if self.pools and restart else None
+            wait_idle(self.settings, engine_inputs(self.topics), pool, timeout_s)
         except Exception:
-            for pool in self.pools:
-                for i in range(pool.count):
-                    print(f"--- worker {i} of {pool.settings.app_module} (alive={pool.alive(i)}) ---")
-                    print(pool.log_tail(i, 60))
+            self.dump_logs()
             raise
 
-    def records(self) -> RunRecords:
+    def dump_logs(self, lines: int = 60) -> None:
+        for pool in self.pools:
+            for i in range(pool.count):
+                print(f"--- worker {i} of {pool.settings.app_module} (alive={pool.alive(i)}) ---")
+                print(pool.log_tail(i, lines))
+
+    def outputs(self) -> Outputs:
         return collect(self.bootstrap, self.topics)
 
-    def verdict(self) -> Verdict:
-        """I1–I4 from the result topics, after the pipeline went idle."""
-        self.wait_idle()
-        return check(self.records())
+    def verdict(self, restart: bool = True) -> Verdict:
+        """The invariants from the result topics, against the inputs as sent, once the pipeline is idle."""
+        self.wait_idle(restart=restart)
+        return check(self.inputs, self.outputs(), self.settings.partitions)
+
+    def stats(self, pool: WorkerPool, index: int, stage: str) -> dict:
+        found = pool.stats(index) or {}
+        return found.get("stages", {}).get(stage, {})
 
     def close(self) -> None:
         for pool in self.pools:
             pool.stop(timeout_s=20)
-        kafka.delete_topics(self.bootstrap, self.settings.topic_prefix + ".")
-        kafka.delete_topics(self.bootstrap, self.settings.app_id + "-")
+        delete_topics(self.bootstrap, self.settings.topic_prefix + ".")
+        delete_topics(self.bootstrap, self.settings.app_id + "-")
+
+
+def fault_report(path: Path, timeout_s: float = 120.0) -> dict:
+    """The report a fault injection writes just before it fires (engine.runtime.faults)."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the fault never fired (no report at {path})")
+        time.sleep(0.2)
+    time.sleep(0.2)
+    return json.loads(path.read_text())
 
 
 def http(method: str, url: str, body: bytes | dict | None = None, headers: dict | None = None) -> tuple[int, dict]:

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from engine.delivery import Credentials, sign
 from engine.workload import Workload, WorkloadSpec
+
 from schemas.deadletter import DeadLetter, ReasonCode
 from schemas.inventory import CommandKind, Receive, receive_id
 from schemas.order import Channel

@@ -9,14 +9,16 @@ import pytest
 
 from agents.ingest.adapters import AdapterError, Source, adapt
 from agents.ingest.adapters.base import parse_json
-from agents.review.registry import Registry, RulesError
-from engine.channels import DayMix, channel_day
-from engine.delivery import Credentials
+from agents.orders.publish import RulesError, load_rules_file
+from agents.orders.registry import Registry
 from engine.settings import REPO_ROOT
 from engine.tenants import Tenants, TenantsError
-from engine.workload import Workload, WorkloadSpec
 from schemas import wire
+from schemas.order import OrderStatus
 from schemas.review import RuleSet
+from workload.channels import DayMix, channel_day
+from workload.delivery import Credentials
+from workload.generator import Workload, WorkloadSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,6 +30,14 @@ def test_every_channel_round_trips_through_its_adapter() -> None:
     for d in channel_day(workload.orders(), 6, DayMix(bad=0.0)):
         order = adapt(Source(d.tenant, d.channel, d.shop, 1), parse_json(d.body))
         ref = reference[order.key]
+        # the generator's intent (what the invariant checker trusts) says what the adapter read
+        assert d.intent is not None and d.intent.key == order.key
+        assert d.intent.status is order.status or {d.intent.status, order.status} <= {
+            OrderStatus.PAID,
+            OrderStatus.HOLD_BY_PLATFORM,
+        }
+        if d.intent.status is not OrderStatus.CANCELLED:  # a cancelled order's lines may read either way
+            assert [ln.status for ln in d.intent.lines] == [ln.status for ln in order.lines]
         assert [(ln.sku, ln.quantity, ln.unit_price_fen) for ln in order.lines] == [
             (ln.sku, ln.quantity, ln.unit_price_fen) for ln in ref.lines
         ]
@@ -71,7 +81,9 @@ def test_tenants_file_tokens_and_shops(tmp_path: Path) -> None:
 
 
 def test_rules_file_and_versions(tmp_path: Path) -> None:
-    registry = Registry.from_file(ROOT / "deploy" / "rules.toml")
+    registry = Registry()
+    for rules in load_rules_file(ROOT / "deploy" / "rules.toml"):
+        registry.offer(rules)
     acme = registry.get("acme")
     assert acme is not None and {type(r).__struct_config__.tag for r in acme.rules} >= {
         "amount_over",
@@ -86,4 +98,4 @@ def test_rules_file_and_versions(tmp_path: Path) -> None:
     registry.on_record(b"acme", b"not json")  # ignored, logged
     (tmp_path / "bad.toml").write_text('[[rulesets]]\ntenant = "acme"\n[[rulesets.rules]]\nkind = "nope"\n')
     with pytest.raises(RulesError):
-        Registry.from_file(tmp_path / "bad.toml")
+        load_rules_file(tmp_path / "bad.toml")

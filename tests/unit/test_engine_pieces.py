@@ -1,4 +1,5 @@
-"""Settings, codec, wire format, workload, topics and schema export — no servers."""
+"""Settings, wire format, workload, topics, schema export, admission, the stage's work unit, the tripwire — no
+servers."""
 
 from __future__ import annotations
 
@@ -6,27 +7,33 @@ import json
 from pathlib import Path
 
 import jsonschema
+import msgspec
 import pytest
+from faust.types import TP
 
-from engine import codec
+from engine import tripwire
+from engine.kafka.clients import partition_for
+from engine.kafka.transport import SeekLedger, _NoReadFilter
+from engine.runtime.admission import Cursor, Verdict, judge
+from engine.runtime.work import ExpiryIndex, Input, Logic, PartitionWork, run_records
 from engine.schema_export import export
 from engine.settings import Settings, SettingsError, config_table
-from engine.stage import ADMIT, AHEAD, COVERED, admission, offset_key, partition_for
+from engine.state.store import DictPartitions
 from engine.topics import SPECS, Topics
-from engine.transport import _NoReadFilter
-from engine.workload import Workload, WorkloadSpec
 from schemas import wire
 from schemas.deadletter import ReasonCode
+from schemas.inbox import InboxRecord, OrderSnapshot
 from schemas.inventory import InventoryCommand
 from schemas.order import Channel, Order
+from workload.generator import Workload, WorkloadSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_settings_come_from_the_environment() -> None:
-    s = Settings.from_env({"KAFKA_BOOTSTRAP": "k1:9092,k2:9092", "OMS_PARTITIONS": "12", "OMS_SAGA_TIMEOUT_S": "5"})
+    s = Settings.from_env({"KAFKA_BOOTSTRAP": "k1:9092,k2:9092", "OMS_PARTITIONS": "12", "OMS_SAGA_STUCK_S": "5"})
     assert s.bootstrap == "k1:9092,k2:9092" and not s.uses_local_kafka
-    assert s.partitions == 12 and s.saga_timeout_s == 5.0
+    assert s.partitions == 12 and s.saga_stuck_s == 5.0
     assert Settings.from_env({}).bootstrap == "127.0.0.1:9092"
     assert Settings.from_env(s.to_env()) == s
 
@@ -38,6 +45,7 @@ def test_settings_come_from_the_environment() -> None:
         ({"OMS_PARTITIONS": "0"}, "OMS_PARTITIONS"),
         ({"OMS_TABLE_STORE": "redis://"}, "OMS_TABLE_STORE"),
         ({"OMS_TOPIC_PREFIX": "a b"}, "OMS_TOPIC_PREFIX"),
+        ({"OMS_TRANSACTION_TIMEOUT_S": "1"}, "OMS_TRANSACTION_TIMEOUT_S"),
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], var: str) -> None:
@@ -52,26 +60,26 @@ def test_readme_documents_every_setting_and_topic() -> None:
         assert f"`<prefix>.{spec.suffix}`" in readme, f"README does not list topic {spec.suffix}"
 
 
-def test_codec_round_trips_state_and_tombstones() -> None:
-    codec.register()
-    from faust.serializers import codecs
-
-    c = codecs.get_codec("orjson")
-    assert c.loads(c.dumps({"l": {"W": [1, 2]}})) == {"l": {"W": [1, 2]}}
-    assert c.loads(b"") is None  # a deleted key's tombstone during recovery
-
-
-def test_wire_errors_carry_reason_codes() -> None:
+def test_wire_errors_carry_reason_codes_and_encoding_is_deterministic() -> None:
     with pytest.raises(wire.WireError) as bad_json:
         wire.decode(b"{nope", Order)
     assert bad_json.value.reason is ReasonCode.MALFORMED_JSON
     with pytest.raises(wire.WireError) as bad_type:
         wire.decode(b'{"kind": "reserve", "tenant": 5}', InventoryCommand)
     assert bad_type.value.reason is ReasonCode.SCHEMA_VIOLATION
+    order = next(iter(Workload(WorkloadSpec(orders=1, seed=3)).orders()))
+    once = wire.encode(OrderSnapshot(order=order))
+    assert wire.encode(wire.decode(once, InboxRecord)) == once
+
+
+def test_identifiers_refuse_path_segments() -> None:
+    order = next(iter(Workload(WorkloadSpec(orders=1, seed=3)).orders()))
+    with pytest.raises(wire.WireError, match="shop_id"):
+        wire.convert({**wire.to_builtins(order), "shop_id": "a/../../b"}, Order)
 
 
 def test_partitioning_matches_kafka_murmur2() -> None:
-    # Values from the Java client's Utils.murmur2 (toPositive(murmur2(key)) % n), as aiokafka implements it.
+    # Known values of the Java client's toPositive(Utils.murmur2(key)) % n, which aiokafka reproduces.
     assert partition_for("acme:SKU-00001", 8) == partition_for(b"acme:SKU-00001", 8)
     spread = {partition_for(f"acme:SKU-{i:05d}", 8) for i in range(200)}
     assert spread == set(range(8))
@@ -85,8 +93,6 @@ def test_workload_is_deterministic_per_seed() -> None:
     assert len({o.key for o in a}) == 300 and len(a) > 300  # duplicates are re-sent copies
     assert all(o.key.startswith(o.tenant + ":") for o in a)
     assert {len(o.lines) for o in a} <= set(range(1, 7))
-    stock = list(Workload(WorkloadSpec(orders=300, seed=4)).opening_stock("loader", 1000, 1))
-    assert [c.seq for c in stock] == sorted({c.seq for c in stock})  # strictly increasing per origin
 
 
 def test_flash_sale_puts_one_scarce_sku_in_front_of_many_buyers() -> None:
@@ -101,7 +107,7 @@ def test_exported_schemas_accept_real_records(tmp_path: Path) -> None:
     assert {f"{s.schema_name}.schema.json" for s in SPECS if s.public} == set(paths)
     w = Workload(WorkloadSpec(orders=5, seed=2, skus=10))
     samples = {
-        "order.v1.schema.json": [wire.to_builtins(o) for o in w.orders()],
+        "order-inbox.v1.schema.json": [wire.to_builtins(OrderSnapshot(order=o)) for o in w.orders()],
         "inventory-command.v1.schema.json": [wire.to_builtins(c) for c in w.opening_stock("l", 1, 1)],
     }
     for name, records in samples.items():
@@ -109,30 +115,126 @@ def test_exported_schemas_accept_real_records(tmp_path: Path) -> None:
         jsonschema.Draft202012Validator.check_schema(schema)
         for record in records:
             jsonschema.validate(record, schema)
-        with pytest.raises(jsonschema.ValidationError):
-            jsonschema.validate({**records[0], "tenant": "has:colon"}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**samples["inventory-command.v1.schema.json"][0], "tenant": "has:colon"}, schema)
 
 
 def test_topics_share_one_prefix() -> None:
     t = Topics("oms")
-    assert t.orders == "oms.orders" and t.inventory_commands == "oms.inventory-commands"
+    assert t.order_inbox == "oms.order-inbox" and t.inventory_commands == "oms.inventory-commands"
     assert len(set(t.all())) == len(SPECS) + len(Channel)  # the contract topics and one raw topic per channel
-    assert t.channel_of(t.raw[Channel.JD]) is Channel.JD and t.channel_of(t.orders) is None
+    assert t.channel_of(t.raw[Channel.JD]) is Channel.JD and t.channel_of(t.order_inbox) is None
 
 
-def test_admission_is_strictly_in_offset_order() -> None:
-    assert admission(expected=10, offset=10) == ADMIT
-    assert admission(expected=10, offset=9) == COVERED  # the state already includes it: a replay
-    assert admission(expected=10, offset=0) == COVERED
-    assert admission(expected=10, offset=11) == AHEAD  # a hole: offset 10 was never seen
-    assert offset_key("oms.orders", 3) == "oms.orders/3"
+# -- admission ----------------------------------------------------------------------------------------------
+def test_admission_trusts_an_epoch_that_began_at_or_before_the_position() -> None:
+    cursor = Cursor(position=10)
+    assert judge(cursor, 12, record_epoch=3, epoch=3, epoch_start=8) is Verdict.ADMIT  # a gap: markers
+    assert cursor.trusted_epoch == 3
+    assert judge(cursor, 9, record_epoch=3, epoch=3, epoch_start=8) is Verdict.COVERED  # a replay
+    assert judge(cursor, 15, record_epoch=2, epoch=3, epoch_start=8) is Verdict.STALE  # fetched before a seek
 
 
-def test_faust_read_offset_filter_is_off() -> None:
-    """Faust drops records below its read offset and books jumps as gaps; with this mapping it does neither."""
+def test_admission_seeks_back_when_an_epoch_began_past_the_position_or_nobody_knows_where() -> None:
+    cursor = Cursor(position=10)
+    assert judge(cursor, 20, record_epoch=4, epoch=4, epoch_start=20) is Verdict.RESEEK  # a group commit ahead
+    assert judge(cursor, 20, record_epoch=5, epoch=5, epoch_start=None) is Verdict.RESEEK  # a drop, a reset
+    assert cursor.trusted_epoch is None
+
+
+def test_a_seek_starts_a_new_read_epoch_and_faust_read_filter_is_off() -> None:
+    ledger, tp = SeekLedger(), TP("t", 0)
+    first = ledger.begin(tp, 5)
+    assert ledger.current(tp) == (first, 5) and ledger.current(TP("t", 1)) == (0, None)
+    second = ledger.begin(tp, None)
+    assert second > first and ledger.current(tp) == (second, None)
     offsets = _NoReadFilter()
     offsets["t", 0] = 500  # what Faust writes after a stale record
-    assert offsets["t", 0] is None  # what its drain loop then reads: re-fetched record 12 is not dropped
-    offsets.pop(("t", 0), None)
-    offsets.update({("t", 1): 3})
-    assert offsets["t", 1] is None
+    assert offsets["t", 0] is None  # what its drain loop reads: nothing is dropped as "already read"
+
+
+# -- the work unit ------------------------------------------------------------------------------------------
+class Counting(Logic):
+    """A toy logic: counts records per key, forgets a key 100 ms (event time) after it reached 3."""
+
+    name = "count"
+    tables = ("counts",)
+    inputs = ("in",)
+
+    def process(self, work: PartitionWork, record: Input) -> None:
+        if record.value == b"boom":
+            work.put("counts", b"poison", b"1")
+            work.emit("out", b"poison", b"half-done")
+            raise RuntimeError("boom")
+        work.advance(record.timestamp_ms)
+        key = record.key or b""
+        n = int(work.get("counts", key) or 0) + 1
+        work.put("counts", key, str(n).encode(), expires_at=record.timestamp_ms + 100 if n >= 3 else None)
+        work.emit("out", key, str(n).encode())
+
+    def expires_at(self, table: str, value: bytes) -> int | None:
+        return None
+
+
+def _work(store: DictPartitions, index: dict[str, ExpiryIndex] | None = None) -> PartitionWork:
+    return PartitionWork("count", 0, {"counts": store}, index if index is not None else {}, 0, "dlq")
+
+
+def _rec(offset: int, key: bytes, value: bytes = b"x", ts: int = 0) -> Input:
+    return Input("in", 0, offset, key, value, ts)
+
+
+def test_a_failing_record_is_undone_and_dead_lettered_and_the_partition_moves_on() -> None:
+    work = _work(DictPartitions())
+    positions = run_records(Counting(), work, [_rec(0, b"a"), _rec(1, b"p", b"boom"), _rec(2, b"a")])
+    assert positions == {"in": 3}
+    assert work.writes["counts"] == {b"a": b"2"}, "the failed record's write is undone"
+    assert [o.value for o in work.outputs if o.topic == "out"] == [b"1", b"2"]
+    [letter] = work.dead_letters
+    assert letter.reason is ReasonCode.PROCESSING_ERROR and letter.original_value == b"boom"
+    assert letter.source_offset == 1 and "boom" in letter.detail
+
+
+def test_entries_whose_time_passed_read_as_absent_and_are_purged() -> None:
+    store = DictPartitions()
+    work = _work(store)
+    run_records(Counting(), work, [_rec(i, b"k", ts=10 * i) for i in range(3)])  # k reaches 3 at t=20
+    assert work.get("counts", b"k") == b"3"
+    run_records(Counting(), work, [_rec(3, b"other", ts=120)])  # event time passes 20 + 100
+    assert work.get("counts", b"k") is None, "forgotten once its time has come"
+    assert work.purge_expired() == 1 and work.writes["counts"][b"k"] is None
+
+
+def test_the_expiry_index_pops_only_current_entries() -> None:
+    index = ExpiryIndex()
+    index.set(b"a", 10)
+    index.set(b"a", 50)  # moved later: the old heap entry is stale
+    index.set(b"b", 20)
+    index.set(b"c", 30)
+    index.set(b"c", None)  # no longer expiring
+    assert index.pop_due(25) == [b"b"]
+    assert index.pop_due(100) == [b"a"]
+
+
+# -- the tripwire -------------------------------------------------------------------------------------------
+def test_the_patched_faust_and_aiokafka_internals_are_the_reviewed_ones() -> None:
+    assert tripwire.differences() == []
+
+
+def test_the_tripwire_names_what_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    path = next(iter(tripwire.EXPECTED))
+    why, _ = tripwire.EXPECTED[path]
+    monkeypatch.setitem(tripwire.EXPECTED, path, (why, "0000000000000000"))
+    monkeypatch.setitem(tripwire.VERSIONS, "aiokafka", "0.0.1")
+    with pytest.raises(tripwire.TripwireError) as err:
+        tripwire.check()
+    assert path in str(err.value) and "aiokafka is" in str(err.value)
+
+
+def test_struct_state_is_typed_not_single_letter_keys() -> None:
+    from agents.inventory.core import SkuStock
+    from agents.orders.state import OrderState
+
+    for struct in (SkuStock, OrderState):
+        assert all(len(f) > 2 for f in struct.__struct_fields__), f"{struct.__name__} has cryptic field names"
+    assert msgspec.json.encode(SkuStock(tenant="t", sku="s")).startswith(b'{"tenant":"t"')

@@ -1,176 +1,260 @@
-"""The invariant checker bites: each test feeds it a history with one specific fault."""
+"""The invariant checker on hand-made histories: a correct one passes, and each way a wrong engine could fool a
+checker that trusted the engine's own outputs is caught (no servers)."""
 
 from __future__ import annotations
 
+import base64
+
 import msgspec
 
-from agents.inventory.core import SkuStock, apply
-from engine.invariants import RunRecords, check
-from schemas.inventory import Receive, Release, Reserve, receive_id, release_id, reserve_id
-from schemas.order import Address, Buyer, Channel, Order, OrderLine, line_id
-from schemas.saga import DecisionLine, DecisionStatus, OrderDecision, RejectReason, decision_id
+from invariants import Inputs, Outputs, check
+from schemas import wire
+from schemas.deadletter import DeadLetter, ReasonCode
+from schemas.inventory import CommandKind, Receive, StockEvent, receive_id
+from schemas.order import Address, Buyer, Channel, LineState, Order, OrderLine, OrderStatus
+from schemas.review import CancellationKind, OrderCancellation, Outcome, ReviewDecision
+from schemas.saga import DecisionLine, DecisionStatus, OrderDecision, RejectReason
 
 T = "acme"
 
 
-def order(n: int, skus: list[str]) -> Order:
-    return Order(
+def order(oid: str = "web-s1-1", status: OrderStatus = OrderStatus.PAID, version: int = 1, **kw: object) -> Order:
+    base = Order(
         tenant=T,
-        order_id=f"web-s1-{n}",
+        order_id=oid,
         channel=Channel.WEB,
         shop_id="s1",
-        platform_order_id=str(n),
-        buyer=Buyer(id="b"),
-        receiver=Address(name="x"),
-        created_at=1,
-        ingested_at=2,
-        lines=[OrderLine(line_no=i + 1, sku=s, quantity=1, unit_price_fen=100) for i, s in enumerate(skus)],
-    )
-
-
-def decision(o: Order, status: DecisionStatus) -> OrderDecision:
-    return OrderDecision(
-        decision_id=decision_id(T, o.order_id),
-        tenant=T,
-        order_id=o.order_id,
-        channel=o.channel,
+        platform_order_id=oid.rsplit("-", 1)[-1],
         status=status,
-        reason=None if status is DecisionStatus.ACCEPTED else RejectReason.INSUFFICIENT_STOCK,
-        lines=[DecisionLine(line_id=line_id(o.order_id, ln.line_no), sku=ln.sku, quantity=1) for ln in o.lines],
-        order_created_at=1,
-        ingested_at=2,
-        decided_at=3,
+        buyer=Buyer(id="b1"),
+        receiver=Address(name="x"),
+        lines=[
+            OrderLine(line_no=1, sku="A", quantity=2, unit_price_fen=100),
+            OrderLine(line_no=2, sku="B", quantity=1, unit_price_fen=100),
+        ],
+        created_at=1,
+        ingested_at=1,
+        version=version,
     )
+    return msgspec.structs.replace(base, **kw)
 
 
-def history() -> RunRecords:
-    """Two SKUs with 1 unit each; order 1 takes both (accepted), order 2 wants A too (rejected)."""
-    rec = RunRecords()
-    stocks: dict[str, SkuStock] = {}
-    cmds = [
-        Receive(
-            command_id=receive_id(T, s, "W", "d"),
-            tenant=T,
-            sku=s,
-            origin="l",
-            seq=i,
-            ts=1,
-            warehouse="W",
-            quantity=1,
-            document_id="d",
-        )
-        for i, s in enumerate(["A", "B"])
-    ]
-    o1, o2 = order(1, ["A", "B"]), order(2, ["A"])
-    for o in (o1, o2):
-        for ln in o.lines:
-            lid = line_id(o.order_id, ln.line_no)
-            cmds.append(
-                Reserve(
-                    command_id=reserve_id(T, lid),
-                    tenant=T,
-                    sku=ln.sku,
-                    origin="c",
-                    seq=len(cmds),
-                    ts=2,
-                    order_id=o.order_id,
-                    line_id=lid,
-                    quantity=1,
-                )
+def receive(sku: str, qty: int) -> Receive:
+    return Receive(
+        command_id=receive_id(T, sku, "WH", "d1"), tenant=T, sku=sku, origin="l", seq=1, ts=1,
+        warehouse="WH", quantity=qty, document_id="d1",
+    )  # fmt: skip
+
+
+class History:
+    """Stock events per SKU with running versions and levels, as a correct engine writes them."""
+
+    def __init__(self) -> None:
+        self.events: list[StockEvent] = []
+        self.levels: dict[str, list[int]] = {}
+        self.versions: dict[str, int] = {}
+
+    def add(self, sku: str, kind: CommandKind, d_on: int, d_res: int, event_id: str, line: str | None = None) -> None:
+        level = self.levels.setdefault(sku, [0, 0])
+        level[0] += d_on
+        level[1] += d_res
+        self.versions[sku] = self.versions.get(sku, 0) + 1
+        self.events.append(
+            StockEvent(
+                event_id=event_id, tenant=T, sku=sku, warehouse="WH", kind=kind, d_on_hand=d_on, d_reserved=d_res,
+                on_hand=level[0], reserved=level[1], version=self.versions[sku],
+                order_id=line.split("#")[0] if line else None, line_id=line, origin="o", seq=1, ts=1,
             )
-    reservations = {}
-    for cmd in cmds:
-        s = stocks.get(cmd.sku) or SkuStock(T, cmd.sku)
-        out = apply(s, reservations.get(getattr(cmd, "line_id", None)), cmd)
-        stocks[cmd.sku] = out.stock
-        if out.reservation_changed:
-            reservations[cmd.line_id] = out.reservation
-        rec.stock_events += out.events
-    rec.commands = cmds
-    rec.orders = [o1, o2]
-    rec.decisions = [decision(o1, DecisionStatus.ACCEPTED), decision(o2, DecisionStatus.REJECTED)]
-    return rec
+        )  # fmt: skip
+
+
+def decision(oid: str, status: DecisionStatus, lines: list[tuple[str, str, int]], reason: RejectReason | None = None):
+    return OrderDecision(
+        decision_id=f"decision.{T}.{oid}", tenant=T, order_id=oid, channel=Channel.WEB, status=status, reason=reason,
+        lines=[DecisionLine(line_id=lid, sku=sku, quantity=q, warehouse="WH") for lid, sku, q in lines],
+        order_created_at=1, ingested_at=1, decided_at=2,
+    )  # fmt: skip
+
+
+def correct() -> tuple[Inputs, Outputs, History]:
+    """One order accepted (A x2, B x1) against receipts of A x5 and B x1."""
+    inputs = Inputs()
+    inputs.add_stock([receive("A", 5), receive("B", 1)])
+    inputs.add_orders([order()])
+    h = History()
+    h.add("A", CommandKind.RECEIVE, 5, 0, receive_id(T, "A", "WH", "d1"))
+    h.add("B", CommandKind.RECEIVE, 1, 0, receive_id(T, "B", "WH", "d1"))
+    h.add("A", CommandKind.RESERVE, 0, 2, "reserve.acme.web-s1-1#1", "web-s1-1#1")
+    h.add("B", CommandKind.RESERVE, 0, 1, "reserve.acme.web-s1-1#2", "web-s1-1#2")
+    out = Outputs(stock_events=h.events)
+    d = decision("web-s1-1", DecisionStatus.ACCEPTED, [("web-s1-1#1", "A", 2), ("web-s1-1#2", "B", 1)])
+    out.decisions.append(d)
+    out.decision_bytes[d.decision_id] = {wire.encode(d)}
+    return inputs, out, h
+
+
+def violations(inputs: Inputs, out: Outputs) -> str:
+    return "\n".join(check(inputs, out, partitions=4).violations)
 
 
 def test_a_correct_history_passes() -> None:
-    verdict = check(history())
+    inputs, out, _ = correct()
+    verdict = check(inputs, out, 4)
     assert verdict.ok, verdict.violations
-    assert verdict.counts["accepted"] == 1 and verdict.counts["rejected"] == 1 and verdict.oversold_units == 0
+    assert verdict.counts["accepted"] == 1 and verdict.counts["final_levels"]["acme:A"] == {"WH": [5, 2]}
 
 
-def test_a_command_applied_twice_is_caught() -> None:
-    rec = history()
-    ev = rec.stock_events[0]  # the receive of A, applied "again" with a later version
-    rec.stock_events.append(msgspec.structs.replace(ev, version=99, on_hand=ev.on_hand + 1))
-    verdict = check(rec)
-    assert any(v.startswith("I3") and "applied twice" in v for v in verdict.violations)
+def test_an_order_that_was_sent_and_never_decided_is_caught_even_if_nothing_mentions_it() -> None:
+    inputs, out, _ = correct()
+    inputs.add_orders([order("web-s1-2")])  # sent; the engine wrote nothing at all about it
+    assert "web-s1-2 was sent and has no decision" in violations(inputs, out)
 
 
-def test_a_redelivered_event_copy_is_not_a_violation() -> None:
-    rec = history()
-    rec.stock_events.append(rec.stock_events[1])
-    assert check(rec).ok
+def test_accepted_lines_are_checked_against_the_order_as_sent_not_the_decision() -> None:
+    inputs, out, h = correct()
+    # The engine reserved 1 unit of A (the decision agrees with itself), the channel sent 2.
+    h.events[2] = msgspec.structs.replace(h.events[2], d_reserved=1, reserved=1)
+    h.events[3] = h.events[3]
+    wrong = decision("web-s1-1", DecisionStatus.ACCEPTED, [("web-s1-1#1", "A", 1), ("web-s1-1#2", "B", 1)])
+    out.decisions[0] = wrong
+    out.decision_bytes = {wrong.decision_id: {wire.encode(wrong)}}
+    found = violations(inputs, out)
+    assert "reserved web-s1-1#1 as A x1, the channel sent A x2" in found
 
 
-def test_oversell_is_caught_and_counted() -> None:
-    rec = history()
-    last = rec.stock_events[-1]
-    rec.stock_events.append(
-        msgspec.structs.replace(
-            last,
-            event_id="reserve.acme.web-s1-9#1",
-            line_id="web-s1-9#1",
-            version=last.version + 1,
-            d_reserved=1,
-            reserved=last.reserved + 1,
+def test_an_accepted_order_missing_a_reservation_is_caught() -> None:
+    inputs, out, h = correct()
+    out.stock_events = [e for e in h.events if e.line_id != "web-s1-1#2"]
+    assert "accepted without reserving ['web-s1-1#2']" in violations(inputs, out)
+
+
+def test_final_reserved_must_equal_the_open_lines_of_accepted_orders() -> None:
+    inputs, out, h = correct()
+    # An extra reservation no order explains (a leak): the line bookkeeping alone would not notice.
+    h.add("A", CommandKind.RESERVE, 0, 1, "reserve.acme.ghost#1", "ghost#1")
+    out.stock_events = h.events
+    assert "reserved 3, the open lines of accepted orders need 2" in violations(inputs, out)
+
+
+def test_two_different_contents_under_one_decision_id_are_caught_even_with_one_status() -> None:
+    inputs, out, _ = correct()
+    d = out.decisions[0]
+    other = msgspec.structs.replace(d, detail="replayed differently")
+    out.decisions.append(other)
+    out.decision_bytes[d.decision_id].add(wire.encode(other))
+    assert "carries 2 different contents" in violations(inputs, out)
+
+
+def test_a_decision_for_an_order_nobody_sent_is_caught() -> None:
+    inputs, out, _ = correct()
+    ghost = decision("web-s1-9", DecisionStatus.REJECTED, [], RejectReason.INSUFFICIENT_STOCK)
+    out.decisions.append(ghost)
+    assert "decision for an order nobody sent" in violations(inputs, out)
+
+
+def test_a_rejection_caused_by_the_engine_is_a_failure() -> None:
+    inputs, out, h = correct()
+    out.stock_events = h.events[:2]
+    d = decision("web-s1-1", DecisionStatus.REJECTED, [], RejectReason.ENGINE_ERROR)
+    out.decisions, out.decision_bytes = [d], {d.decision_id: {wire.encode(d)}}
+    verdict = check(inputs, out, 4)
+    assert "rejected by the engine itself" in "\n".join(verdict.violations) and verdict.counts["engine_failures"] == 1
+
+
+def test_a_held_order_is_an_open_state_only_when_something_may_hold_it() -> None:
+    inputs, out, h = correct()
+    out.decisions, out.decision_bytes, out.stock_events = [], {}, h.events[:2]
+    held = ReviewDecision(review_id="r", tenant=T, order_id="web-s1-1", channel=Channel.WEB, outcome=Outcome.HELD, ts=1)
+    out.reviews.append(held)
+    assert "has no decision" in violations(inputs, out), "no rules, no platform hold: holding it is wrong"
+    inputs.rules = True
+    assert check(inputs, out, 4).ok
+
+
+def test_unpaid_is_an_open_state_only_if_it_was_never_paid() -> None:
+    inputs, out, h = correct()
+    out.decisions, out.decision_bytes, out.stock_events = [], {}, h.events[:2]
+    out.reviews.append(
+        ReviewDecision(
+            review_id="r", tenant=T, order_id="web-s1-1", channel=Channel.WEB, outcome=Outcome.AWAITING_PAYMENT, ts=1
         )
     )
-    verdict = check(rec)
-    assert any(v.startswith("I1") for v in verdict.violations)
-    assert verdict.oversold_units == 1
+    assert "has no decision" in violations(inputs, out)  # it was sent paid
+    inputs.orders.clear()
+    inputs.add_orders([order(status=OrderStatus.PENDING_PAYMENT)])
+    assert check(inputs, out, 4).ok
 
 
-def test_a_lost_event_breaks_the_version_chain() -> None:
-    rec = history()
-    del rec.stock_events[0]  # A's receipt (version 1); its reservation (version 2) remains
-    assert any("missing versions" in v for v in check(rec).violations)
+def test_conservation_counts_the_receipts_sent_not_the_dead_letters() -> None:
+    inputs, out, _ = correct()
+    inputs.add_stock([receive("C", 4)])  # sent, valid, and the engine dead-lettered it
+    out.dead_letters.append(_letter(wire.encode(receive("C", 4)), ReasonCode.WOULD_OVERSELL))
+    found = violations(inputs, out)
+    assert "receive.acme.C.WH.d1 was sent and never took effect" in found
+    assert "holds a valid Receive that nobody meant to be refused" in found
 
 
-def test_a_double_receive_breaks_conservation() -> None:
-    rec = history()
-    rec.commands = [c for c in rec.commands if not isinstance(c, Receive) or c.sku != "B"]  # B never received
-    assert any(v.startswith("I2") for v in check(rec).violations)
+def test_a_refusal_the_sender_meant_is_justified() -> None:
+    inputs, out, _ = correct()
+    cmd = receive("C", 4)
+    inputs.add_stock([cmd])
+    inputs.refused_commands[cmd.command_id] = ReasonCode.WOULD_OVERSELL
+    out.dead_letters.append(_letter(wire.encode(cmd), ReasonCode.WOULD_OVERSELL))
+    assert check(inputs, out, 4).ok
 
 
-def test_a_rejected_order_holding_stock_is_caught() -> None:
-    rec = history()
-    rec.decisions[0] = decision(rec.orders[0], DecisionStatus.REJECTED)
-    assert any("rejected but still holds" in v for v in check(rec).violations)
+def test_engine_dead_letters_are_never_justified_and_bad_records_must_be_dead_lettered() -> None:
+    inputs, out, _ = correct()
+    out.dead_letters.append(_letter(b"\x00garbage", ReasonCode.PROCESSING_ERROR))
+    inputs.bad_records.add(b"{never seen")
+    found = violations(inputs, out)
+    assert "the engine's own failure" in found and "a bad record was never dead-lettered" in found
 
 
-def test_two_different_decisions_and_a_missing_one_are_caught() -> None:
-    rec = history()
-    rec.decisions.append(decision(rec.orders[1], DecisionStatus.ACCEPTED))
-    rec.orders.append(order(3, ["B"]))
-    violations = check(rec).violations
-    assert any("more than one decision" in v for v in violations)
-    assert any("without a decision" in v for v in violations)
+def test_two_writers_of_one_stock_version_are_caught() -> None:
+    inputs, out, h = correct()
+    twin = msgspec.structs.replace(h.events[2], event_id="reserve.acme.zombie#1", line_id="zombie#1")
+    out.stock_events.append(twin)
+    assert "written by two events" in violations(inputs, out)
 
 
-def test_release_then_reserve_again_of_one_line_is_caught() -> None:
-    rec = history()
-    lid = line_id("web-s1-1", 1)
-    last = max(e.version for e in rec.stock_events if e.sku == "A")
-    base = next(e for e in rec.stock_events if e.line_id == lid)
-    rel = Release(
-        command_id=release_id(T, lid), tenant=T, sku="A", origin="r", seq=1, ts=3, order_id="web-s1-1", line_id=lid
-    )
-    rec.stock_events.append(
-        msgspec.structs.replace(
-            base, event_id=rel.command_id, kind="release", d_reserved=-1, reserved=0, version=last + 1
+def test_a_rejected_order_holding_stock_and_a_cancel_without_a_channel_cancel_are_caught() -> None:
+    inputs, out, _ = correct()
+    d = decision("web-s1-1", DecisionStatus.CANCELLED, [], RejectReason.CANCELLED)
+    out.decisions, out.decision_bytes = [d], {d.decision_id: {wire.encode(d)}}
+    found = violations(inputs, out)
+    assert "was cancelled but still holds reservations" in found
+    assert "its channel never cancelled it" in found
+
+
+def test_a_channel_cancel_after_acceptance_must_release_everything() -> None:
+    inputs, out, h = correct()
+    inputs.add_orders([order(status=OrderStatus.CANCELLED, version=2)])
+    out.cancellations.append(
+        OrderCancellation(
+            cancellation_id="c", tenant=T, order_id="web-s1-1", kind=CancellationKind.ORDER, reason="x",
+            stage="orders", ts=2,
         )
-    )
-    rec.stock_events.append(
-        msgspec.structs.replace(base, event_id="reserve.acme.again", d_reserved=1, reserved=1, version=last + 2)
-    )
-    assert any(v.startswith("I3") for v in check(rec).violations)
+    )  # fmt: skip
+    assert "should hold []" in violations(inputs, out)
+    h.add("A", CommandKind.RELEASE, 0, -2, "release.acme.web-s1-1#1", "web-s1-1#1")
+    h.add("B", CommandKind.RELEASE, 0, -1, "release.acme.web-s1-1#2", "web-s1-1#2")
+    out.stock_events = h.events
+    assert check(inputs, out, 4).ok
+
+
+def test_a_refunded_line_must_be_released() -> None:
+    inputs, out, _ = correct()
+    refunded = order(version=2, lines=[
+        OrderLine(line_no=1, sku="A", quantity=2, unit_price_fen=100),
+        OrderLine(line_no=2, sku="B", quantity=1, unit_price_fen=100, status=LineState.CANCELLED),
+    ])  # fmt: skip
+    inputs.add_orders([refunded])
+    assert "should hold ['web-s1-1#1']" in violations(inputs, out)
+
+
+def _letter(raw: bytes, reason: ReasonCode) -> DeadLetter:
+    return DeadLetter(
+        dead_letter_id="dlq.x.0.0", reason=reason, detail="", stage="inventory", source_topic="t.inventory-commands",
+        source_partition=0, source_offset=0, key_b64=None, value_b64=base64.b64encode(raw).decode(), ts=1,
+    )  # fmt: skip

@@ -1,11 +1,12 @@
-"""Inventory rules: no oversell, conservation, effects once — without any server."""
+"""Inventory rules: no oversell, conservation, effects once, no silent drop — without any server."""
 
 from __future__ import annotations
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.inventory.core import Reservation, SkuStock, apply, choose_warehouse
+from agents.inventory.core import Level, LineReservation, LineState, SkuStock, apply, choose_warehouse
 from schemas.deadletter import ReasonCode
 from schemas.inventory import (
     Adjust,
@@ -25,6 +26,8 @@ from schemas.inventory import (
 from schemas.saga import LineStatus, RejectReason
 
 T, SKU = "t1", "SKU-1"
+RETENTION = 7 * 86_400_000
+REPLY = "t1:s1:b-buyer"
 
 
 def receive(wh: str, qty: int, seq: int, origin: str = "loader") -> Receive:
@@ -52,6 +55,7 @@ def reserve(line: str, qty: int, seq: int, origin: str = "coord.o0", warehouses:
         order_id=line.split("#")[0],
         line_id=line,
         quantity=qty,
+        reply_to=REPLY,
         warehouses=warehouses or [],
     )
 
@@ -83,15 +87,23 @@ def issue(line: str, seq: int, origin: str = "ship.0") -> Issue:
 
 
 def empty() -> SkuStock:
-    return SkuStock(T, SKU)
+    return SkuStock(tenant=T, sku=SKU)
+
+
+def run(stock: SkuStock, line: LineReservation | None, cmd: object) -> object:
+    return apply(stock, line, cmd, RETENTION)
+
+
+def levels(stock: SkuStock) -> dict[str, list[int]]:
+    return {wh: [v.on_hand, v.reserved] for wh, v in stock.levels.items()}
 
 
 def test_receive_then_reserve_takes_from_the_fullest_warehouse() -> None:
-    s = apply(empty(), None, receive("WH-A", 5, 1)).stock
-    s = apply(s, None, receive("WH-B", 9, 2)).stock
-    out = apply(s, None, reserve("o1#1", 4, 1))
-    assert out.reservation == Reservation("o1", "WH-B", 4)
-    assert out.stock.levels == {"WH-A": [5, 0], "WH-B": [9, 4]}
+    s = run(empty(), None, receive("WH-A", 5, 1)).stock
+    s = run(s, None, receive("WH-B", 9, 2)).stock
+    out = run(s, None, reserve("o1#1", 4, 1))
+    assert out.line == LineReservation(order_id="o1", warehouse="WH-B", quantity=4, state=LineState.OPEN)
+    assert levels(out.stock) == {"WH-A": [5, 0], "WH-B": [9, 4]}
     [ev] = out.events
     assert (ev.kind, ev.d_on_hand, ev.d_reserved, ev.on_hand, ev.reserved, ev.version) == (
         CommandKind.RESERVE,
@@ -102,71 +114,116 @@ def test_receive_then_reserve_takes_from_the_fullest_warehouse() -> None:
         3,
     )
     [res] = out.results
-    assert res.status is LineStatus.RESERVED and res.warehouse == "WH-B"
+    assert res.status is LineStatus.RESERVED and res.warehouse == "WH-B" and res.reply_to == REPLY
 
 
 def test_preferred_warehouses_are_tried_in_order() -> None:
-    s = apply(apply(empty(), None, receive("WH-A", 2, 1)).stock, None, receive("WH-B", 9, 2)).stock
+    s = run(run(empty(), None, receive("WH-A", 2, 1)).stock, None, receive("WH-B", 9, 2)).stock
     assert choose_warehouse(s, 2, ["WH-A", "WH-B"]) == "WH-A"
     assert choose_warehouse(s, 3, ["WH-A", "WH-B"]) == "WH-B"
     assert choose_warehouse(s, 3, ["WH-A", "WH-X"]) is None
 
 
 def test_reserve_beyond_available_is_rejected_and_changes_nothing_but_the_stamp() -> None:
-    s = apply(empty(), None, receive("WH-A", 3, 1)).stock
-    s = apply(s, None, reserve("o1#1", 2, 1)).stock
-    out = apply(s, None, reserve("o2#1", 2, 2))
-    assert out.reservation is None and not out.events
+    s = run(empty(), None, receive("WH-A", 3, 1)).stock
+    s = run(s, None, reserve("o1#1", 2, 1)).stock
+    out = run(s, None, reserve("o2#1", 2, 2))
+    assert out.line.state is LineState.REFUSED and not out.events
     assert out.results[0].status is LineStatus.REJECTED
     assert out.results[0].reason is RejectReason.INSUFFICIENT_STOCK
-    assert out.stock.levels == s.levels and out.stock.high_water["coord.o0"] == 2
+    assert levels(out.stock) == levels(s) and out.stock.origins["coord.o0"].seq == 2
 
 
 def test_reserve_of_an_unknown_sku_says_so() -> None:
-    out = apply(empty(), None, reserve("o1#1", 1, 1))
+    out = run(empty(), None, reserve("o1#1", 1, 1))
     assert out.results[0].reason is RejectReason.UNKNOWN_SKU
+    again = run(out.stock, out.line, reserve("o1#1", 1, 1))  # redelivered: answered the same, not "stale"
+    assert again.note == "duplicate" and not again.refused and again.results[0].reason is RejectReason.UNKNOWN_SKU
 
 
 def test_redelivered_reserve_has_no_second_effect_and_is_answered_again() -> None:
-    s = apply(empty(), None, receive("WH-A", 10, 1)).stock
-    first = apply(s, None, reserve("o1#1", 3, 7))
-    again = apply(first.stock, first.reservation, reserve("o1#1", 3, 7))
-    assert again.duplicate and not again.events and again.stock is first.stock
+    s = run(empty(), None, receive("WH-A", 10, 1)).stock
+    first = run(s, None, reserve("o1#1", 3, 7))
+    again = run(first.stock, first.line, reserve("o1#1", 3, 7))
+    assert again.note == "duplicate" and not again.events and again.stock is first.stock and not again.refused
     assert again.results[0].status is LineStatus.RESERVED
-    assert again.stock.levels["WH-A"] == [10, 3]
+    assert levels(again.stock)["WH-A"] == [10, 3]
 
 
 def test_replay_after_release_does_not_reserve_again() -> None:
-    s = apply(empty(), None, receive("WH-A", 10, 1)).stock
-    r = apply(s, None, reserve("o1#1", 3, 7))
-    rel = apply(r.stock, r.reservation, release("o1#1", 1))
-    assert rel.reservation is None and rel.stock.levels["WH-A"] == [10, 0]
-    replay = apply(rel.stock, None, reserve("o1#1", 3, 7))  # same stamp, after the release
-    assert replay.duplicate and replay.stock.levels["WH-A"] == [10, 0]
+    s = run(empty(), None, receive("WH-A", 10, 1)).stock
+    r = run(s, None, reserve("o1#1", 3, 7))
+    rel = run(r.stock, r.line, release("o1#1", 1))
+    assert rel.line.state is LineState.RELEASED and levels(rel.stock)["WH-A"] == [10, 0]
+    replay = run(rel.stock, rel.line, reserve("o1#1", 3, 7))  # same stamp, after the release
+    assert replay.note == "duplicate" and levels(replay.stock)["WH-A"] == [10, 0]
     assert replay.results[0].status is LineStatus.REJECTED
     assert replay.results[0].reason is RejectReason.NOT_RESERVABLE
+    fresh_stamp = run(rel.stock, rel.line, reserve("o1#1", 3, 99))  # re-sent under a new stamp
+    assert not fresh_stamp.events and fresh_stamp.results[0].reason is RejectReason.NOT_RESERVABLE
 
 
-def test_release_without_reservation_is_a_no_op() -> None:
-    s = apply(empty(), None, receive("WH-A", 10, 1)).stock
-    out = apply(s, None, release("o9#1", 1))
-    assert not out.events and out.stock.levels == s.levels and not out.reservation_changed
+def test_release_before_any_reserve_leaves_a_mark_that_refuses_the_reserve() -> None:
+    s = run(empty(), None, receive("WH-A", 10, 1)).stock
+    out = run(s, None, release("o9#1", 1))
+    assert not out.events and levels(out.stock) == levels(s)
+    assert out.line is not None and out.line.state is LineState.RELEASED and out.line.quantity == 0
+    late = run(out.stock, out.line, reserve("o9#1", 2, 5))
+    assert not late.events and late.results[0].reason is RejectReason.NOT_RESERVABLE
+
+
+def test_a_command_below_the_high_water_mark_that_was_never_applied_is_refused_not_dropped() -> None:
+    """A reordered command (N arrives after N+1) must not vanish as a "duplicate": it is refused with
+    ``stale_sequence`` (a dead letter), and a reserve is answered so its saga still hears back."""
+    s = run(empty(), None, receive("WH-A", 10, 1)).stock
+    s = run(s, None, reserve("o2#1", 1, 8)).stock  # seq 8 arrived first
+    late = run(s, None, reserve("o1#1", 2, 7))  # seq 7 of the same origin, never applied
+    assert late.refused and late.refused[0] is ReasonCode.STALE_SEQUENCE and not late.events
+    assert late.results[0].status is LineStatus.REJECTED and late.results[0].reason is RejectReason.ENGINE_ERROR
+    doc = run(s, None, receive("WH-A", 5, 1, origin="coord.o0"))  # a document command, reordered
+    assert doc.refused and doc.refused[0] is ReasonCode.STALE_SEQUENCE
+    redelivered = run(s, None, receive("WH-A", 10, 1))  # the very same receipt again
+    assert redelivered.note == "duplicate" and not redelivered.refused and not redelivered.events
+
+
+def test_a_late_release_of_an_open_line_is_refused_not_dropped() -> None:
+    s = run(empty(), None, receive("WH-A", 10, 1)).stock
+    r = run(s, None, reserve("o1#1", 3, 5, origin="coord.o0"))
+    newer = run(r.stock, None, reserve("o2#1", 1, 9, origin="coord.o0")).stock
+    stale = run(newer, r.line, release("o1#1", 6, origin="coord.o0"))
+    assert stale.refused and stale.refused[0] is ReasonCode.STALE_SEQUENCE and not stale.events
+
+
+def test_idle_origins_are_forgotten_after_the_retention() -> None:
+    s = run(empty(), None, receive("WH-A", 10, 1, origin="old-loader")).stock
+    later = receive("WH-A", 1, 1, origin="new-loader")
+    later = msgspec.structs.replace(later, ts=1 + RETENTION)
+    out = run(s, None, later)
+    assert set(out.stock.origins) == {"new-loader"}
+
+
+def test_closed_lines_expire_after_the_retention_and_open_ones_never() -> None:
+    s = run(empty(), None, receive("WH-A", 10, 1)).stock
+    r = run(s, None, reserve("o1#1", 3, 5))
+    assert r.line.expires_at(RETENTION) is None
+    rel = run(r.stock, r.line, release("o1#1", 6))
+    assert rel.line.expires_at(RETENTION) == rel.line.closed_at + RETENTION
 
 
 def test_issue_ships_a_reservation_once() -> None:
-    s = apply(empty(), None, receive("WH-A", 10, 1)).stock
-    r = apply(s, None, reserve("o1#1", 4, 1))
-    shipped = apply(r.stock, r.reservation, issue("o1#1", 1))
-    assert shipped.stock.levels["WH-A"] == [6, 0] and shipped.reservation is None
+    s = run(empty(), None, receive("WH-A", 10, 1)).stock
+    r = run(s, None, reserve("o1#1", 4, 1))
+    shipped = run(r.stock, r.line, issue("o1#1", 1))
+    assert levels(shipped.stock)["WH-A"] == [6, 0] and shipped.line.state is LineState.ISSUED
     [ev] = shipped.events
     assert (ev.d_on_hand, ev.d_reserved) == (-4, -4)
-    twice = apply(shipped.stock, None, issue("o1#1", 2))  # a second issue under a new stamp
+    twice = run(shipped.stock, shipped.line, issue("o1#1", 2))  # a second issue under a new stamp
     assert twice.refused and twice.refused[0] is ReasonCode.NOT_RESERVED and not twice.events
 
 
 def test_adjust_never_goes_below_reserved() -> None:
-    s = apply(empty(), None, receive("WH-A", 10, 1)).stock
-    s = apply(s, None, reserve("o1#1", 8, 1)).stock
+    s = run(empty(), None, receive("WH-A", 10, 1)).stock
+    s = run(s, None, reserve("o1#1", 8, 1)).stock
     down = Adjust(
         command_id=adjust_id(T, SKU, "WH-A", "count1"),
         tenant=T,
@@ -179,11 +236,11 @@ def test_adjust_never_goes_below_reserved() -> None:
         reason="count",
         document_id="count1",
     )
-    out = apply(s, None, down)
-    assert out.refused and out.refused[0] is ReasonCode.WOULD_OVERSELL and out.stock.levels["WH-A"] == [10, 8]
-    ok = apply(s, None, Adjust(**{**_fields(down), "delta": -2, "seq": 2}))
-    assert ok.stock.levels["WH-A"] == [8, 8]
-    unknown = apply(s, None, Adjust(**{**_fields(down), "warehouse": "WH-Z", "seq": 3}))
+    out = run(s, None, down)
+    assert out.refused and out.refused[0] is ReasonCode.WOULD_OVERSELL and levels(out.stock)["WH-A"] == [10, 8]
+    ok = run(s, None, Adjust(**{**_fields(down), "delta": -2, "seq": 2}))
+    assert levels(ok.stock)["WH-A"] == [8, 8]
+    unknown = run(s, None, Adjust(**{**_fields(down), "warehouse": "WH-Z", "seq": 3}))
     assert unknown.refused and unknown.refused[0] is ReasonCode.UNKNOWN_WAREHOUSE
 
 
@@ -201,22 +258,23 @@ def test_return_adds_to_on_hand() -> None:
         line_id="o1#1",
         document_id="rma1",
     )
-    out = apply(empty(), None, ret)
-    assert out.stock.levels["WH-A"] == [2, 0] and out.events[0].kind is CommandKind.RETURN
+    out = run(empty(), None, ret)
+    assert levels(out.stock)["WH-A"] == [2, 0] and out.events[0].kind is CommandKind.RETURN
 
 
-def test_state_round_trips_through_plain_json_types() -> None:
-    s = apply(empty(), None, receive("WH-A", 10, 1)).stock
-    r = apply(s, None, reserve("o1#1", 4, 1))
-    assert SkuStock.from_state(T, SKU, r.stock.to_state()) == r.stock
-    assert Reservation.from_state(r.reservation.to_state()) == r.reservation
+def test_state_round_trips_through_json() -> None:
+    s = run(empty(), None, receive("WH-A", 10, 1)).stock
+    r = run(s, None, reserve("o1#1", 4, 1))
+    assert msgspec.json.decode(msgspec.json.encode(r.stock), type=SkuStock) == r.stock
+    assert msgspec.json.decode(msgspec.json.encode(r.line), type=LineReservation) == r.line
+    assert r.stock.levels["WH-A"] == Level(10, 4)
 
 
 def test_apply_does_not_mutate_its_input() -> None:
-    s = apply(empty(), None, receive("WH-A", 10, 1)).stock
-    before = s.to_state()
-    apply(s, None, reserve("o1#1", 4, 1))
-    assert s.to_state() == before
+    s = run(empty(), None, receive("WH-A", 10, 1)).stock
+    before = msgspec.json.encode(s)
+    run(s, None, reserve("o1#1", 4, 1))
+    assert msgspec.json.encode(s) == before
 
 
 def _fields(cmd: Adjust) -> dict:
@@ -241,7 +299,7 @@ def test_random_command_streams_keep_the_invariants(ops: list[tuple]) -> None:
     """The coordinator sends one reserve per line; anything else here is a redelivery of an earlier
     command. Conservation is checked against the unique commands sent, not against the events, so a
     redelivery that has a second effect shows up."""
-    stock, reservations = empty(), {}
+    stock, lines = empty(), {}
     sent: list = []
     seqs = {"loader": 0, "coord.o0": 0, "coord.r0": 0, "ship.0": 0}
     unique_received: dict[str, int] = {}
@@ -269,10 +327,11 @@ def test_random_command_streams_keep_the_invariants(ops: list[tuple]) -> None:
             cmd = issue(a, next_seq("ship.0"))
         sent.append(cmd)
         line = getattr(cmd, "line_id", None)
-        out = apply(stock, reservations.get(line), cmd)
+        out = run(stock, lines.get(line), cmd)
         stock = out.stock
-        if out.reservation_changed:
-            reservations[line] = out.reservation
+        if out.line_changed:
+            lines[line] = out.line
+        assert not (out.refused and out.refused[0] is ReasonCode.STALE_SEQUENCE), "a redelivery is not stale"
         for ev in out.events:
             assert ev.on_hand - ev.reserved >= 0 and ev.reserved >= 0  # I1 at every step
             issued += -ev.d_on_hand if ev.kind is CommandKind.ISSUE else 0
@@ -281,9 +340,10 @@ def test_random_command_streams_keep_the_invariants(ops: list[tuple]) -> None:
             if ev.kind in (CommandKind.RELEASE, CommandKind.ISSUE):
                 close_effects[ev.line_id] = close_effects.get(ev.line_id, 0) + 1
     # I2: conservation against the unique commands
-    assert sum(v[0] for v in stock.levels.values()) == sum(unique_received.values()) - issued
+    assert sum(v.on_hand for v in stock.levels.values()) == sum(unique_received.values()) - issued
     # reserved equals what the open reservations hold
-    assert sum(v[1] for v in stock.levels.values()) == sum(r.quantity for r in reservations.values() if r)
+    held = sum(r.quantity for r in lines.values() if r and r.state is LineState.OPEN)
+    assert sum(v.reserved for v in stock.levels.values()) == held
     # I3: each line reserved at most once, released or issued at most once
     assert all(n == 1 for n in reserve_effects.values())
     assert all(n == 1 for n in close_effects.values())

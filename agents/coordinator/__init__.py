@@ -1,1 +1,0 @@
-"""Order coordinator: the reservation saga per order (one writer per order id)."""

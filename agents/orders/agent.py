@@ -1,0 +1,205 @@
+"""The order stage: review (审单) and the reservation saga for every order, one writer per buyer.
+
+Reads the order inbox (key: the buyer key ``tenant:shop:b-<buyer>``) — channel snapshots, operator actions,
+the inventory's line results, rule versions — and writes review decisions, order decisions, cancellations and
+inventory commands. The holds list in Redis is a read model written after each commit and rebuilt from the
+``orders`` table when needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import faust
+
+from agents.orders.core import HoldEntry, OrderRules, Stamp, hold_summary
+from agents.orders.state import BuyerState, OrderState, Phase, RulesState
+from engine.app import context
+from engine.kafka.clients import partition_for
+from engine.readmodels.holds import HoldsModel
+from engine.readmodels.sync import ReadModelSync
+from engine.runtime.stage import Stage
+from engine.runtime.work import Input, Logic, PartitionWork
+from engine.topics import Topics
+from schemas import wire
+from schemas.deadletter import ReasonCode
+from schemas.inbox import InboxRecord, OperatorAction, OrderSnapshot, RulesVersion
+from schemas.inventory import Release, Reserve
+from schemas.review import OrderCancellation, ReviewDecision
+from schemas.saga import LineResult, OrderDecision
+
+log = logging.getLogger("oms.orders")
+
+ORDERS, BUYERS, RULES = "orders", "buyers", "rules"
+
+
+class SagaProgress(tuple):
+    """After a commit: whether an order's saga is (still) waiting for stock answers, for the stuck-saga report."""
+
+    def __new__(cls, key: str, waiting: bool) -> SagaProgress:
+        return super().__new__(cls, (key, waiting))
+
+
+def rules_key(tenant: str, partition: int) -> str:
+    """Every partition keeps its own copy: it must see each version at its own point of its own log."""
+    return f"{tenant}:rules@p{partition}"
+
+
+class OrderLogic(Logic):
+    name = "orders"
+    tables = (ORDERS, BUYERS, RULES)
+
+    def __init__(self, topics: Topics, partitions: int, retention_ms: int, inbox_epoch: str) -> None:
+        self.inputs = (topics.order_inbox,)
+        self.topics = topics
+        self.partitions = partitions
+        self.rules = OrderRules(retention_ms)
+        self.origin_prefix = f"orders.{inbox_epoch or 'x'}"
+        self.routes = {
+            ReviewDecision: topics.review_decisions,
+            OrderDecision: topics.order_decisions,
+            OrderCancellation: topics.order_cancellations,
+            Reserve: topics.inventory_commands,
+            Release: topics.inventory_commands,
+        }
+        self.holds: HoldsModel | None = None
+        self.sync: ReadModelSync | None = None
+        self.stage: Stage | None = None
+        self._pending: set[asyncio.Future] = set()
+        #: sagas waiting for stock answers, seen by this worker: key -> (partition, since, monotonic)
+        self.waiting: dict[str, tuple[int, float]] = {}
+
+    def stuck(self, older_than_s: float) -> list[str]:
+        """Sagas waiting longer than ``older_than_s`` (wall clock; reported, never decided)."""
+        now = time.monotonic()
+        owned = self.stage.owned() if self.stage is not None else set()
+        for key in [k for k, (p, _) in self.waiting.items() if p not in owned]:
+            self.waiting.pop(key)
+        return sorted(k for k, (_, since) in self.waiting.items() if now - since >= older_than_s)
+
+    def process(self, work: PartitionWork, record: Input) -> None:
+        try:
+            item = wire.decode(record.value, InboxRecord)
+        except wire.WireError as exc:
+            work.dead_letter(record, exc.reason, exc.detail)
+            return
+        p = record.partition
+        if isinstance(item, RulesVersion):  # broadcast: one copy on every partition
+            current = work.get_as(RULES, rules_key(item.rules.tenant, p), RulesState)
+            if current is None or item.rules.version > current.rules.version:
+                work.put(RULES, rules_key(item.rules.tenant, p), RulesState(rules=item.rules))
+                work.note("rules_applied")
+            else:
+                work.note("rules_not_newer")
+            return
+        if partition_for(item.key, self.partitions) != p:
+            detail = f"key {item.key!r} belongs to partition {partition_for(item.key, self.partitions)}, arrived on {p}"
+            work.dead_letter(record, ReasonCode.MISROUTED, detail, getattr(item, "tenant", None))
+            return
+        stamp = Stamp(f"{self.origin_prefix}.p{p}", record.offset)
+        now = record.timestamp_ms
+        if isinstance(item, OrderSnapshot):
+            order = item.order
+            work.advance(max(order.version, order.created_at))
+            state = work.get_as(ORDERS, order.key, OrderState)
+            buyer = work.get_as(BUYERS, item.key, BuyerState)
+            rules = work.get_as(RULES, rules_key(order.tenant, p), RulesState)
+            step = self.rules.on_snapshot(
+                state, buyer, rules.rules if rules else None, order, stamp, now, work.watermark
+            )
+            if step.buyer is not None:
+                work.put(BUYERS, item.key, step.buyer, expires_at=step.buyer.expires_at)
+        elif isinstance(item, LineResult):
+            state = work.get_as(ORDERS, f"{item.tenant}:{item.order_id}", OrderState)
+            step = self.rules.on_result(state, item, stamp, now)
+        else:
+            assert isinstance(item, OperatorAction)
+            state = work.get_as(ORDERS, f"{item.tenant}:{item.order_id}", OrderState)
+            step = self.rules.on_operator(state, item, stamp, now)
+        if step.order_changed and step.order is not None:
+            work.put(ORDERS, step.order.key, step.order, expires_at=step.order.expires_at)
+            work.side_effects.append(SagaProgress(step.order.key, step.order.phase is Phase.RESERVING))
+        for out in step.outputs:
+            work.emit(self.routes[type(out)], out.key, out)
+        work.side_effects.extend(step.holds)
+        if step.note:
+            work.note(step.note)
+
+    def expires_at(self, table: str, value: bytes) -> int | None:
+        if table == ORDERS:
+            return wire.decode_state(value, OrderState).expires_at
+        if table == BUYERS:
+            return wire.decode_state(value, BuyerState).expires_at
+        return None
+
+    # -- the holds read model ---------------------------------------------------------------------------
+    def on_assigned(self, partitions: set[int]) -> None:
+        if self.sync is not None:
+            self.sync.mark_dirty("holds", partitions)  # the previous owner may have left it behind
+
+    def after_commit(self, partition: int, side_effects: list[Any]) -> None:
+        now = time.monotonic()
+        for effect in side_effects:
+            if isinstance(effect, SagaProgress):
+                key, waiting = effect
+                if waiting:
+                    self.waiting.setdefault(key, (partition, now))
+                else:
+                    self.waiting.pop(key, None)
+        if self.holds is None:
+            return
+        changes = [(e.tenant, e.order_id, e.summary) for e in side_effects if isinstance(e, HoldEntry)]
+        future = asyncio.ensure_future(self._apply_holds(partition, changes))
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
+
+    async def _apply_holds(self, partition: int, changes: list[tuple[str, str, dict[str, Any] | None]]) -> None:
+        assert self.holds is not None
+        if not await self.holds.apply(partition, changes) and self.sync is not None:
+            self.sync.mark_dirty("holds", {partition})
+
+    async def rebuild_holds(self, partition: int) -> bool:
+        """Write the holds list of one partition again from the ``orders`` table."""
+        if self.holds is None or self.stage is None:
+            return True
+        held = []
+        now = time.monotonic()
+        for _key, value in self.stage.store(ORDERS).items(partition):
+            state = wire.decode_state(value, OrderState)
+            if state.hold is not None:
+                held.append((state.tenant, state.order_id, hold_summary(state)))
+            if state.phase is Phase.RESERVING:
+                self.waiting.setdefault(state.key, (partition, now))
+        return await self.holds.replace_partition(partition, held)
+
+
+def install(app: faust.App, holds: HoldsModel | None = None, sync: ReadModelSync | None = None) -> Stage:
+    ctx = context(app)
+    settings = ctx.settings
+    logic = OrderLogic(
+        ctx.topics,
+        settings.partitions,
+        settings.order_retention_s * 1000,
+        ctx.topic_epochs.get(ctx.topics.order_inbox, ""),
+    )
+    stage = Stage(app, logic)
+    logic.stage, logic.holds, logic.sync = stage, holds, sync
+    if sync is not None:
+        sync.register("holds", stage.owned, logic.rebuild_holds)
+
+    @app.timer(10.0)
+    async def report_stuck_sagas() -> None:
+        stuck = logic.stuck(settings.saga_stuck_s)
+        stage.stats.gauges["stuck_sagas"] = len(stuck)
+        if stuck:
+            log.warning(
+                "%d saga(s) waiting for stock answers for over %.0fs (e.g. %s): is the inventory stage running?",
+                len(stuck),
+                settings.saga_stuck_s,
+                stuck[:3],
+            )
+
+    return stage

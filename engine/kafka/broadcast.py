@@ -1,0 +1,58 @@
+"""Read a small compacted topic completely in every worker, and keep its latest value per key.
+
+For what every worker shows whatever partitions it owns (the API's view of the review rules per tenant):
+no consumer group, every partition assigned, read from the beginning, then followed. Nothing read this way
+decides anything; decisions read configuration from their own inbox (schemas.inbox).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+log = logging.getLogger("oms.broadcast")
+
+
+def follow(
+    app: faust.App,
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    on_record: Callable[[bytes | None, bytes | None], None],
+) -> None:
+    """Call ``on_record(key, value)`` for every record of ``topic``, from the start, for as long as the app
+    runs. ``partitions`` is the topic's partition count (every topic here has the same)."""
+
+    @app.task
+    async def _follow() -> None:
+        while not app.should_stop:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=bootstrap,
+                group_id=None,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                isolation_level="read_committed",
+            )
+            try:
+                await consumer.start()
+                consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
+                await consumer.seek_to_beginning()
+                while not app.should_stop:
+                    batch = await consumer.getmany(timeout_ms=1000)
+                    for records in batch.values():
+                        for record in records:
+                            try:
+                                on_record(record.key, record.value)
+                            except Exception:  # a bad record must not stop the follower
+                                log.exception("broadcast %s: bad record at offset %s", topic, record.offset)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("broadcast %s: reader failed; restarting", topic)
+                await asyncio.sleep(2.0)
+            finally:
+                await consumer.stop()

@@ -1,0 +1,422 @@
+"""The verdict: I1–I4 and I6 from the engine's outputs, judged against the inputs as they were sent (pure).
+
+* **I1 No oversell.** Stock events carry the state after each change: replayed in version order per SKU, the
+  deltas must give that state, available never goes below zero, versions run 1, 2, 3 … without a gap, and no
+  version is written twice with different contents (two writers).
+* **I2 Conservation.** The final on-hand per SKU and warehouse equals what the *sent* receipts, returns and
+  adjustments add up to (minus what shipped); each sent stock command took effect exactly once, or was refused
+  because its sender meant it to be.
+* **I3 Effects once.** No command applied twice; per line at most one reservation and one close.
+* **I4 One decision per order.** Every order that was sent has exactly one decision — every copy of it
+  byte-identical — or is in an open state the engine lists (awaiting payment, held); no decision for an order
+  nobody sent; no rejection the engine caused itself. An accepted order reserved exactly the lines that were
+  sent (SKU and quantity), and still holds exactly the ones the channel did not cancel; a rejected or cancelled
+  order holds nothing. The reserved quantity per SKU and warehouse equals the open lines of accepted orders.
+* **I6 Bad input.** Every dead letter is justified by its own bytes (they do not decode, or are misrouted) or by
+  the sender's intent; every record crafted to be bad was dead-lettered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.kafka.clients import partition_for
+from invariants.collect import Outputs
+from invariants.inputs import Inputs, SentOrder
+from schemas import wire
+from schemas.deadletter import DeadLetter, ReasonCode
+from schemas.inbox import InboxRecord
+from schemas.inventory import Adjust, CommandKind, InventoryCommand, Receive, Return, StockEvent
+from schemas.order import LineState, OrderStatus
+from schemas.review import CancellationKind, Outcome, ReviewDecision
+from schemas.saga import ENGINE_REASONS, DecisionStatus, OrderDecision
+
+MAX_LISTED = 40  # violations listed in full; the rest are counted
+ENGINE_DEAD_LETTERS = {ReasonCode.PROCESSING_ERROR, ReasonCode.STALE_SEQUENCE}
+
+
+@dataclass
+class Verdict:
+    violations: list[str] = field(default_factory=list)
+    suppressed: int = 0
+    counts: dict[str, Any] = field(default_factory=dict)
+    oversold_units: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def fail(self, rule: str, message: str) -> None:
+        if len(self.violations) < MAX_LISTED:
+            self.violations.append(f"{rule}: {message}")
+        else:
+            self.suppressed += 1
+
+    def summary(self) -> str | list[str]:
+        if self.ok:
+            return "ok"
+        more = [f"... and {self.suppressed} more"] if self.suppressed else []
+        return self.violations + more
+
+
+def check(inputs: Inputs, out: Outputs, partitions: int | None = None) -> Verdict:
+    v = Verdict()
+    for topic, n in out.undecodable.items():
+        v.fail("I6", f"{n} record(s) on {topic} do not match their schema")
+    applied = _stock_events(out, v)
+    _stock_inputs(inputs, out, applied, v)
+    effects = _line_effects(applied, v)
+    _orders(inputs, out, effects, v)
+    _dead_letters(inputs, out, v, partitions)
+    return v
+
+
+# -- stock ---------------------------------------------------------------------------------------------------
+def _stock_events(out: Outputs, v: Verdict) -> dict[str, StockEvent]:
+    """I1 at every step, gap-free versions, one writer per version; I3 per command. Returns id → event."""
+    by_id: dict[str, StockEvent] = {}
+    per_sku: dict[tuple[str, str], dict[int, StockEvent]] = defaultdict(dict)
+    copies = 0
+    for ev in out.stock_events:
+        first = by_id.get(ev.event_id)
+        if first is not None:
+            if first.version != ev.version:
+                v.fail("I3", f"command {ev.event_id} applied twice (versions {first.version} and {ev.version})")
+            elif first != ev:
+                v.fail("I3", f"stock event {ev.event_id} has two different contents")
+            copies += 1
+            continue
+        by_id[ev.event_id] = ev
+        versions = per_sku[(ev.tenant, ev.sku)]
+        other = versions.get(ev.version)
+        if other is not None:
+            v.fail(
+                "I1",
+                f"{ev.tenant}:{ev.sku} version {ev.version} written by two events ({other.event_id}, "
+                f"{ev.event_id}): two writers",
+            )
+            continue
+        versions[ev.version] = ev
+    oversold = 0
+    final: dict[str, dict[str, list[int]]] = {}
+    for (tenant, sku), events in per_sku.items():
+        versions = sorted(events)
+        if versions != list(range(1, len(versions) + 1)):
+            missing = sorted(set(range(1, versions[-1] + 1)) - set(versions))[:5]
+            v.fail("I1", f"{tenant}:{sku} stock events missing versions {missing}: a change was lost")
+        level: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        worst: dict[str, int] = {}
+        for version in versions:
+            ev = events[version]
+            cur = level[ev.warehouse]
+            cur[0] += ev.d_on_hand
+            cur[1] += ev.d_reserved
+            if cur != [ev.on_hand, ev.reserved]:
+                v.fail(
+                    "I1",
+                    f"{tenant}:{sku}@{ev.warehouse} v{version}: deltas give {cur}, the event says "
+                    f"{[ev.on_hand, ev.reserved]}",
+                )
+                cur[:] = [ev.on_hand, ev.reserved]
+            available = ev.on_hand - ev.reserved
+            worst[ev.warehouse] = min(worst.get(ev.warehouse, 0), available, ev.on_hand, ev.reserved)
+            if available < 0 or ev.reserved < 0 or ev.on_hand < 0:
+                v.fail(
+                    "I1",
+                    f"{tenant}:{sku}@{ev.warehouse} v{version}: on_hand {ev.on_hand}, reserved {ev.reserved} "
+                    f"(available {available})",
+                )
+        oversold += sum(-w for w in worst.values() if w < 0)
+        final[f"{tenant}:{sku}"] = {wh: list(x) for wh, x in level.items()}
+    v.oversold_units = oversold
+    v.counts["final_levels"] = final
+    v.counts["stock_events"] = len(by_id)
+    v.counts["stock_event_copies"] = copies
+    return by_id
+
+
+def _stock_inputs(inputs: Inputs, out: Outputs, applied: dict[str, StockEvent], v: Verdict) -> None:
+    """I2 from the commands as sent: each took effect once (or was refused on purpose), and on-hand adds up."""
+    refused_ids: dict[str, ReasonCode] = {}
+    for letter in out.dead_letters:
+        with contextlib.suppress(wire.WireError):
+            refused_ids[wire.decode(letter.original_value, InventoryCommand).command_id] = letter.reason
+    expected: dict[tuple[str, str, str], int] = defaultdict(int)
+    seen: set[str] = set()
+    for cmd in inputs.stock:
+        if cmd.command_id in seen:
+            continue
+        seen.add(cmd.command_id)
+        if not isinstance(cmd, Receive | Return | Adjust):
+            continue  # line commands sent by tests: judged with the lines
+        meant = inputs.refused_commands.get(cmd.command_id)
+        if meant is not None:
+            if refused_ids.get(cmd.command_id) != meant:
+                v.fail(
+                    "I2",
+                    f"{cmd.command_id} was meant to be refused as {meant.value}, got {refused_ids.get(cmd.command_id)}",
+                )
+            if cmd.command_id in applied:
+                v.fail("I2", f"{cmd.command_id} was meant to be refused but took effect")
+            continue
+        if cmd.command_id not in applied and not (isinstance(cmd, Adjust) and cmd.delta == 0):
+            v.fail("I2", f"{cmd.command_id} was sent and never took effect")
+        delta = cmd.delta if isinstance(cmd, Adjust) else cmd.quantity
+        expected[(cmd.tenant, cmd.sku, cmd.warehouse)] += delta
+    for ev in applied.values():
+        if ev.kind is CommandKind.ISSUE:
+            expected[(ev.tenant, ev.sku, ev.warehouse)] += ev.d_on_hand
+        elif ev.kind in (CommandKind.RECEIVE, CommandKind.RETURN, CommandKind.ADJUST) and ev.event_id not in seen:
+            v.fail("I2", f"{ev.event_id} changed on-hand but nobody sent it")
+    final = v.counts.get("final_levels", {})
+    for (tenant, sku, wh), units in expected.items():
+        actual = final.get(f"{tenant}:{sku}", {}).get(wh, [0, 0])[0]
+        if actual != units:
+            v.fail("I2", f"{tenant}:{sku}@{wh}: on_hand {actual}, the commands sent add up to {units}")
+    for key, levels in final.items():
+        tenant, sku = key.split(":", 1)
+        for wh, (on_hand, _) in levels.items():
+            if (tenant, sku, wh) not in expected and on_hand != 0:
+                v.fail("I2", f"{key}@{wh}: on_hand {on_hand} with no receipt behind it")
+
+
+@dataclass
+class LineEffects:
+    reserved: int = 0
+    released: int = 0
+    issued: int = 0
+    sku: str = ""
+    quantity: int = 0
+    warehouse: str = ""
+    order_id: str | None = None
+    line_id: str = ""
+
+    @property
+    def holding(self) -> bool:
+        return self.reserved > self.released + self.issued
+
+
+def _line_effects(applied: dict[str, StockEvent], v: Verdict) -> dict[tuple[str, str], LineEffects]:
+    """I3 per line: reserved at most once, closed at most once, never closed before reserved."""
+    effects: dict[tuple[str, str], LineEffects] = defaultdict(LineEffects)
+    for ev in applied.values():
+        if not ev.line_id:
+            continue
+        e = effects[(ev.tenant, ev.line_id)]
+        if ev.kind is CommandKind.RESERVE:
+            e.reserved += 1
+            e.sku, e.quantity, e.warehouse, e.order_id = ev.sku, ev.d_reserved, ev.warehouse, ev.order_id
+        elif ev.kind is CommandKind.RELEASE:
+            e.released += 1
+        elif ev.kind is CommandKind.ISSUE:
+            e.issued += 1
+    for (tenant, line), e in effects.items():
+        if e.reserved > 1 or e.released + e.issued > 1 or e.released + e.issued > e.reserved:
+            v.fail("I3", f"{tenant}:{line}: reserved {e.reserved}x, released {e.released}x, issued {e.issued}x")
+    return effects
+
+
+# -- orders --------------------------------------------------------------------------------------------------
+def _orders(inputs: Inputs, out: Outputs, effects: dict[tuple[str, str], LineEffects], v: Verdict) -> None:
+    decisions: dict[str, OrderDecision] = {}
+    for d in out.decisions:
+        first = decisions.setdefault(d.key, d)
+        if first.decision_id != d.decision_id:
+            v.fail("I4", f"{d.key}: two decision ids ({first.decision_id}, {d.decision_id})")
+    for decision_id, copies in out.decision_bytes.items():
+        if len(copies) > 1:
+            v.fail("I4", f"decision {decision_id} carries {len(copies)} different contents")
+    last_review: dict[str, ReviewDecision] = {}
+    for r in out.reviews:
+        last_review[r.key] = r  # one partition per order key: topic order is the order they were made in
+    cancelled_by_record: dict[str, set[str] | None] = {}  # order -> lines cancelled (None: the whole order)
+    for c in out.cancellations:
+        if c.kind is CancellationKind.ORDER:
+            cancelled_by_record[c.key] = None
+        elif c.kind is CancellationKind.LINES and cancelled_by_record.get(c.key, set()) is not None:
+            cancelled_by_record.setdefault(c.key, set()).update(c.line_ids)
+    for key in decisions:
+        if key not in inputs.orders:
+            v.fail("I4", f"{key}: a decision for an order nobody sent")
+    by_order: dict[str, list[LineEffects]] = defaultdict(list)
+    for (tenant, line), e in effects.items():
+        e.line_id = line
+        if e.order_id:
+            by_order[f"{tenant}:{e.order_id}"].append(e)
+    counts: Counter = Counter()
+    reasons: Counter = Counter()
+    open_states: Counter = Counter()
+    engine_failures = 0
+    held_units: dict[tuple[str, str, str], int] = defaultdict(int)
+    for key, sent in inputs.orders.items():
+        d = decisions.get(key)
+        holding = {e.line_id: e for e in by_order.get(key, [])}
+        if d is None:
+            state = _open_state(inputs, sent, last_review.get(key))
+            if state is None:
+                last = last_review.get(key)
+                v.fail(
+                    "I4", f"{key} was sent and has no decision (last review: {last.outcome.value if last else 'none'})"
+                )
+            else:
+                open_states[state] += 1
+            if any(e.holding for e in holding.values()):
+                v.fail("I4", f"{key} has no decision but holds reservations")
+            continue
+        counts[d.status.value] += 1
+        if d.reason is not None and d.status is DecisionStatus.REJECTED:
+            reasons[d.reason.value] += 1
+        if d.reason in ENGINE_REASONS:
+            engine_failures += 1
+            v.fail("I4", f"{key} was rejected by the engine itself ({d.reason.value}): {d.detail[:120]}")
+        if d.status is DecisionStatus.ACCEPTED:
+            _accepted(sent, d, holding, cancelled_by_record.get(key, set()), held_units, v)
+        else:
+            still = sorted(line for line, e in holding.items() if e.holding)
+            if still:
+                v.fail("I4", f"{key} was {d.status.value} but still holds reservations for {still}")
+            if d.status is DecisionStatus.CANCELLED and not (sent.cancelled() or _all_closed(sent)):
+                v.fail("I4", f"{key} was cancelled but its channel never cancelled it")
+    _reserved_totals(v, held_units)
+    v.counts.update(
+        orders=len(inputs.orders),
+        accepted=counts[DecisionStatus.ACCEPTED.value],
+        rejected=counts[DecisionStatus.REJECTED.value],
+        cancelled=counts[DecisionStatus.CANCELLED.value],
+        open=dict(open_states),
+        rejected_by_reason=dict(reasons),
+        engine_failures=engine_failures,
+        decisions=len(decisions),
+        decision_copies=len(out.decisions),
+        lines=sum(len(s.lines()) for s in inputs.orders.values()),
+        review_outcomes=dict(Counter(r.outcome.value for r in last_review.values())),
+    )
+
+
+def _open_state(inputs: Inputs, sent: SentOrder, review: ReviewDecision | None) -> str | None:
+    """The open state an undecided order may be in, if the inputs allow it and the engine lists it."""
+    if review is None:
+        return None
+    if review.outcome is Outcome.AWAITING_PAYMENT and not sent.ever_paid():
+        return "awaiting_payment"
+    if review.outcome is Outcome.SHIPPED and any(
+        o.status in (OrderStatus.SHIPPED, OrderStatus.FINISHED) for o in sent.snapshots
+    ):
+        return "shipped_before_review"
+    if review.outcome is Outcome.HELD:
+        latest = sent.latest()
+        channel_hold = latest.status is OrderStatus.HOLD_BY_PLATFORM or any(
+            ln.status is LineState.REFUNDING for ln in latest.lines
+        )
+        if inputs.rules or channel_hold:
+            return "held"
+    return None
+
+
+def _all_closed(sent: SentOrder) -> bool:
+    return all(ln.status is not LineState.ACTIVE for ln in sent.latest().lines)
+
+
+def _accepted(
+    sent: SentOrder,
+    d: OrderDecision,
+    holding: dict[str, LineEffects],
+    cancelled_lines: set[str] | None,
+    held_units: dict[tuple[str, str, str], int],
+    v: Verdict,
+) -> None:
+    key = sent.key
+    lines = sent.lines()
+    closed = sent.closed_lines()
+    reserved = {line: e for line, e in holding.items() if e.reserved}
+    for line, e in reserved.items():
+        want = lines.get(line)
+        if want is None:
+            v.fail("I4", f"{key} reserved {line}, which was never sent")
+        elif (e.sku, e.quantity) != want:
+            v.fail("I4", f"{key} reserved {line} as {e.sku} x{e.quantity}, the channel sent {want[0]} x{want[1]}")
+    for dl in d.lines:
+        want = lines.get(dl.line_id)
+        if want is not None and (dl.sku, dl.quantity) != want:
+            v.fail("I4", f"{key}: the decision says {dl.line_id} is {dl.sku} x{dl.quantity}, it was sent as {want}")
+    missing = sorted(line for line in lines if line not in closed and line not in reserved)
+    if missing:
+        v.fail("I4", f"{key} was accepted without reserving {missing}")
+    whole_cancelled = sent.cancelled() or cancelled_lines is None
+    expected = set() if whole_cancelled else {line for line in reserved if line in lines and line not in closed}
+    still = {line for line, e in holding.items() if e.holding}
+    if still != expected:
+        v.fail("I4", f"{key} was accepted: holds {sorted(still)}, should hold {sorted(expected)}")
+    if sent.cancelled() and cancelled_lines is not None:
+        v.fail("I4", f"{key} was cancelled by its channel after acceptance, but no cancellation was recorded")
+    for line in still & expected:
+        e = holding[line]
+        held_units[(sent.tenant, lines[line][0], e.warehouse)] += lines[line][1]
+
+
+def _reserved_totals(v: Verdict, held_units: dict[tuple[str, str, str], int]) -> None:
+    """The final reserved quantity per SKU and warehouse equals the open lines of accepted orders."""
+    final = v.counts.get("final_levels", {})
+    seen = set()
+    for (tenant, sku, wh), units in held_units.items():
+        seen.add((tenant, sku, wh))
+        actual = final.get(f"{tenant}:{sku}", {}).get(wh, [0, 0])[1]
+        if actual != units:
+            v.fail("I4", f"{tenant}:{sku}@{wh}: reserved {actual}, the open lines of accepted orders need {units}")
+    for key, levels in final.items():
+        tenant, sku = key.split(":", 1)
+        for wh, (_, reserved) in levels.items():
+            if reserved and (tenant, sku, wh) not in seen:
+                v.fail("I4", f"{key}@{wh}: {reserved} reserved that no accepted order holds")
+
+
+# -- dead letters --------------------------------------------------------------------------------------------
+def _dead_letters(inputs: Inputs, out: Outputs, v: Verdict, partitions: int | None) -> None:
+    lettered = set()
+    for letter in out.dead_letters:
+        raw = letter.original_value
+        lettered.add(raw)
+        why = _justified(inputs, letter, raw, partitions)
+        if why is not None:
+            v.fail("I6", f"dead letter {letter.dead_letter_id} ({letter.reason.value}, stage {letter.stage}) {why}")
+    for raw in inputs.bad_records:
+        if raw not in lettered:
+            v.fail("I6", f"a bad record was never dead-lettered: {raw[:80]!r}")
+    v.counts["dead_letters"] = dict(Counter(d.reason.value for d in out.dead_letters))
+
+
+def _justified(inputs: Inputs, letter: DeadLetter, raw: bytes, partitions: int | None) -> str | None:
+    """None when the dead letter is justified by its input; otherwise why not."""
+    if letter.reason in ENGINE_DEAD_LETTERS:
+        return "is the engine's own failure, not bad input"
+    if raw in inputs.bad_records:
+        return None
+    if letter.stage == "ingest":
+        return "holds a channel payload that was not among the bad ones sent"
+    if letter.reason is ReasonCode.MISROUTED:
+        key = _record_key(raw)
+        if key is not None and partitions and partition_for(key, partitions) != letter.source_partition:
+            return None
+        return "says misrouted, but the record is on its key's partition"
+    for typ in (InventoryCommand, InboxRecord):
+        try:
+            record = wire.decode(raw, typ)
+        except wire.WireError:
+            continue
+        cid = getattr(record, "command_id", None)
+        if cid is not None and inputs.refused_commands.get(cid) is letter.reason:
+            return None
+        return f"holds a valid {type(record).__name__} that nobody meant to be refused"
+    if letter.reason in (ReasonCode.MALFORMED_JSON, ReasonCode.SCHEMA_VIOLATION):
+        return None  # its bytes are not a record of the topic it was on
+    return "was not among the bad records sent"
+
+
+def _record_key(raw: bytes) -> str | None:
+    for typ in (InventoryCommand, InboxRecord):
+        with contextlib.suppress(wire.WireError):
+            return str(wire.decode(raw, typ).key)
+    return None

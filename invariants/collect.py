@@ -1,0 +1,52 @@
+"""What the engine wrote: every result topic read back ``read_committed`` (a fenced writer's aborted records
+are not the engine's output and must not count)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.kafka.clients import read_topics
+from engine.topics import Topics
+from schemas import wire
+from schemas.deadletter import DeadLetter
+from schemas.inventory import InventoryCommand, StockEvent
+from schemas.review import OrderCancellation, ReviewDecision
+from schemas.saga import OrderDecision
+
+
+@dataclass
+class Outputs:
+    decisions: list[OrderDecision] = field(default_factory=list)
+    decision_bytes: dict[str, set[bytes]] = field(default_factory=dict)  # decision id -> every distinct copy
+    reviews: list[ReviewDecision] = field(default_factory=list)
+    cancellations: list[OrderCancellation] = field(default_factory=list)
+    stock_events: list[StockEvent] = field(default_factory=list)
+    commands: list[InventoryCommand] = field(default_factory=list)  # everything on inventory-commands
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    undecodable: Counter = field(default_factory=Counter)  # result topic -> records that fail their schema
+
+
+def collect(bootstrap: str, topics: Topics, timeout_s: float = 120.0) -> Outputs:
+    out = Outputs()
+    sinks: dict[str, tuple[Any, list]] = {
+        topics.order_decisions: (OrderDecision, out.decisions),
+        topics.review_decisions: (ReviewDecision, out.reviews),
+        topics.order_cancellations: (OrderCancellation, out.cancellations),
+        topics.stock_events: (StockEvent, out.stock_events),
+        topics.inventory_commands: (InventoryCommand, out.commands),
+        topics.dead_letters: (DeadLetter, out.dead_letters),
+    }
+    for msg in read_topics(bootstrap, list(sinks), timeout_s=timeout_s):
+        typ, sink = sinks[msg.topic]
+        try:
+            record = wire.decode(msg.value, typ)
+        except wire.WireError:
+            if msg.topic != topics.inventory_commands:  # an input topic may hold bad records on purpose
+                out.undecodable[msg.topic] += 1
+            continue
+        sink.append(record)
+        if typ is OrderDecision:
+            out.decision_bytes.setdefault(record.decision_id, set()).add(bytes(msg.value or b""))
+    return out

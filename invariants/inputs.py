@@ -1,0 +1,91 @@
+"""What was sent into the engine: the truth the invariants are checked against."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from schemas.deadletter import ReasonCode
+from schemas.inventory import InventoryCommand
+from schemas.order import LineState, Order, OrderStatus, line_id
+from schemas.review import OperatorActionKind
+
+CLOSED_LINE = (LineState.REFUNDING, LineState.CANCELLED)
+
+
+@dataclass
+class SentOrder:
+    """Every valid snapshot of one order as its channel sent it (in sending order), and operators' actions."""
+
+    key: str
+    snapshots: list[Order] = field(default_factory=list)
+    operator: list[OperatorActionKind] = field(default_factory=list)
+
+    @property
+    def tenant(self) -> str:
+        return self.snapshots[0].tenant
+
+    @property
+    def order_id(self) -> str:
+        return self.snapshots[0].order_id
+
+    def latest(self) -> Order:
+        return max(self.snapshots, key=lambda o: o.version)
+
+    def ever_paid(self) -> bool:
+        return any(o.status is not OrderStatus.PENDING_PAYMENT for o in self.snapshots)
+
+    def cancelled(self) -> bool:
+        """The channel cancelled the whole order at some point (all lines cancelled counts)."""
+        return any(
+            o.status is OrderStatus.CANCELLED or all(ln.status is LineState.CANCELLED for ln in o.lines)
+            for o in self.snapshots
+        )
+
+    def lines(self) -> dict[str, tuple[str, int]]:
+        """Every line as sent: line id → (SKU, quantity), from the first snapshot that has it."""
+        out: dict[str, tuple[str, int]] = {}
+        for o in self.snapshots:
+            for ln in o.lines:
+                out.setdefault(line_id(o.order_id, ln.line_no), (ln.sku, ln.quantity))
+        return out
+
+    def closed_lines(self) -> set[str]:
+        """Lines the channel refunded or cancelled in any snapshot (before or after approval)."""
+        return {line_id(o.order_id, ln.line_no) for o in self.snapshots for ln in o.lines if ln.status in CLOSED_LINE}
+
+    def amended(self) -> bool:
+        """Did a later snapshot change a line's SKU or quantity (the engine must hold, not apply, that)?"""
+        seen: dict[int, tuple[str, int]] = {}
+        for o in sorted(self.snapshots, key=lambda s: s.version):
+            for ln in o.lines:
+                if ln.status in CLOSED_LINE:
+                    continue
+                if seen.setdefault(ln.line_no, (ln.sku, ln.quantity)) != (ln.sku, ln.quantity):
+                    return True
+        return False
+
+
+@dataclass
+class Inputs:
+    orders: dict[str, SentOrder] = field(default_factory=dict)
+    #: stock commands sent by loaders and tests (not the engine's own reserves and releases)
+    stock: list[InventoryCommand] = field(default_factory=list)
+    #: command id → the reason it must be dead-lettered (a sender that meant it to be refused)
+    refused_commands: dict[str, ReasonCode] = field(default_factory=dict)
+    #: records crafted to be bad (malformed, wrong schema, misrouted …), by their exact bytes
+    bad_records: set[bytes] = field(default_factory=set)
+    #: whether the engine's review rules may hold or reject orders (without rules every paid order is reviewed
+    #: through; with them the checker accepts the engine's explicit "held" as an open state)
+    rules: bool = False
+
+    def add_orders(self, orders: Iterable[Order]) -> None:
+        for order in orders:
+            self.orders.setdefault(order.key, SentOrder(order.key)).snapshots.append(order)
+
+    def add_operator(self, order_key: str, action: OperatorActionKind) -> None:
+        if order_key in self.orders:
+            self.orders[order_key].operator.append(action)
+
+    def add_stock(self, commands: Iterable[InventoryCommand]) -> None:
+        self.stock.extend(commands)

@@ -1,0 +1,507 @@
+"""``oms run``: the main job. Provisions what is missing, runs the engine over a generated day of orders,
+supervises its workers (a worker that dies is started again), shows progress, checks the invariants from the
+result topics against what was sent, reports, and cleans up after itself.
+
+Every run gets its own namespace (topic prefix and app id carry a run id), so runs never see each other's
+records and the numbers are those of this run alone. The run fails (exit 1) when an invariant breaks, when the
+engine rejected an order by its own fault, or when an order ends neither decided nor in a listed open state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from agents.orders.publish import load_rules_file, publish_rules
+from deploy.local.servers import LocalServerError, LocalServers
+from engine.kafka.admin import KafkaUnavailable, create_topics, delete_topics, wait_for_broker
+from engine.kafka.clients import DeliveryFailed, Message, tail, unprocessed
+from engine.readmodels.catalog import publish as publish_catalog
+from engine.readmodels.redis import Keys
+from engine.settings import Settings
+from engine.supervisor import WorkerError, WorkerPool
+from engine.topics import Topics
+from invariants import Inputs, check, collect
+from schemas import wire
+from schemas.review import Action, OperatorActionKind, Outcome, ReviewDecision
+from schemas.saga import DecisionStatus, OrderDecision
+from workload.channels import channel_day
+from workload.delivery import Credentials, DeliveryStats, deliver, resolve_holds
+from workload.generator import Workload, WorkloadSpec
+from workload.stock import load_stock
+
+CHAOS = re.compile(r"^(kill|pause)@(\d{1,3})(?::(\d+))?$")
+
+
+@dataclass(frozen=True)
+class Chaos:
+    """A fault the main job injects once ``at`` percent of the day's orders are decided or held."""
+
+    action: str  # "kill" (SIGKILL) or "pause" (SIGSTOP for ``seconds``, then SIGCONT)
+    at: int
+    seconds: float = 0.0
+
+    @classmethod
+    def parse(cls, spec: str) -> list[Chaos]:
+        out = []
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            m = CHAOS.match(part)
+            if not m or not 0 < int(m.group(2)) < 100:
+                raise SystemExit(f"oms run: --chaos {part!r}: use kill@PERCENT or pause@PERCENT:SECONDS")
+            seconds = float(m.group(3) or (45 if m.group(1) == "pause" else 0))
+            out.append(cls(m.group(1), int(m.group(2)), seconds))
+        return sorted(out, key=lambda c: c.at)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    orders: int = 20_000
+    seed: int = 11
+    workers: int | None = None
+    flash_sale: bool = False
+    keep: bool = False
+    stall_s: float | None = None
+    chaos: tuple[Chaos, ...] = ()
+
+    @classmethod
+    def from_args(cls, a: Any) -> RunOptions:
+        if a.orders < 1:
+            raise SystemExit("oms run: --orders must be at least 1")
+        return cls(a.orders, a.seed, a.workers, a.flash_sale, a.keep, a.stall, tuple(Chaos.parse(a.chaos)))
+
+
+class RunFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class ChaosLog:
+    events: list[dict[str, Any]] = field(default_factory=list)
+    pending: list[Chaos] = field(default_factory=list)
+    paused: dict[int, float] = field(default_factory=dict)  # worker -> when to resume (monotonic)
+    victim: int = 0
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main_job(base: Settings, opts: RunOptions) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)  # run the cleanup below on SIGTERM too
+    console = Console(stderr=True)
+    run_id = time.strftime("r%Y%m%d%H%M%S")
+    run_dir = Path(base.state_dir) / "runs" / run_id
+    workload = Workload(WorkloadSpec(orders=opts.orders, seed=opts.seed, flash_sale=opts.flash_sale))
+    creds = Credentials.create(workload.spec.tenants, run_dir)
+    settings = base.with_(
+        topic_prefix=f"{base.topic_prefix}.{run_id}",
+        app_id=f"{base.app_id}-{run_id}",
+        tenants_file=str(creds.path),
+    )
+    workers = max(2, opts.workers or settings.workers)
+    topics = Topics(settings.topic_prefix)
+    servers = LocalServers(settings)
+    pool = WorkerPool(settings, workers)
+    chaos = ChaosLog(pending=list(opts.chaos))
+    monitor = DayMonitor(console, settings, topics, pool, chaos)
+    sent: DeliveryStats | None = None
+    t0 = time.monotonic()
+    try:
+        with console.status("Starting local Kafka and Redis…" if settings.uses_local_kafka else "Checking Kafka…"):
+            servers.start(echo=console.print)
+            wait_for_broker(settings.bootstrap)
+        console.print(f"[green]✓[/] Kafka at {settings.bootstrap}, Redis at {settings.redis}")
+        create_topics(
+            settings.bootstrap, topics.all(), settings.partitions, settings.replication_factor, topics.configs()
+        )
+        rules = load_rules_file(settings.rules_file)
+        publish_rules(settings, rules, "rules-publisher")
+        with console.status(f"Starting {workers} engine workers…"):
+            pool.start()
+            pool.wait_ready([topics.order_inbox, topics.inventory_commands])
+        console.print(f"[green]✓[/] {workers} workers own {settings.partitions} partitions of every topic")
+        inputs = Inputs(rules=bool(rules))
+        with console.status("Loading the product catalog and opening stock…"):
+            publish_catalog(settings.redis, Keys(settings.topic_prefix), workload.catalog())
+            stock = list(workload.opening_stock("stock-loader", 0, int(time.time() * 1000)))
+            load_stock(settings.bootstrap, topics, settings.partitions, stock, app_id=settings.app_id)
+            inputs.add_stock(stock)
+            wait_idle(settings, [topics.inventory_commands], pool)  # the catalog is complete before orders arrive
+        units = sum(c.quantity for c in stock)
+        console.print(f"[green]✓[/] opening stock: {units:,} units in {len(workload.spec.warehouses)} warehouses")
+        startup_s = time.monotonic() - t0
+
+        deliveries = list(channel_day(workload.orders(), opts.seed))
+        monitor.expected = len({d.intent.key for d in deliveries if d.intent is not None})  # for chaos timing
+        monitor.start()
+        start = time.monotonic()
+        with console.status(f"Sending {len(deliveries):,} channel deliveries (raw topics, API, webhooks)…"):
+            sent = asyncio.run(deliver(settings, topics, deliveries, creds, workers))
+        inputs.add_orders(d.intent for i, d in enumerate(deliveries) if i in sent.taken and d.intent is not None)
+        inputs.bad_records = {d.body for d in deliveries if d.kind == "bad" and d.via == "kafka"}
+        expected = monitor.expected = len(inputs.orders)
+        stall = opts.stall_s or max(180.0, 3 * settings.session_timeout_s + 60)
+        held = follow(console, monitor, expected, stall, "deciding orders", count_held=True)
+        with console.status("Resolving held orders through the API (release half, reject half)…"):
+            resolved, actions = asyncio.run(resolve_holds(settings, creds, workers, expected=held))
+        for key, action in actions:
+            inputs.add_operator(key, OperatorActionKind(action))
+        follow(console, monitor, expected, stall, "after review", count_held=False)
+        elapsed = monitor.last_change - start
+        with console.status("Waiting for the pipeline to go idle…"):
+            monitor.stop()
+            wait_idle(settings, engine_inputs(topics), pool)
+        stuck = stuck_sagas(pool)
+        pool.stop()
+        with console.status("Checking invariants from the result topics against what was sent…"):
+            outputs = collect(settings.bootstrap, topics)
+            verdict = check(inputs, outputs, settings.partitions)
+        summary = build_summary(
+            settings, opts, workers, verdict, outputs, inputs, elapsed, startup_s, run_id, sent, resolved, pool, chaos
+        )
+        summary["stuck_sagas"] = stuck
+        print_report(summary, console)
+        print(json.dumps(summary, ensure_ascii=False), flush=True)
+        return 0 if summary["ok"] else 1
+    except (LocalServerError, WorkerError, RunFailed, KafkaUnavailable, DeliveryFailed) as exc:
+        console.print(f"[red]oms run failed:[/] {exc}")
+        detail: dict[str, Any] = {"error": str(exc)[:2000], "invariants": "not checked"}
+        if sent is not None:
+            detail["deliveries"] = {
+                "routes": dict(sent.by_route),
+                "http_status": {str(k): v for k, v in sent.http_status.items()},
+                "refused_at_api": dict(sent.http_refused),
+            }
+        detail["restarts"] = [r.index for r in pool.restarts]
+        print(json.dumps(detail), flush=True)
+        return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        return 130
+    finally:
+        if monitor.is_alive():
+            monitor.stop()
+        pool.stop(timeout_s=20)
+        if not opts.keep:
+            cleanup(settings)
+            shutil.rmtree(run_dir, ignore_errors=True)
+        servers.stop(only_started=True)
+
+
+def engine_inputs(topics: Topics) -> list[str]:
+    """Every topic an engine stage consumes (for the idle check)."""
+    return [*topics.raw.values(), topics.order_inbox, topics.inventory_commands]
+
+
+class DayMonitor(threading.Thread):
+    """Follows the decisions from the start of the day (a background consumer), restarts workers that die and
+    injects the chaos that is due, whatever the main thread is doing (sending, or showing progress)."""
+
+    OPEN = (Outcome.HELD, Outcome.AWAITING_PAYMENT, Outcome.SHIPPED)
+
+    def __init__(self, console: Console, settings: Settings, topics: Topics, pool: WorkerPool, chaos: ChaosLog) -> None:
+        super().__init__(name="oms-day-monitor", daemon=True)
+        self.console, self.settings, self.topics, self.pool, self.chaos = console, settings, topics, pool, chaos
+        self.decided: dict[str, DecisionStatus] = {}
+        self.waiting: dict[str, Outcome] = {}
+        self.expected = 0  # set once the day is sent; until then chaos waits
+        self.last_change = time.monotonic()
+        self.error: BaseException | None = None
+        self._stop_event = threading.Event()
+        self._lock = threading.Lock()
+
+    def counts(self) -> tuple[int, int, int, int]:
+        """(decided, accepted, held, other open)"""
+        with self._lock:
+            accepted = sum(1 for s in self.decided.values() if s is DecisionStatus.ACCEPTED)
+            held = sum(1 for o in self.waiting.values() if o is Outcome.HELD)
+            return len(self.decided), accepted, held, len(self.waiting) - held
+
+    def run(self) -> None:
+        try:
+            tail(
+                self.settings.bootstrap,
+                [self.topics.order_decisions, self.topics.review_decisions],
+                self._on,
+                self._tick,
+            )
+        except BaseException as exc:  # reported to the main thread
+            self.error = exc
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=10)
+
+    def _on(self, msg: Message) -> None:
+        try:
+            if msg.topic == self.topics.order_decisions:
+                d = wire.decode(msg.value, OrderDecision)
+                with self._lock:
+                    if d.key not in self.decided:
+                        self.decided[d.key] = d.status
+                        self.last_change = time.monotonic()
+                    self.waiting.pop(d.key, None)
+                return
+            r = wire.decode(msg.value, ReviewDecision)
+        except wire.WireError:
+            return
+        with self._lock:
+            if r.key in self.decided:
+                return
+            if r.outcome in self.OPEN:
+                if self.waiting.get(r.key) != r.outcome:
+                    self.last_change = time.monotonic()
+                self.waiting[r.key] = r.outcome
+            else:
+                self.waiting.pop(r.key, None)
+
+    def _tick(self) -> bool:
+        for restart in self.pool.supervise():
+            self.console.print(f"[yellow]worker {restart.index} exited (code {restart.exit_code}); started again[/]")
+        if self.expected:
+            decided, _, held, other = self.counts()
+            _inject(self.console, self.pool, self.chaos, 100 * (decided + held + other) / self.expected)
+        return self._stop_event.is_set()
+
+
+def follow(console: Console, monitor: DayMonitor, expected: int, stall_s: float, label: str, count_held: bool) -> int:
+    """Progress bar until ``expected`` orders are decided or in an open state (awaiting payment; with
+    ``count_held`` also held for an operator). Returns how many are held."""
+    columns = (
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+    )
+    started = time.monotonic()
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("orders", total=expected, detail="")
+        while True:
+            if monitor.error is not None:
+                raise RunFailed(f"following the decisions failed: {monitor.error}")
+            decided, accepted, held, other = monitor.counts()
+            done = decided + other + (held if count_held else 0)
+            restarts = len(monitor.pool.restarts)
+            progress.update(
+                task,
+                completed=done,
+                detail=f"accepted {accepted:,} · other {decided - accepted:,} · held {held:,}"
+                + (f" · restarts {restarts}" if restarts else ""),
+            )
+            if done >= expected:
+                return held
+            quiet = time.monotonic() - max(monitor.last_change, started)
+            if quiet > stall_s:
+                raise RunFailed(f"no progress for {stall_s:.0f}s ({done}/{expected} resolved)")
+            time.sleep(0.2)
+
+
+def _inject(console: Console, pool: WorkerPool, chaos: ChaosLog, percent: float) -> None:
+    now = time.monotonic()
+    for index, until in list(chaos.paused.items()):
+        if now >= until:
+            pool.resume(index)
+            chaos.paused.pop(index)
+            chaos.events.append({"action": "resume", "worker": index, "after_s": round(now - pool.started_at, 1)})
+            console.print(f"[yellow]chaos: worker {index} resumed (SIGCONT)[/]")
+    while chaos.pending and percent >= chaos.pending[0].at:
+        fault = chaos.pending.pop(0)
+        index = chaos.victim % pool.count
+        chaos.victim += 1
+        pid = pool.pid(index)
+        if fault.action == "kill":
+            pool.kill(index)
+            console.print(f"[yellow]chaos: kill -9 of worker {index} (pid {pid}) at {percent:.0f}%[/]")
+        else:
+            pool.pause(index)
+            chaos.paused[index] = now + fault.seconds
+            console.print(f"[yellow]chaos: worker {index} (pid {pid}) paused (SIGSTOP) for {fault.seconds:.0f}s[/]")
+        chaos.events.append(
+            {
+                "action": fault.action,
+                "worker": index,
+                "pid": pid,
+                "at_percent": round(percent, 1),
+                "seconds": fault.seconds,
+            }
+        )
+
+
+def wait_idle(settings: Settings, inputs: list[str], pool: WorkerPool | None = None, timeout_s: float = 300.0) -> None:
+    """Until the engine has processed every committed record of ``inputs`` (late releases included)."""
+    deadline = time.monotonic() + timeout_s
+    quiet_since = None
+    left: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        if pool is not None:
+            pool.supervise()
+        left = unprocessed(settings.bootstrap, settings.app_id, inputs)
+        if not left:
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since >= 2 * settings.commit_interval_s:
+                return
+        else:
+            quiet_since = None
+        time.sleep(0.5)
+    raise RunFailed(f"engine still has unprocessed input after {timeout_s:.0f}s: {left}")
+
+
+def stuck_sagas(pool: WorkerPool) -> int:
+    total = 0
+    for i in range(pool.count):
+        stats = pool.stats(i) or {}
+        total += int(stats.get("stages", {}).get("orders", {}).get("gauges", {}).get("stuck_sagas", 0))
+    return total
+
+
+def latency_ms(decisions: list[OrderDecision]) -> dict[str, float]:
+    """Order in (``ingested_at``: when the edge or the raw topic took it) → decision, over first copies."""
+    first: dict[str, int] = {}
+    for d in decisions:
+        first.setdefault(d.key, d.decided_at - d.ingested_at)
+    values = sorted(first.values())
+    if not values:
+        return {}
+
+    def pct(p: float) -> float:
+        return float(values[min(len(values) - 1, int(p * len(values)))])
+
+    return {"p50": pct(0.50), "p95": pct(0.95), "p99": pct(0.99), "max": float(values[-1])}
+
+
+def build_summary(
+    settings: Settings,
+    opts: RunOptions,
+    workers: int,
+    verdict: Any,
+    outputs: Any,
+    inputs: Inputs,
+    elapsed: float,
+    startup_s: float,
+    run_id: str,
+    sent: DeliveryStats,
+    resolved: Any,
+    pool: WorkerPool,
+    chaos: ChaosLog,
+) -> dict[str, Any]:
+    c = verdict.counts
+    channels = Counter(s.latest().channel.value for s in inputs.orders.values())
+    rejected_by_rule: Counter = Counter()
+    held_reasons: Counter = Counter()
+    held_orders: dict[str, set[str]] = {}
+    for r in outputs.reviews:
+        if r.outcome is Outcome.REJECTED:
+            for f in r.fired:
+                if f.action is Action.REJECT:  # the rules that rejected it, not every rule that fired
+                    rejected_by_rule[f.rule_id] += 1
+        elif r.outcome is Outcome.HELD:
+            held_orders.setdefault(r.key, set()).update(r.reasons)
+    for reasons in held_orders.values():
+        held_reasons.update(reasons)
+    ok = verdict.ok and verdict.oversold_units == 0
+    return {
+        "ok": ok,
+        "orders": c.get("orders", 0),
+        "accepted": c.get("accepted", 0),
+        "rejected": c.get("rejected", 0),
+        "cancelled": c.get("cancelled", 0),
+        "open": c.get("open", {}),
+        "engine_failures": c.get("engine_failures", 0),
+        "lines": c.get("lines", 0),
+        "oversold_units": verdict.oversold_units,
+        "invariants": verdict.summary(),
+        "elapsed_s": round(elapsed, 2),
+        "orders_per_s": round(c.get("orders", 0) / max(elapsed, 1e-6), 1),
+        "lines_per_s": round(c.get("lines", 0) / max(elapsed, 1e-6), 1),
+        "latency_ms": latency_ms(outputs.decisions),
+        "orders_per_channel": dict(sorted(channels.items())),
+        "deliveries": dict(sent.by_route),
+        "held": len(held_orders),
+        "held_by_reason": dict(held_reasons),
+        "holds_resolved": dict(resolved),
+        "rejected_by_reason": c.get("rejected_by_reason", {}),
+        "rejected_by_rule": dict(rejected_by_rule),
+        "dead_letters": sum(c.get("dead_letters", {}).values()),
+        "dead_letters_by_reason": c.get("dead_letters", {}),
+        "refused_at_api": dict(sent.http_refused),
+        "duplicates_at_api": sent.duplicates_at_edge,
+        "stock_events": c.get("stock_events", 0),
+        "restarts": [{"worker": r.index, "exit_code": r.exit_code, "after_s": r.after_s} for r in pool.restarts],
+        "chaos": chaos.events,
+        "workers": workers,
+        "partitions": settings.partitions,
+        "startup_s": round(startup_s, 1),
+        "seed": opts.seed,
+        "flash_sale": opts.flash_sale,
+        "run_id": run_id,
+    }
+
+
+def print_report(s: dict[str, Any], console: Console) -> None:
+    out = Console(file=sys.stdout, highlight=False)
+    table = Table(title=f"oms run {s['run_id']}", show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    lat = s["latency_ms"]
+    restarts = ", ".join(f"worker {r['worker']} (exit {r['exit_code']}) at {r['after_s']} s" for r in s["restarts"])
+    chaos = ", ".join(f"{e['action']} worker {e['worker']}" for e in s["chaos"])
+    rows = [
+        ("orders", f"{s['orders']:,} · {s['lines']:,} lines · " + _kv(s["orders_per_channel"])),
+        ("deliveries", _kv(s["deliveries"]) + f" · duplicates answered at the API {s['duplicates_at_api']}"),
+        ("accepted", f"{s['accepted']:,}"),
+        ("rejected", f"{s['rejected']:,} · " + (_kv(s["rejected_by_reason"]) or "none")),
+        ("cancelled", f"{s['cancelled']:,} (by the channel before a decision)"),
+        ("open at the end", _kv(s["open"]) or "none"),
+        ("held", f"{s['held']:,} · " + _kv(s["held_by_reason"]) + " · resolved " + _kv(s["holds_resolved"])),
+        ("rejected by rule", _kv(s["rejected_by_rule"]) or "none"),
+        ("engine failures", f"{s['engine_failures']} (orders the engine refused by its own fault)"),
+        ("dead letters", f"{s['dead_letters']} · " + _kv(s["dead_letters_by_reason"])),
+        ("refused at the API", _kv(s["refused_at_api"]) or "none"),
+        ("throughput", f"{s['orders_per_s']:,} orders/s · {s['lines_per_s']:,} lines/s over {s['elapsed_s']} s"),
+        (
+            "latency",
+            f"p50 {lat.get('p50', 0):.0f} ms · p95 {lat.get('p95', 0):.0f} ms · p99 {lat.get('p99', 0):.0f} ms "
+            "(order in → decision; the whole day is sent at once, so this is mostly queueing)",
+        ),
+        ("workers", f"{s['workers']} processes · {s['partitions']} partitions · startup {s['startup_s']} s"),
+        ("restarts", restarts or "none"),
+        ("chaos", chaos or "none"),
+        ("stuck sagas", f"{s.get('stuck_sagas', 0)}"),
+        ("stock events", f"{s['stock_events']:,}"),
+        ("oversold units", f"{s['oversold_units']}"),
+        ("invariants", "[green]ok[/]" if s["invariants"] == "ok" else "[red]VIOLATED[/]"),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    out.print(table)
+    if s["invariants"] != "ok":
+        for line in s["invariants"]:
+            out.print(f"  [red]✗[/] {line}")
+
+
+def _kv(d: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in d.items())
+
+
+def cleanup(settings: Settings) -> None:
+    try:
+        delete_topics(settings.bootstrap, settings.topic_prefix + ".")
+        delete_topics(settings.bootstrap, settings.app_id + "-")
+    except Exception:  # cleanup must not hide the run's result
+        pass
+    shutil.rmtree(Path(settings.state_dir) / "workers" / settings.app_id, ignore_errors=True)
