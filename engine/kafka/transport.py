@@ -239,7 +239,10 @@ class Consumer(base.Consumer):
 
     async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
         """Commit the input positions the stages report (never past what a stage has durably processed)."""
-        assignment = self.assignment()
+        try:
+            assignment = self.assignment()
+        except Exception:  # not started, or stopping: nothing to commit
+            return False
         offsets: dict[TP, int] = {}
         for source in self.position_sources:
             for tp, offset in source().items():

@@ -76,6 +76,8 @@ class StageStats:
     reseeks: int = 0
     gaps: int = 0
     transactions: int = 0
+    commit_ms_sum: float = 0.0  # time spent in commit_transaction (the cost of the durability barrier)
+    commit_ms_max: float = 0.0
     aborted: int = 0
     fenced: int = 0
     dead_letters: int = 0
@@ -381,7 +383,11 @@ class Stage:
                 for step in ("before-commit", "pause"):
                     if fault and fault.armed(step, reached):
                         fault.fire(partition, offsets, len(records))
+                started = time.monotonic()
                 await loop.run_in_executor(self._executor, producer.commit)
+                spent = (time.monotonic() - started) * 1000
+                self.stats.commit_ms_sum += spent
+                self.stats.commit_ms_max = max(self.stats.commit_ms_max, spent)
                 break
             except Aborted as exc:
                 self.stats.aborted += 1
