@@ -134,7 +134,9 @@ class Settings:
         "OMS_MAX_PAYLOAD_BYTES", "Largest request body or raw channel record accepted (bytes).", 1_048_576
     )
     idempotency_ttl_s: int = setting(
-        "OMS_IDEMPOTENCY_TTL_S", "How long the API remembers a delivery it produced (Redis keys), in seconds.", 7 * 86400
+        "OMS_IDEMPOTENCY_TTL_S",
+        "How long the API remembers a delivery it produced (Redis keys), in seconds.",
+        7 * 86400,
     )
 
     @classmethod

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import faust
 
@@ -36,11 +36,11 @@ log = logging.getLogger("oms.orders")
 ORDERS, BUYERS, RULES = "orders", "buyers", "rules"
 
 
-class SagaProgress(tuple):
+class SagaProgress(NamedTuple):
     """After a commit: whether an order's saga is (still) waiting for stock answers, for the stuck-saga report."""
 
-    def __new__(cls, key: str, waiting: bool) -> SagaProgress:
-        return super().__new__(cls, (key, waiting))
+    key: str
+    waiting: bool
 
 
 def rules_key(tenant: str, partition: int) -> str:
@@ -69,7 +69,7 @@ class OrderLogic(Logic):
         self.sync: ReadModelSync | None = None
         self.stage: Stage | None = None
         self._pending: set[asyncio.Future] = set()
-        #: sagas waiting for stock answers, seen by this worker: key -> (partition, since, monotonic)
+        #: sagas waiting for stock answers, seen by this worker: key -> (partition, since when, monotonic)
         self.waiting: dict[str, tuple[int, float]] = {}
 
     def stuck(self, older_than_s: float) -> list[str]:

@@ -161,8 +161,10 @@ def _settle(fut: asyncio.Future, err: KafkaError | None) -> None:
         fut.set_exception(DeliveryFailed(str(err)))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Message:
+    """A record read from a topic (also what a stage's logic is given: engine.runtime.work.Input)."""
+
     topic: str
     partition: int
     offset: int

@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from engine.kafka.clients import Message
 from engine.state.store import PartitionStore
 from schemas import wire
 from schemas.deadletter import DeadLetter, ReasonCode, dead_letter_id
@@ -29,17 +30,8 @@ log = logging.getLogger("oms.stage")
 _MISSING = object()
 
 
-@dataclass(frozen=True, slots=True)
-class Input:
-    """One input record, as the logic sees it."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int
-    headers: tuple[tuple[str, bytes], ...] = ()
+#: One input record, as the logic sees it: topic, partition, offset, key, value, timestamp (ms), headers.
+Input = Message
 
 
 @dataclass(slots=True)

@@ -33,10 +33,7 @@ pytestmark = pytest.mark.pipeline
 
 
 def recorded(pipeline: Pipeline, topics: list[str]) -> list[Input]:
-    return [
-        Input(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp_ms, m.headers)
-        for m in read_topics(pipeline.bootstrap, topics)
-    ]
+    return list(read_topics(pipeline.bootstrap, topics))
 
 
 def changelog_state(pipeline: Pipeline, table: str) -> dict[bytes, bytes]:
