@@ -32,6 +32,8 @@ from schemas.common import (
 
 WarehouseId = Ident
 StockDelta = Annotated[int, Meta(ge=-MAX_STOCK_DELTA, le=MAX_STOCK_DELTA)]
+#: Units one stock document moves (a goods receipt of a hot SKU easily exceeds an order line's cap).
+DocumentQuantity = Annotated[int, Meta(ge=1, le=MAX_STOCK_DELTA, description="Units, strictly positive")]
 
 
 class CommandKind(enum.StrEnum):
@@ -90,8 +92,10 @@ class Issue(_Command, tag=CommandKind.ISSUE.value, kw_only=True):
 
 
 class Receive(_Command, tag=CommandKind.RECEIVE.value, kw_only=True):
+    """Goods received into a warehouse (入库): on_hand grows."""
+
     warehouse: WarehouseId
-    quantity: Quantity
+    quantity: DocumentQuantity
     unit_cost_fen: UnitPriceFen | None = None
     document_id: Ident
 

@@ -3,11 +3,13 @@ servers."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
 import jsonschema
 import msgspec
+import orjson
 import pytest
 from faust.types import TP
 
@@ -21,6 +23,7 @@ from engine.settings import Settings, SettingsError, config_table
 from engine.state.store import DictPartitions
 from engine.topics import SPECS, Topics
 from schemas import wire
+from schemas.common import MAX_LINE_QUANTITY, MAX_STOCK_DELTA
 from schemas.deadletter import ReasonCode
 from schemas.inbox import InboxRecord, OrderSnapshot
 from schemas.inventory import InventoryCommand
@@ -93,6 +96,33 @@ def test_workload_is_deterministic_per_seed() -> None:
     assert len({o.key for o in a}) == 300 and len(a) > 300  # duplicates are re-sent copies
     assert all(o.key.startswith(o.tenant + ":") for o in a)
     assert {len(o.lines) for o in a} <= set(range(1, 7))
+
+
+@pytest.mark.parametrize("orders", [2_000, 100_000, 1_000_000])
+def test_a_generated_day_is_valid_on_the_wire_at_every_size(orders: int) -> None:
+    """A hot SKU's opening receipt outgrows an order line's cap as the day grows; it must still be a valid
+    receipt (a 100k-order day once dead-lettered two of them)."""
+    stock = list(Workload(WorkloadSpec(orders=orders, seed=1)).opening_stock("loader", 0, 1))
+    assert max(c.quantity for c in stock) > MAX_LINE_QUANTITY or orders < 100_000
+    for command in stock:
+        assert wire.decode(wire.encode(command), InventoryCommand) == command
+    orders_sample = list(itertools.islice(Workload(WorkloadSpec(orders=orders, seed=1)).orders(), 2_000))
+    for order in orders_sample:
+        wire.decode(wire.encode(OrderSnapshot(order=order)), InboxRecord)
+
+
+def test_a_receipt_may_exceed_an_order_lines_cap_but_a_reservation_may_not() -> None:
+    receipt = wire.to_builtins(next(Workload(WorkloadSpec(orders=5, seed=2)).opening_stock("l", 1, 1)))
+    big = MAX_LINE_QUANTITY * 50
+    assert wire.decode(orjson.dumps({**receipt, "quantity": big}), InventoryCommand).quantity == big
+    with pytest.raises(wire.WireError) as too_big:
+        wire.decode(orjson.dumps({**receipt, "quantity": MAX_STOCK_DELTA + 1}), InventoryCommand)
+    assert too_big.value.reason is ReasonCode.SCHEMA_VIOLATION
+    reserve = {k: receipt[k] for k in ("tenant", "sku", "origin", "seq", "ts")}
+    reserve |= {"kind": "reserve", "command_id": "r1", "order_id": "o1", "line_id": "o1-1", "reply_to": "acme:s:b"}
+    assert wire.decode(orjson.dumps({**reserve, "quantity": MAX_LINE_QUANTITY}), InventoryCommand)
+    with pytest.raises(wire.WireError):
+        wire.decode(orjson.dumps({**reserve, "quantity": MAX_LINE_QUANTITY + 1}), InventoryCommand)
 
 
 def test_flash_sale_puts_one_scarce_sku_in_front_of_many_buyers() -> None:
