@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,9 +38,47 @@ class Restart:
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM us when the parent dies, so no worker outlives its job."""
+    """In the child before exec: SIGTERM us when the parent dies, so no worker outlives its job.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, not the process: children are
+    therefore only ever forked from the pool's own long-lived spawner thread (see :class:`Spawner`)."""
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Spawner:
+    """Forks children from one thread that lives as long as the pool.
+
+    A worker restarted by a monitor thread would otherwise be SIGTERMed the moment that thread returned (a
+    main job once saw both restarted workers "exit 0" as its progress monitor stopped)."""
+
+    def __init__(self) -> None:
+        self._executor: ThreadPoolExecutor | None = None
+
+    def popen(self, argv: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oms-spawner")
+        return self._executor.submit(self._popen, argv, log_path, env).result()
+
+    @staticmethod
+    def _popen(argv: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen:
+        with open(log_path, "ab") as log:
+            return subprocess.Popen(
+                argv,
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+
+    def close(self) -> None:
+        """After the children are gone: the thread ends (and would SIGTERM any child still running)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
 
 class WorkerPool:
@@ -51,6 +90,7 @@ class WorkerPool:
         self.log_dir = Path(settings.state_dir) / "logs"
         self.restarts: list[Restart] = []
         self.started_at = time.monotonic()
+        self.spawner = Spawner()
 
     def log_path(self, index: int) -> Path:
         return self.log_dir / f"{self.settings.app_id}-worker{index}.log"
@@ -64,17 +104,8 @@ class WorkerPool:
     def _spawn(self, index: int, env: dict[str, str] | None = None) -> None:
         extra = self.env.get(index, {}) if env is None else env
         env_all = {**os.environ, **self.settings.to_env(), "PYTHONPATH": str(REPO_ROOT), **extra}
-        with open(self.log_path(index), "ab") as log:
-            self.procs[index] = subprocess.Popen(
-                [sys.executable, "-m", "engine.cli", "worker", "--index", str(index)],
-                cwd=REPO_ROOT,
-                env=env_all,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
+        argv = [sys.executable, "-m", "engine.cli", "worker", "--index", str(index)]
+        self.procs[index] = self.spawner.popen(argv, self.log_path(index), env_all)
 
     def supervise(self) -> list[Restart]:
         """Start again every worker that died (without the fault injection it may have been started with).
@@ -170,6 +201,7 @@ class WorkerPool:
         for i in range(self.count):
             self.resume(i)  # a stopped process cannot handle SIGTERM
         self._terminate(self.procs, timeout_s)
+        self.spawner.close()
 
     @staticmethod
     def _terminate(procs: list[subprocess.Popen | None], timeout_s: float) -> None:

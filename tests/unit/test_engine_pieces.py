@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import signal
+import subprocess
+import threading
 from pathlib import Path
 
 import jsonschema
@@ -21,6 +25,7 @@ from engine.runtime.work import ExpiryIndex, Input, Logic, PartitionWork, run_re
 from engine.schema_export import export
 from engine.settings import Settings, SettingsError, config_table
 from engine.state.store import DictPartitions
+from engine.supervisor import Spawner
 from engine.topics import SPECS, Topics
 from schemas import wire
 from schemas.common import MAX_LINE_QUANTITY, MAX_STOCK_DELTA
@@ -268,3 +273,24 @@ def test_struct_state_is_typed_not_single_letter_keys() -> None:
     for struct in (SkuStock, OrderState):
         assert all(len(f) > 2 for f in struct.__struct_fields__), f"{struct.__name__} has cryptic field names"
     assert msgspec.json.encode(SkuStock(tenant="t", sku="s")).startswith(b'{"tenant":"t"')
+
+
+def test_a_child_started_from_a_short_lived_thread_outlives_the_thread(tmp_path: Path) -> None:
+    """PR_SET_PDEATHSIG is per thread: the spawner keeps children alive when the thread asking ends, and still
+    ends them when the spawner itself goes (its stand-in for the parent dying)."""
+    spawner = Spawner()
+    started: list[subprocess.Popen] = []
+    asker = threading.Thread(
+        target=lambda: started.append(spawner.popen(["sleep", "30"], tmp_path / "child.log", dict(os.environ)))
+    )
+    asker.start()
+    asker.join()
+    child = started[0]
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            child.wait(timeout=1.0)  # would be -SIGTERM right away if forked from the asking thread
+        spawner.close()
+        assert child.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        if child.poll() is None:
+            child.kill()
