@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import shutil
 import signal
@@ -113,6 +114,7 @@ def main_job(base: Settings, opts: RunOptions) -> int:
         tenants_file=str(creds.path),
     )
     workers = max(2, opts.workers or settings.workers)
+    log_file = _log_to_file(Path(settings.state_dir) / "logs" / f"{settings.app_id}-main.log")
     topics = Topics(settings.topic_prefix)
     servers = LocalServers(settings)
     pool = WorkerPool(settings, workers)
@@ -179,6 +181,7 @@ def main_job(base: Settings, opts: RunOptions) -> int:
         return 0 if summary["ok"] else 1
     except (LocalServerError, WorkerError, RunFailed, KafkaUnavailable, DeliveryFailed) as exc:
         console.print(f"[red]oms run failed:[/] {exc}")
+        console.print(f"logs: {log_file.parent}/{settings.app_id}-*.log")
         detail: dict[str, Any] = {"error": str(exc)[:2000], "invariants": "not checked"}
         if sent is not None:
             detail["deliveries"] = {
@@ -200,6 +203,19 @@ def main_job(base: Settings, opts: RunOptions) -> int:
             cleanup(settings)
             shutil.rmtree(run_dir, ignore_errors=True)
         servers.stop(only_started=True)
+
+
+def _log_to_file(path: Path) -> Path:
+    """The job's own log lines (Kafka client warnings included) go to a file next to the workers' logs, not
+    onto the terminal under the progress bar."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("[%(asctime)s] [%(levelname)s] %(name)s: %(message)s"))
+    root = logging.getLogger("oms")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    return path
 
 
 def engine_inputs(topics: Topics) -> list[str]:

@@ -7,6 +7,7 @@ Readers read ``read_committed`` so that records of aborted (fenced) transactions
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 import uuid
@@ -20,6 +21,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from engine.kafka.admin import admin
 
 PARTITIONER = "murmur2_random"
+#: librdkafka's own log lines (a coordinator still loading, a broker restarting) go through Python logging:
+#: into a worker's log, or the main job's log file, instead of straight onto a terminal with a progress bar.
+CLIENT_LOG = logging.getLogger("oms.librdkafka")
 
 
 def partition_for(key: str | bytes, partitions: int) -> int:
@@ -60,6 +64,7 @@ def producer(bootstrap: str, **overrides: Any) -> Producer:
         "linger.ms": 5,
         "compression.type": "lz4",
         "queue.buffering.max.messages": 500_000,
+        "logger": CLIENT_LOG,
     }
     conf.update(overrides)
     if conf["partitioner"] != PARTITIONER:
@@ -183,6 +188,7 @@ def _reader(bootstrap: str, purpose: str, **overrides: Any) -> Consumer:
         "enable.partition.eof": True,
         "isolation.level": "read_committed",
         "log_level": 3,
+        "logger": CLIENT_LOG,
     }
     conf.update(overrides)
     return Consumer(conf)

@@ -22,7 +22,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from engine.kafka.clients import PARTITIONER
+from engine.kafka.clients import CLIENT_LOG, PARTITIONER
 
 log = logging.getLogger("oms.txn")
 
@@ -59,6 +59,7 @@ class TxnProducer:
             "retry.backoff.ms": 10,
             "queue.buffering.max.messages": 1_000_000,
             "log_level": 4,
+            "logger": CLIENT_LOG,
         }
         conf.update(overrides)
         self._p = Producer(conf)
