@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -16,9 +17,14 @@ class KafkaUnavailable(RuntimeError):
     """The broker cannot be reached; the message says where we looked."""
 
 
+#: librdkafka's own log lines (a coordinator still loading, a broker restarting) go through Python logging:
+#: into a worker's log, or the main job's log file, instead of straight onto a terminal with a progress bar.
+CLIENT_LOG = logging.getLogger("oms.librdkafka")
+
+
 def admin(bootstrap: str, quiet: bool = False) -> AdminClient:
     """``quiet`` silences librdkafka's own connection log, for probes that report failure themselves."""
-    conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "socket.timeout.ms": 5000}
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "socket.timeout.ms": 5000, "logger": CLIENT_LOG}
     if quiet:
         conf["log_level"] = 0
     return AdminClient(conf)

@@ -7,7 +7,6 @@ Readers read ``read_committed`` so that records of aborted (fenced) transactions
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 import time
 import uuid
@@ -18,12 +17,9 @@ from typing import Any
 from aiokafka.partitioner import murmur2
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from engine.kafka.admin import admin
+from engine.kafka.admin import CLIENT_LOG, admin
 
 PARTITIONER = "murmur2_random"
-#: librdkafka's own log lines (a coordinator still loading, a broker restarting) go through Python logging:
-#: into a worker's log, or the main job's log file, instead of straight onto a terminal with a progress bar.
-CLIENT_LOG = logging.getLogger("oms.librdkafka")
 
 
 def partition_for(key: str | bytes, partitions: int) -> int:

@@ -8,15 +8,26 @@ import time
 from pathlib import Path
 
 import pytest
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
-from engine.kafka.clients import partition_for
+from engine.kafka.admin import admin
+from engine.kafka.clients import end_offsets, partition_for, unprocessed
 from engine.kafka.transactions import TxnProducer
 from engine.runtime.faults import FAULT_ENV, REPORT_ENV
 from invariants import Verdict
 from schemas import wire
 from schemas.deadletter import ReasonCode
 from schemas.inbox import InboxRecord
-from schemas.inventory import CommandKind, Receive, Release, Reserve, receive_id, release_id, reserve_id
+from schemas.inventory import (
+    CommandKind,
+    Receive,
+    Release,
+    Reserve,
+    StockEvent,
+    receive_id,
+    release_id,
+    reserve_id,
+)
 from schemas.saga import DecisionStatus, LineResult, LineStatus, RejectReason
 from tests.pipeline.harness import Pipeline, fault_report
 from workload.generator import FLASH_SKU, Workload, WorkloadSpec
@@ -315,6 +326,48 @@ def test_a_transactional_upstream_leaves_offset_gaps_that_are_tolerated(pipeline
     }
     gaps = sum(pipeline.stats(p, i, "inventory").get("gaps", 0) for p in pipeline.pools for i in range(p.count))
     assert gaps > 0, "the markers did leave gaps in the offsets"
+
+
+def test_a_group_offset_reset_past_the_state_skips_nothing(pipeline: Pipeline) -> None:
+    """While the engine is down someone resets its consumer group to the latest offsets (``kafka-consumer-groups
+    --reset-offsets --to-latest``; or the committed offsets expired and a reset policy chose the end). The
+    state's own position, not the group's offset, says what was processed: the receipts sent in between still
+    take effect, once."""
+    t = pipeline.topics
+
+    def receipts(document: str, quantity: int, base_seq: int) -> list:
+        return [
+            _cmd(Receive, f"SKU-G{i}", "test-loader", base_seq + i, warehouse="WH-A", quantity=quantity,
+                 document_id=document)
+            for i in range(24)
+        ]  # fmt: skip
+
+    pool = pipeline.start_workers(1)
+    pipeline.send_commands(receipts("g1", 1, 0))
+    pipeline.wait_idle()
+    pool.stop(timeout_s=20)
+    skipped = receipts("g2", 2, 100)  # sent while the engine is down...
+    pipeline.send_commands(skipped)
+    ends = end_offsets(pipeline.bootstrap, t.inventory_commands, pipeline.settings.partitions)
+    group = pipeline.settings.app_id
+    reset = ConsumerGroupTopicPartitions(group, [TopicPartition(t.inventory_commands, p, o) for p, o in ends.items()])
+    client = admin(pipeline.bootstrap)  # referenced until the answer is in: a collected client never answers
+    client.alter_consumer_group_offsets([reset])[group].result(timeout=30)
+    assert not unprocessed(pipeline.bootstrap, group, [t.inventory_commands]), "the group now claims all is done"
+
+    pool = pipeline.start_workers(1)
+    after = receipts("g3", 4, 200)  # ...and records after the reset point make the stage look at its position
+    pipeline.send_commands(after)
+    wanted = {c.command_id for c in skipped + after}
+    deadline = time.monotonic() + 120
+    while wanted - {e.event_id for e in pipeline.read(t.stock_events, StockEvent)}:
+        assert time.monotonic() < deadline, "the receipts sent before the reset never took effect"
+        time.sleep(1.0)
+    assert pipeline.stats(pool, 0, "inventory")["reseeks"] > 0, "the stage saw reads start past its position"
+    verdict = check_stock_only(pipeline)
+    assert {k: v for k, v in verdict.counts["final_levels"].items() if "SKU-G" in k} == {
+        f"acme:SKU-G{i}": {"WH-A": [7, 0]} for i in range(24)
+    }
 
 
 def test_every_decision_is_made_once_in_a_flash_sale_with_a_crash(pipeline: Pipeline) -> None:
