@@ -49,6 +49,10 @@ EXPECTED: dict[str, tuple[str, str]] = {
         "replaced: transactional changelogs end with a marker; recovery waits for the last record",
         "91b4cc0d3724ae7b",
     ),
+    "faust.tables.recovery:Recovery.on_rebalance": (
+        "extended: a changelog partition that turned from active into standby keeps no stale highwater",
+        "aa4d997a1795ceae",
+    ),
     "faust.tables.manager:TableManager.on_rebalance": (
         "fencing runs before this starts recovery",
         "2d2c23a07bf54328",
