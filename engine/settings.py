@@ -82,8 +82,13 @@ class Settings:
         "Kafka transaction timeout: the longest a vanished worker's open transaction can hold readers back.",
         60.0,
     )
-    batch_max: int = setting("OMS_BATCH_MAX", "Most events an agent takes in one batch.", 500)
-    batch_within_s: float = setting("OMS_BATCH_WITHIN_S", "Longest an agent waits to fill a batch (seconds).", 0.02)
+    batch_max: int = setting("OMS_BATCH_MAX", "Most events an agent takes in one batch.", 2000)
+    batch_within_s: float = setting(
+        "OMS_BATCH_WITHIN_S",
+        "Longest an agent waits to fill a batch (seconds): every batch is one transaction per input partition, "
+        "so this trades latency per hop for fewer, larger transactions (see BENCHMARKS.md).",
+        0.05,
+    )
     commit_interval_s: float = setting(
         "OMS_COMMIT_INTERVAL_S",
         "How often a worker commits the stages' input positions to its consumer group (for lag tooling; the "
@@ -95,7 +100,13 @@ class Settings:
         "Consumer session timeout: how long a dead worker holds its partitions.",
         30.0,
     )
-    standby_replicas: int = setting("OMS_STANDBY_REPLICAS", "Standby copies of each table partition.", 1)
+    standby_replicas: int = setting(
+        "OMS_STANDBY_REPLICAS",
+        "Standby copies of each table partition (another worker replays its changelog to take over faster). "
+        "Set 1 when workers run on separate machines; on one machine a standby halves the workers' throughput "
+        "and saves little: a worker restores from the changelog, and keeps its local store across restarts.",
+        0,
+    )
     workers: int = setting("OMS_WORKERS", "Worker processes the main job starts (at least 2).", 2)
     web_port: int = setting("OMS_WEB_PORT", "First worker's web port; worker i listens on web_port + i.", 6066)
     web_bind: str = setting(

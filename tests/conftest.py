@@ -54,6 +54,6 @@ def settings(servers: Settings, credentials: Credentials, tmp_path: Path) -> Set
         partitions=4,
         session_timeout_s=8.0,
         commit_interval_s=0.5,
-        web_port=int(os.environ.get("OMS_TEST_WEB_PORT", "36066")),
+        web_port=int(os.environ.get("OMS_TEST_WEB_PORT", "26066")),
         log_level=os.environ.get("OMS_LOG_LEVEL", "warning"),
     )
