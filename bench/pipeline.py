@@ -1,39 +1,37 @@
-"""Reservation throughput: the engine against its ceiling and the seed article's design, in one run.
+"""Reservation throughput: the engine against its ceiling, the seed article's design and a JVM peer, in one run.
 
-    python -m bench.pipeline --orders 5000 --reps 3
+    python -m bench.pipeline --orders 20000 --reps 3
 
-Each repetition measures, on the same broker and the same machine:
+Each repetition measures, on the same broker, machine and orders (engine figures are ratios to each):
 
-* ``ceiling`` — raw confluent-kafka: produce the day's order bytes and consume them back (no processing);
-* ``redis_lua`` — the seed article's allocator: one atomic Lua script per order that checks every line's
-  stock and decrements all of them or none (Redis's single thread is the lock);
+* ``ceiling`` — raw confluent-kafka relaying the day through the engine's three hops, at steady state
+  (bench.baselines);
+* ``redis_lua`` / ``redis_lock`` — the seed article's Redis allocators with concurrent pipelining clients
+  (bench.baselines);
+* ``kstreams_eos_v2`` / ``kstreams_alo`` — the same saga as a Kafka Streams 4.1 application
+  (bench/peers/kstreams), exactly_once_v2 and at_least_once;
 * ``engine`` — orders into the order inbox, review (no rules) + saga → per-SKU inventory writer in two
   worker processes, every stage committing one Kafka transaction per input partition per batch, until every
   order is decided; then the invariants from the result topics against the orders and stock sent.
 
-It prints one JSON line per measurement and a summary line with medians and ratios to the ceiling and
-the baseline (ratios survive a noisy 2-core machine better than absolute numbers), and rewrites the
-"Reservation pipeline" section of BENCHMARKS.md.
+With ``--profile`` one more engine run is sampled with py-spy, and its top entries are written too.
+It prints one JSON line per measurement and a summary line, and rewrites its sections of BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import statistics
 import sys
 import time
 import uuid
 from pathlib import Path
 
-import redis
-
+from bench.profile import CpuMeter, Profiler, broker_pids, top
+from bench.report import emit, measured_on, median, table, write_section
 from deploy.local.servers import LocalServers
 from engine.kafka.admin import create_topics, delete_topics
-from engine.kafka.clients import Message, Sender, read_topics, tail
-from engine.settings import REPO_ROOT, Settings
+from engine.kafka.clients import Message, tail
+from engine.settings import Settings
 from engine.supervisor import WorkerPool
 from engine.topics import Topics
 from invariants import Inputs, check, collect
@@ -43,65 +41,10 @@ from workload.day import engine_inputs, wait_idle
 from workload.generator import Workload, WorkloadSpec
 from workload.stock import load_stock, send_orders
 
-LUA_ALLOCATE = """
--- KEYS: stock:{tenant}:{sku} per line; ARGV: quantity per line. All lines or none.
-for i, key in ipairs(KEYS) do
-  local have = tonumber(redis.call('GET', key) or '-1')
-  if have < tonumber(ARGV[i]) then return 0 end
-end
-for i, key in ipairs(KEYS) do redis.call('DECRBY', key, ARGV[i]) end
-return 1
-"""
 
-
-def measure_ceiling(settings: Settings, orders: list) -> dict:
-    topic = f"bench.ceiling.{uuid.uuid4().hex[:8]}"
-    create_topics(settings.bootstrap, [topic], settings.partitions)
-    payloads = [(o.key, wire.encode(o)) for o in orders]
-    start = time.monotonic()
-    sender = Sender(settings.bootstrap)
-    for key, value in payloads:
-        sender.send(topic, key, value)
-    sender.flush()
-    read = sum(1 for _ in read_topics(settings.bootstrap, [topic]))
-    elapsed = time.monotonic() - start
-    delete_topics(settings.bootstrap, topic)
-    return {"what": "ceiling", "orders": read, "elapsed_s": round(elapsed, 3), "orders_per_s": round(read / elapsed, 1)}
-
-
-def measure_redis_lua(settings: Settings, workload: Workload, orders: list) -> dict:
-    r = redis.Redis.from_url(settings.redis)
-    prefix = f"bench:{uuid.uuid4().hex[:8]}"
-    totals: dict[str, int] = {}
-    for cmd in workload.opening_stock("bench", 0, 0):
-        key = f"{prefix}:{cmd.tenant}:{cmd.sku}"
-        totals[key] = totals.get(key, 0) + cmd.quantity  # one pool per SKU: the seed design has no warehouses
-    r.mset(totals)
-    allocate = r.register_script(LUA_ALLOCATE)
-    seen: set[str] = set()
-    accepted = 0
-    start = time.monotonic()
-    for o in orders:
-        if o.key in seen:
-            continue
-        seen.add(o.key)
-        accepted += allocate(
-            keys=[f"{prefix}:{o.tenant}:{ln.sku}" for ln in o.lines], args=[ln.quantity for ln in o.lines]
-        )
-    elapsed = time.monotonic() - start
-    oversold = sum(1 for k in totals if int(r.get(k)) < 0)
-    r.delete(*totals)
-    return {
-        "what": "redis_lua",
-        "orders": len(seen),
-        "accepted": accepted,
-        "oversold_keys": oversold,
-        "elapsed_s": round(elapsed, 3),
-        "orders_per_s": round(len(seen) / elapsed, 1),
-    }
-
-
-def measure_engine(base: Settings, workload: Workload, orders: list, workers: int) -> dict:
+def measure_engine(
+    base: Settings, workload: Workload, orders: list, workers: int, profiler: Profiler | None = None
+) -> dict:
     run = uuid.uuid4().hex[:8]
     empty_rules = Path(base.state_dir) / "bench-no-rules.toml"
     empty_rules.write_text("")
@@ -127,6 +70,11 @@ def measure_engine(base: Settings, workload: Workload, orders: list, workers: in
                 decided.add(d.key)
                 last[0] = time.monotonic()
 
+        if profiler is not None:
+            for i in range(workers):
+                profiler.attach(pool.pid(i) or 0, f"worker-{i}")
+        cpu = CpuMeter({"workers": [pool.pid(i) or 0 for i in range(workers)], "broker": broker_pids(settings)})
+        cpu.start()
         start = time.monotonic()
         send_orders(settings.bootstrap, topics, orders)
         inputs.add_orders(orders)
@@ -137,6 +85,9 @@ def measure_engine(base: Settings, workload: Workload, orders: list, workers: in
             lambda: len(decided) >= unique or time.monotonic() - last[0] > 120,
         )
         elapsed = last[0] - start
+        used = cpu.stop()
+        if profiler is not None:
+            profiler.stop()
         wait_idle(settings, engine_inputs(topics))
         stats = [pool.stats(i) or {} for i in range(workers)]
         pool.stop()
@@ -157,6 +108,8 @@ def measure_engine(base: Settings, workload: Workload, orders: list, workers: in
             "transactions": transactions,
             "commit_ms_mean": round(commit_ms / max(1, transactions), 2),
             "fenced": sum(st.get("fenced", 0) for st in stages),
+            # CPU per decided order, in ms: what the two cores spend, and on which side
+            "cpu_ms_per_order": {k: round(1000 * v / max(1, len(decided)), 2) for k, v in used.items()},
         }
     finally:
         pool.stop(timeout_s=20)
@@ -164,131 +117,202 @@ def measure_engine(base: Settings, workload: Workload, orders: list, workers: in
         delete_topics(settings.bootstrap, settings.app_id + "-")
 
 
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {
-        "cpus": os.cpu_count(),
-        "cpu": cpu,
-        "memory_gib": round(mem, 1),
-        "python": platform.python_version(),
-        "kernel": platform.release(),
+MEASUREMENTS = [
+    ("ceiling", "Ceiling: raw confluent-kafka relaying the three hops, steady state"),
+    ("redis_lua", "Redis: atomic Lua check-and-decrement (seed article), 4 clients, pipelined"),
+    ("redis_lock", "Redis: SET NX lock per SKU around read-then-decrement, 4 clients"),
+    ("kstreams_eos_v2", "Kafka Streams 4.1 peer, exactly_once_v2"),
+    ("kstreams_alo", "Kafka Streams 4.1 peer, at_least_once"),
+    ("engine", "Engine: review + saga → per-SKU writer, transactional, 2 workers"),
+]
+
+
+def _valid(row: dict) -> bool:
+    """A fast run that broke an invariant is a failure, not a number."""
+    if row["what"] == "engine":
+        return row["invariants"] == "ok" and row["decided"] == row["orders"]
+    if row["what"].startswith("kstreams"):
+        return not row.get("violations") and row.get("decided") == row.get("orders")
+    return not row.get("oversold_units") and not row.get("error")
+
+
+def run_pipeline(settings: Settings, orders_n: int, reps: int, seed: int, workers: int) -> dict:
+    from bench import baselines
+    from bench.peers import kstreams
+
+    workload = Workload(WorkloadSpec(orders=orders_n, seed=seed))
+    orders = list(workload.orders())
+    peer_orders, peer_stock = kstreams.peer_inputs(workload)
+    runs = {
+        "ceiling": lambda: baselines.measure_ceiling(settings, orders),
+        "redis_lua": lambda: baselines.measure_redis_lua(settings, workload, orders),
+        "redis_lock": lambda: baselines.measure_redis_lock(settings, workload, orders),
+        "kstreams_eos_v2": lambda: kstreams.measure(
+            settings.bootstrap, peer_orders, peer_stock, "exactly_once_v2", settings.partitions
+        ),
+        "kstreams_alo": lambda: kstreams.measure(
+            settings.bootstrap, peer_orders, peer_stock, "at_least_once", settings.partitions
+        ),
+        "engine": lambda: measure_engine(settings, workload, orders, workers),
     }
+    rows: list[dict] = []
+    for rep in range(reps):
+        for what, _label in MEASUREMENTS:
+            try:
+                row = {"rep": rep, **runs[what]()}
+            except Exception as exc:  # one baseline that cannot run (no Java, say) must not hide the others
+                row = {"rep": rep, "what": what, "error": f"{type(exc).__name__}: {exc}", "orders_per_s": None}
+            row["what"] = what
+            row["valid"] = _valid(row)
+            rows.append(row)
+            emit(row)
+    medians = {
+        what: median([r["orders_per_s"] for r in rows if r["what"] == what and r["valid"]]) for what, _ in MEASUREMENTS
+    }
+    engine_rows = [r for r in rows if r["what"] == "engine"]
+    summary = {
+        "orders": orders_n,
+        "seed": seed,
+        "reps": reps,
+        "workers": workers,
+        "partitions": settings.partitions,
+        "median_orders_per_s": medians,
+        "engine_vs": {
+            w: medians["engine"] / medians[w]
+            for w, _ in MEASUREMENTS
+            if w != "engine" and medians[w] and medians["engine"] is not None
+        },
+        "engine_ok": all(r["valid"] for r in engine_rows),
+        "engine_invariants": sorted({str(r.get("invariants")) for r in engine_rows}),
+        "engine_transactions": median([r["transactions"] for r in engine_rows if "transactions" in r]),
+        "engine_commit_ms": median([r["commit_ms_mean"] for r in engine_rows if "commit_ms_mean" in r]),
+        "engine_cpu_ms_per_order": {
+            side: median([r["cpu_ms_per_order"][side] for r in engine_rows if "cpu_ms_per_order" in r])
+            for side in ("workers", "broker")
+        },
+        "kstreams_cpu_ms_per_order": median(
+            [
+                1000 * r["peer_cpu_s"] / r["orders"]
+                for r in rows
+                if r["what"] == "kstreams_eos_v2" and r.get("peer_cpu_s")
+            ]
+        ),
+    }
+    emit({"summary": summary})
+    return {"summary": summary, "rows": rows}
 
 
-def write_markdown(summary: dict, rows: list[dict]) -> None:
-    path = REPO_ROOT / "BENCHMARKS.md"
-    m = summary["machine"]
+def _fmt(rate: float | None) -> str:
+    return "—" if rate is None else f"{rate:,.0f}"
+
+
+def write_markdown(settings: Settings, result: dict) -> None:
+    from bench.baselines import REDIS_CANNOT
+
+    summary, rows = result["summary"], result["rows"]
     med = summary["median_orders_per_s"]
-    section = [
-        "## Reservation pipeline",
-        "",
-        f"Measured {summary['date']} on {m['cpus']} × {m['cpu']}, {m['memory_gib']} GiB, Python {m['python']}; "
-        f"local single-node Kafka {summary['kafka']} and Redis on the same machine; {summary['orders']} orders "
-        f"(seed {summary['seed']}), {summary['partitions']} partitions, {summary['workers']} engine workers, "
-        f"{summary['reps']} repetitions. Command: "
+    body = []
+    for what, label in MEASUREMENTS:
+        mine = [r for r in rows if r["what"] == what]
+        runs = ", ".join(_fmt(r["orders_per_s"]) if r["valid"] else "**failed**" for r in mine)
+        ratio = (
+            "1" if what == "engine" else (f"{summary['engine_vs'][what]:.3f}" if what in summary["engine_vs"] else "—")
+        )
+        body.append([label, _fmt(med[what]), runs, ratio])
+    cpu = summary["engine_cpu_ms_per_order"]
+    lines = [
+        measured_on(settings.kafka_version),
+        f"{summary['orders']:,} orders (seed {summary['seed']}), {summary['partitions']} partitions, "
+        f"{summary['workers']} engine workers, {summary['reps']} repetitions. Command: "
         f"`python -m bench.pipeline --orders {summary['orders']} --reps {summary['reps']}`.",
         "",
-        "| Measurement | Median orders/s | Runs (orders/s) |",
-        "| --- | ---: | --- |",
+        *table(["Measurement", "Median orders/s", "Runs (orders/s)", "Engine ÷ this"], body, ["l", "r", "l", "r"]),
+        "",
+        "Engine runs: "
+        + (
+            "every one decided every order with the invariants ok from the result topics"
+            if summary["engine_ok"]
+            else f"**FAILED** ({', '.join(summary['engine_invariants'])})"
+        )
+        + f"; {summary['engine_transactions'] or 0:,.0f} transactions per run (median), commit "
+        f"{summary['engine_commit_ms'] or 0:.0f} ms on average; CPU per order {cpu['workers'] or 0:.2f} ms in the "
+        f"workers and {cpu['broker'] or 0:.2f} ms in the broker"
+        + (
+            f" (the Kafka Streams peer: {summary['kstreams_cpu_ms_per_order']:.2f} ms in its JVM)."
+            if summary["kstreams_cpu_ms_per_order"] is not None
+            else "."
+        ),
+        "",
+        "What the Redis allocators cannot do that the engine does: " + " ".join(REDIS_CANNOT),
     ]
-    for what, label in (
-        ("ceiling", "Ceiling: produce + consume the same bytes"),
-        ("redis_lua", "Baseline: Redis Lua allocator (seed article)"),
-        ("engine", "Engine: review + saga → per-SKU writer, transactional, 2 workers"),
-    ):
-        runs = ", ".join(f"{r['orders_per_s']:,.0f}" for r in rows if r["what"] == what)
-        section.append(f"| {label} | {med[what]:,.0f} | {runs} |")
-    section += [
+    write_section("Reservation pipeline", lines)
+
+
+def write_profile(settings: Settings, row: dict, found: dict) -> None:
+    lines = [
+        measured_on(settings.kafka_version),
+        f"py-spy (`--gil`: samples holding the GIL, i.e. the workers' Python CPU) on both workers during one "
+        f"engine run of {row['orders']:,} orders ({row['orders_per_s']:,.0f} orders/s while sampled). Command: "
+        "`python -m bench.pipeline --profile`.",
         "",
-        f"Ratios: engine / ceiling = **{summary['engine_vs_ceiling']:.3f}**, engine / Redis Lua = "
-        f"**{summary['engine_vs_redis_lua']:.3f}**. Every engine run ended with the invariants checked from the "
-        f"result topics against the orders and stock sent: {summary['engine_invariants']}; oversold units "
-        f"{summary['engine_oversold_units']}.",
+        *table(
+            ["Self (where the samples were)", "%"],
+            [[f"`{name}`", f"{share}"] for name, share in found["self"]],
+            ["l", "r"],
+        ),
         "",
-        f"The cost of fencing: every stage commits one Kafka transaction per input partition per batch "
-        f"({summary['engine_transactions']:,} transactions per run, median); a commit took "
-        f"{summary['engine_commit_ms']:.1f} ms on average (it waits for every record of the transaction to be "
-        "acknowledged and for the commit markers; each transaction adds a produce request per partition it "
-        "touches). That is the floor of each hop's latency and the reason batches, not records, are committed.",
-        "",
-        "Reading it: the Lua allocator is one Redis round trip per order with nothing durable behind it (no "
-        "events, no per-line ledger, a Redis failover can lose decrements). The engine writes every decision, "
-        "stock event and changelog to Kafka, exactly once, and survives kill -9 and paused workers; its cost is "
-        "Python and Faust per event and the transactions, on the same two cores as the broker.",
-        "",
+        *table(
+            ["Inclusive (under which call)", "%"],
+            [[f"`{name}`", f"{share}"] for name, share in found["inclusive"] if not name.startswith(_PLUMBING)][:15],
+            ["l", "r"],
+        ),
     ]
-    text = (
-        path.read_text()
-        if path.exists()
-        else "# Benchmarks\n\nGenerated by the scripts in `bench/`; do not edit by hand.\n\n"
-    )
-    head, _, rest = text.partition("## Reservation pipeline")
-    tail = rest[rest.find("\n## ") + 1 :] if "\n## " in rest else ""
-    path.write_text(head.rstrip() + "\n\n" + "\n".join(section) + ("\n" + tail if tail else ""))
+    write_section("Profile of the engine", lines)
+
+
+#: Frames every sample passes through (the interpreter's entry, the worker's main): no information.
+_PLUMBING = ("<module>", "_run_module_as_main", "_run_code", "main (", "cmd_worker", "run_worker", "Worker.execute")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__.split("\n\n")[0])
-    p.add_argument("--orders", type=int, default=5000)
+    p.add_argument("--orders", type=int, default=20000)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--seed", type=int, default=17)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--profile", action="store_true", help="one more engine run sampled with py-spy")
     p.add_argument("--no-markdown", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = p.parse_args(argv)
     settings = Settings.from_env()
     servers = LocalServers(settings)
     servers.start(echo=lambda m: print(m, file=sys.stderr))
     try:
-        workload = Workload(WorkloadSpec(orders=args.orders, seed=args.seed))
-        orders = list(workload.orders())
-        rows: list[dict] = []
-        for rep in range(args.reps):
-            for fn in (
-                lambda: measure_ceiling(settings, orders),
-                lambda: measure_redis_lua(settings, workload, orders),
-                lambda: measure_engine(settings, workload, orders, args.workers),
-            ):
-                row = {"rep": rep, **fn()}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-        med = {
-            w: statistics.median(r["orders_per_s"] for r in rows if r["what"] == w)
-            for w in ("ceiling", "redis_lua", "engine")
-        }
-        engine_rows = [r for r in rows if r["what"] == "engine"]
-        summary = {
-            "date": time.strftime("%Y-%m-%d"),
-            "machine": machine(),
-            "kafka": settings.kafka_version,
-            "orders": args.orders,
-            "seed": args.seed,
-            "reps": args.reps,
-            "workers": args.workers,
-            "partitions": settings.partitions,
-            "median_orders_per_s": med,
-            "engine_vs_ceiling": med["engine"] / med["ceiling"],
-            "engine_vs_redis_lua": med["engine"] / med["redis_lua"],
-            "engine_invariants": "ok"
-            if all(r["invariants"] == "ok" for r in engine_rows)
-            else [r["invariants"] for r in engine_rows],
-            "engine_oversold_units": sum(r["oversold_units"] for r in engine_rows),
-            "engine_transactions": statistics.median(r["transactions"] for r in engine_rows),
-            "engine_commit_ms": statistics.median(r["commit_ms_mean"] for r in engine_rows),
-        }
-        print(json.dumps({"summary": summary}), flush=True)
-        if not args.no_markdown:
-            write_markdown(summary, rows)
-        return 0 if summary["engine_invariants"] == "ok" else 1
+        ok = True
+        if args.reps > 0:
+            result = run_pipeline(settings, args.orders, args.reps, args.seed, args.workers)
+            ok = result["summary"]["engine_ok"]
+            if not args.no_markdown:
+                write_markdown(settings, result)
+        if args.profile:
+            ok &= profile_engine(settings, args.orders, args.seed, args.workers, not args.no_markdown)
+        return 0 if ok else 1
     finally:
         servers.stop(only_started=True)
+
+
+def profile_engine(settings: Settings, orders_n: int, seed: int, workers: int, markdown: bool) -> bool:
+    if not Profiler.available():
+        print("py-spy is not installed: no profile", file=sys.stderr)
+        return True
+    workload = Workload(WorkloadSpec(orders=orders_n, seed=seed))
+    out = Path(settings.state_dir) / "profiles" / time.strftime("%Y%m%d-%H%M%S")
+    profiler = Profiler(out)
+    row = measure_engine(settings, workload, list(workload.orders()), workers, profiler)
+    found = top(sorted(out.glob("*.txt")))
+    emit({"what": "profile", "dir": str(out), **found})
+    if markdown:
+        write_profile(settings, row, found)
+    return row["invariants"] == "ok"
 
 
 if __name__ == "__main__":

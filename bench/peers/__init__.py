@@ -1,0 +1,1 @@
+"""Peers: the same reservation job built the usual way on other stacks, measured beside the engine."""
