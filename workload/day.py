@@ -153,17 +153,21 @@ def main_job(base: Settings, opts: RunOptions) -> int:
         start = time.monotonic()
         with console.status(f"Sending {len(deliveries):,} channel deliveries (raw topics, API, webhooks)…"):
             sent = asyncio.run(deliver(settings, topics, deliveries, creds, workers))
+        phases = {"send": time.monotonic() - start}
         inputs.add_orders(d.intent for i, d in enumerate(deliveries) if i in sent.taken and d.intent is not None)
         inputs.bad_records = {d.body for d in deliveries if d.kind == "bad" and d.via == "kafka"}
         expected = monitor.expected = len(inputs.orders)
         stall = opts.stall_s or max(180.0, 3 * settings.session_timeout_s + 60)
         held = follow(console, monitor, expected, stall, "deciding orders", count_held=True)
+        phases["decide"] = monitor.last_change - start
+        operator_start = time.monotonic()
         with console.status("Resolving held orders through the API (release half, reject half)…"):
             resolved, actions = asyncio.run(resolve_holds(settings, creds, workers, expected=held))
         for key, action in actions:
             inputs.add_operator(key, OperatorActionKind(action))
         follow(console, monitor, expected, stall, "after review", count_held=False)
         elapsed = monitor.last_change - start
+        phases["operator"] = monitor.last_change - operator_start
         with console.status("Waiting for the pipeline to go idle…"):
             monitor.stop()
             wait_idle(settings, engine_inputs(topics), pool)
@@ -176,6 +180,8 @@ def main_job(base: Settings, opts: RunOptions) -> int:
             settings, opts, workers, verdict, outputs, inputs, elapsed, startup_s, run_id, sent, resolved, pool, chaos
         )
         summary["stuck_sagas"] = stuck
+        # where the day's time went: sending it, deciding every order not held, the operator pass on the holds
+        summary["phases_s"] = {k: round(v, 1) for k, v in phases.items()}
         print_report(summary, console)
         print(json.dumps(summary, ensure_ascii=False), flush=True)
         return 0 if summary["ok"] else 1
