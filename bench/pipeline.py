@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 
 from bench.profile import CpuMeter, Profiler, broker_pids, top
-from bench.report import emit, measured_on, median, table, write_section
+from bench.report import emit, measured_on, median, save_result, table, write_section
 from deploy.local.servers import LocalServers
 from engine.kafka.admin import create_topics, delete_topics
 from engine.kafka.clients import Message, tail
@@ -291,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.reps > 0:
             result = run_pipeline(settings, args.orders, args.reps, args.seed, args.workers)
             ok = result["summary"]["engine_ok"]
+            save_result("pipeline", result["summary"])
             if not args.no_markdown:
                 write_markdown(settings, result)
         if args.profile:
@@ -310,6 +311,7 @@ def profile_engine(settings: Settings, orders_n: int, seed: int, workers: int, m
     row = measure_engine(settings, workload, list(workload.orders()), workers, profiler)
     found = top(sorted(out.glob("*.txt")))
     emit({"what": "profile", "dir": str(out), **found})
+    save_result("profile", {"self": found["self"][:6], "orders_per_s": row["orders_per_s"]})
     if markdown:
         write_profile(settings, row, found)
     return row["invariants"] == "ok"

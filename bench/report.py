@@ -82,3 +82,20 @@ def table(header: list[str], rows: list[list[str]], align: list[str] | None = No
     out = ["| " + " | ".join(header) + " |", "| " + " | ".join("---:" if a == "r" else "---" for a in align) + " |"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return out
+
+
+RESULTS_DIR = REPO_ROOT / ".oms" / "bench"
+
+
+def save_result(name: str, data: dict) -> None:
+    """Keep a part's key figures for the goals table (``python -m bench goals``)."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / f"{name}.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), **data}, default=str))
+
+
+def load_result(name: str) -> dict | None:
+    path = RESULTS_DIR / f"{name}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

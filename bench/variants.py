@@ -5,6 +5,8 @@
 * **Tuning** — each setting change that counted, measured against the settings it replaced, alternating
   runs so that a noisy minute hits both alike. Decided orders/s and the CPU each side spent per order.
 * **Scale** — 1, 2 and 4 workers on 8 and 16 partitions: what a third or fourth process buys on two cores.
+* **Flash sale** — every order one unit of one SKU: reserve attempts per second at one writer, and exactly
+  the stock sold.
 
 Every run ends with the invariants checked from the result topics; a run that broke one is a failure.
 """
@@ -16,7 +18,7 @@ import sys
 from typing import Any
 
 from bench.pipeline import measure_engine
-from bench.report import emit, measured_on, median, table, write_section
+from bench.report import emit, measured_on, median, save_result, table, write_section
 from deploy.local.servers import LocalServers
 from engine.settings import Settings
 from workload.generator import Workload, WorkloadSpec
@@ -86,6 +88,57 @@ def run_scale(settings: Settings, orders_n: int, reps: int, seed: int = 17) -> d
                 )
             )
     return {"orders": orders_n, "reps": reps, "rows": rows, "ok": _ok(rows)}
+
+
+def run_flash(settings: Settings, orders_n: int, reps: int, stock: int = 500, seed: int = 17) -> dict:
+    """A flash sale: every order is one unit of one SKU (one tenant), far more orders than stock. Each order is one
+    reserve attempt at that SKU's single writer; exactly ``stock`` must be sold, never one more or fewer."""
+    spec = WorkloadSpec(
+        orders=orders_n,
+        seed=seed,
+        tenants=("acme",),
+        tenant_weights=(1.0,),
+        flash_sale=True,
+        flash_share=1.0,
+        flash_stock=stock,
+    )
+    workload = Workload(spec)
+    orders = list(workload.orders())
+    rows = []
+    for rep in range(reps):
+        row = _run(settings, workload, orders, 2, "flash sale", rep=rep, variant="flash", flash_stock=stock)
+        row["sold_exactly_the_stock"] = row.get("accepted") == stock
+        rows.append(row)
+    return {
+        "orders": orders_n,
+        "reps": reps,
+        "stock": stock,
+        "rows": rows,
+        "ok": _ok(rows) and all(r["sold_exactly_the_stock"] for r in rows),
+    }
+
+
+def write_flash(settings: Settings, result: dict) -> None:
+    rows = result["rows"]
+    rate = median([r["orders_per_s"] for r in rows])
+    sold = ", ".join(str(r.get("accepted")) for r in rows)
+    verdict = "ok" if result["ok"] else "**FAILED**: " + "; ".join(str(r["invariants"]) for r in rows)
+    lines = [
+        measured_on(settings.kafka_version),
+        f"{result['orders']:,} orders of one unit each of one SKU with {result['stock']} in stock, 2 workers, "
+        f"{settings.partitions} partitions, {result['reps']} repetition(s). Command: "
+        f"`python -m bench.variants flash --orders {result['orders']} --reps {result['reps']}`.",
+        "",
+        *table(
+            ["Reserve attempts/s (orders decided/s, median)", "Runs", "Units sold per run", "Invariants"],
+            [[f"{rate:,.0f}", ", ".join(f"{r['orders_per_s']:,.0f}" for r in rows), sold, verdict]],
+            ["r", "l", "l", "l"],
+        ),
+        "",
+        "Every attempt goes through the order stage (review, saga) and the SKU's one writer and back; the rate is "
+        "decided orders per second end to end, so it bounds the writer's own rate from below.",
+    ]
+    write_section("Flash sale: one SKU", lines)
 
 
 def _summarise(rows: list[dict], labels: list[str]) -> list[list[str]]:
@@ -161,7 +214,7 @@ def write_scale(settings: Settings, result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.variants", description=__doc__.split("\n\n")[0])
-    p.add_argument("which", choices=["tuning", "scale", "both"], nargs="?", default="both")
+    p.add_argument("which", choices=["tuning", "scale", "flash", "all"], nargs="?", default="all")
     p.add_argument("--orders", type=int, default=10000)
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--no-markdown", action="store_true", help="print only; leave BENCHMARKS.md alone")
@@ -171,16 +224,24 @@ def main(argv: list[str] | None = None) -> int:
     servers.start(echo=lambda m: print(m, file=sys.stderr))
     ok = True
     try:
-        if args.which in ("tuning", "both"):
+        if args.which in ("tuning", "all"):
             tuning = run_tuning(settings, args.orders, args.reps)
             ok &= tuning["ok"]
             if not args.no_markdown:
                 write_tuning(settings, tuning)
-        if args.which in ("scale", "both"):
+        if args.which in ("scale", "all"):
             scale = run_scale(settings, args.orders, max(1, args.reps - 1))
             ok &= scale["ok"]
             if not args.no_markdown:
                 write_scale(settings, scale)
+        if args.which in ("flash", "all"):
+            flash = run_flash(settings, 2 * args.orders, args.reps)
+            ok &= flash["ok"]
+            save_result(
+                "flash", {"ok": flash["ok"], "orders_per_s": median([r["orders_per_s"] for r in flash["rows"]])}
+            )
+            if not args.no_markdown:
+                write_flash(settings, flash)
     finally:
         servers.stop(only_started=True)
     return 0 if ok else 1
