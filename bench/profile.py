@@ -15,7 +15,7 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
-from engine.settings import Settings
+from engine.settings import REPO_ROOT, Settings
 
 
 class Profiler:
@@ -58,13 +58,14 @@ def _frame_name(frame: str) -> str:
     """``func (path/to/module.py:123)`` → ``func (module.py)``: lines differ per sample, functions do not."""
     name, _, where = frame.partition(" (")
     path = where.rsplit(":", 1)[0].rstrip(")")
-    parts = path.split("/")
-    for anchor in ("site-packages", "main", "fresh"):
-        if anchor in parts:
-            parts = parts[parts.index(anchor) + 1 :]
-            break
-    short = "/".join(parts[-3:]) if parts else path
-    return f"{name} ({short})"
+    root = str(REPO_ROOT) + "/"
+    if "/site-packages/" in path:
+        path = path.split("/site-packages/", 1)[1]
+    elif path.startswith(root):
+        path = path[len(root) :]
+    elif "/lib/python" in path:  # the standard library: from its package down
+        path = path.split("/lib/python", 1)[1].split("/", 1)[-1]
+    return f"{name} ({path})"
 
 
 #: Frames that are waiting, not working: the event loop's selector and thread waits.

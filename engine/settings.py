@@ -103,9 +103,9 @@ class Settings:
     standby_replicas: int = setting(
         "OMS_STANDBY_REPLICAS",
         "Standby copies of each table partition (another worker replays its changelog to take over faster). "
-        "Set 1 when workers run on separate machines; on one machine a standby halves the workers' throughput "
-        "and saves little: a worker restores from the changelog, and keeps its local store across restarts.",
-        0,
+        "0 nearly doubles throughput on one machine (see BENCHMARKS.md) but is not the default yet: takeovers "
+        "after a crash have been seen to stall without a standby.",
+        1,
     )
     workers: int = setting("OMS_WORKERS", "Worker processes the main job starts (at least 2).", 2)
     web_port: int = setting("OMS_WEB_PORT", "First worker's web port; worker i listens on web_port + i.", 6066)

@@ -91,11 +91,13 @@ class WorkerPool:
         self.restarts: list[Restart] = []
         self.started_at = time.monotonic()
         self.spawner = Spawner()
+        self.stopped = False
 
     def log_path(self, index: int) -> Path:
         return self.log_dir / f"{self.settings.app_id}-worker{index}.log"
 
     def start(self) -> None:
+        self.stopped = False
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.started_at = time.monotonic()
         for i in range(self.count):
@@ -110,7 +112,9 @@ class WorkerPool:
     def supervise(self) -> list[Restart]:
         """Start again every worker that died (without the fault injection it may have been started with).
         Returns the restarts made by this call; all of them are in ``restarts``."""
-        made = []
+        made: list[Restart] = []
+        if self.stopped:  # a pool that was stopped on purpose is not restarted by whoever still supervises it
+            return made
         for i, proc in enumerate(self.procs):
             if proc is None or proc.poll() is None:
                 continue
@@ -198,6 +202,7 @@ class WorkerPool:
 
     def stop(self, timeout_s: float = 40.0) -> None:
         """SIGTERM every worker (a clean shutdown), SIGKILL what is left after the timeout."""
+        self.stopped = True
         for i in range(self.count):
             self.resume(i)  # a stopped process cannot handle SIGTERM
         self._terminate(self.procs, timeout_s)
