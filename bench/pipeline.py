@@ -253,7 +253,9 @@ def write_profile(settings: Settings, row: dict, found: dict) -> None:
         measured_on(settings.kafka_version),
         f"py-spy (`--gil`: samples holding the GIL, i.e. the workers' Python CPU) on both workers during one "
         f"engine run of {row['orders']:,} orders ({row['orders_per_s']:,.0f} orders/s while sampled). Command: "
-        "`python -m bench.pipeline --profile`.",
+        "`python -m bench.pipeline --profile`. Self time in `Worker.execute_from_commandline` is the event loop "
+        "itself (uvloop runs in C below that frame); `Recovery._slurp_changelogs` is the standby replaying the "
+        "other worker's changelogs.",
         "",
         *table(
             ["Self (where the samples were)", "%"],

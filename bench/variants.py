@@ -207,7 +207,8 @@ def write_scale(settings: Settings, result: dict) -> None:
         "",
         "Two cores run the broker and every worker: a worker beyond the second adds processes that compete for the "
         "same cores (and one transactional producer per owned partition each), so throughput here is bounded by "
-        "CPU per order, not by the number of writers.",
+        "CPU per order, not by the number of writers. One worker matches two because it has nobody to keep a "
+        "standby for: two workers each replay the other's changelogs (see Tuning).",
     ]
     write_section("Scale: workers and partitions", lines)
 

@@ -103,8 +103,8 @@ class Settings:
     standby_replicas: int = setting(
         "OMS_STANDBY_REPLICAS",
         "Standby copies of each table partition (another worker replays its changelog to take over faster). "
-        "0 nearly doubles throughput on one machine (see BENCHMARKS.md) but is not the default yet: takeovers "
-        "after a crash have been seen to stall without a standby.",
+        "0 raised throughput 1.2–1.7× on one 2-core machine (BENCHMARKS.md, Tuning) but is not the default "
+        "yet: takeovers after a crash have been seen to stall without a standby.",
         1,
     )
     workers: int = setting("OMS_WORKERS", "Worker processes the main job starts (at least 2).", 2)
