@@ -2,7 +2,9 @@
 
 raw channel topics ─► ingest ─┐
 HTTP API, webhooks ───────────┴─► order inbox ─► orders (review + saga) ─► inventory commands ─► inventory
-                                       ▲                                                            │
+                                       ▲                 │                                          │
+                                       │                 └─► fulfilment inbox ─► fulfilment ─► shipments, waves,
+                                       │                     (parcels per warehouse)  (merge, waves)    pick lists
                                        └──────────────────── line results ◄─────────────────────────┘
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import faust
 
+from agents.fulfilment import agent as fulfilment
 from agents.ingest import agent as ingest
 from agents.ingest import views as ingest_views
 from agents.inventory import agent as inventory
@@ -43,4 +46,5 @@ def create_app(settings: Settings, worker_index: int = 0, topic_epochs: dict[str
     orders.install(app, holds, sync)
     order_views.install(app, edge, holds, registry)
     inventory.install(app, catalog, sync)
+    fulfilment.install(app)
     return app

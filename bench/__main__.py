@@ -2,7 +2,7 @@
 
     python -m bench all            # everything, about 40 minutes on 2 cores
     python -m bench all --quick    # the same tables from short runs (about 12 minutes): a smoke, not a result
-    python -m bench pipeline | variants | latency | recovery | locust | goals   # one part (each has --help)
+    python -m bench pipeline | variants | latency | recovery | locust | paths | goals   # one part (each has --help)
 
 Each part starts the local servers if needed, ends its runs with the invariants checked, and rewrites only its
 own section. The exit code is 1 if any part failed (a broken invariant is a failure, never a number).
@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import time
 
-PARTS = ("pipeline", "variants", "latency", "recovery", "locust", "goals")
+PARTS = ("pipeline", "variants", "latency", "recovery", "locust", "paths", "goals")
 
 
 def _args(part: str, quick: bool) -> list[str]:
@@ -29,6 +29,8 @@ def _args(part: str, quick: bool) -> list[str]:
         return ["--rate", "100k,10x,100x", "--duration", "20s" if quick else "60s", "--markdown"]
     if part == "goals":
         return ["--orders", "20000"] if quick else []
+    if part == "paths":
+        return ["--lists", "50"] if quick else []
     raise ValueError(part)
 
 
@@ -43,6 +45,8 @@ def _main(part: str) -> object:
         from bench.recovery import main
     elif part == "goals":
         from bench.goals import main
+    elif part == "paths":
+        from bench.paths import main
     else:
         from bench.locust.run import main
     return main

@@ -6,6 +6,8 @@ Stages get their topics and settings from ``context(app)``; this module knows no
 from __future__ import annotations
 
 import logging
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,7 +80,16 @@ def create_app(settings: Settings, worker_index: int = 0, topic_epochs: dict[str
     async def stats(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
         """Each stage's counters (records admitted, covered, stale, transactions, fenced, ...)."""
         stages = {name: stage.stats.as_dict() for name, stage in context(app).stages.items()}
-        return web.json({"worker": worker_index, "pid": __import__("os").getpid(), "stages": stages})
+        return web.json({"worker": worker_index, "pid": os.getpid(), "stages": stages})
+
+    watchdog = RecoveryWatchdog(app, settings.recovery_stall_s)
+
+    @app.timer(5.0)
+    async def watch_recovery() -> None:
+        try:
+            watchdog.check(time.monotonic())
+        except Exception:  # a watchdog must never be what crashes the worker
+            log.exception("recovery watchdog failed")
 
     @app.page("/oms/debug/")
     async def debug(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
@@ -118,6 +129,49 @@ def create_app(settings: Settings, worker_index: int = 0, topic_epochs: dict[str
         )
 
     return app
+
+
+class RecoveryWatchdog:
+    """Exits the worker when table recovery has stalled: partitions assigned, recovery not finished, and
+    nothing moved (generation, offsets read from the changelogs) for ``stall_s``. Faust has been seen to stay
+    in a recovery that never completes after back-to-back rebalances; the partitions such a worker holds make
+    no progress, while a fresh worker recovers them in seconds."""
+
+    def __init__(self, app: faust.App, stall_s: float) -> None:
+        self.app = app
+        self.stall_s = stall_s
+        self.progress: tuple[Any, ...] | None = None
+        self.since = 0.0
+
+    def check(self, now: float) -> None:
+        if self.stall_s <= 0:
+            return
+        recovery = self.app.tables.recovery
+        recovering = bool(active_partitions(self.app)) and (
+            bool(self.app.in_recovery) or not recovery.completed.is_set()
+        )
+        if not recovering:
+            self.progress = None
+            return
+        # Offsets are None for a partition whose reading has not started.
+        mark = (
+            self.app.consumer_generation_id,
+            tuple(sorted((str(tp), offset or -1) for tp, offset in recovery.active_offsets.items())),
+            tuple(sorted((str(tp), offset or -1) for tp, offset in recovery.standby_offsets.items())),
+        )
+        if mark != self.progress:
+            self.progress, self.since = mark, now
+            return
+        if now - self.since >= self.stall_s:
+            log.critical(
+                "table recovery made no progress for %.0fs (generation %s, remaining %s): exiting so that the "
+                "worker is started again",
+                now - self.since,
+                mark[0],
+                {f"{tp.topic}/{tp.partition}": n for tp, n in recovery.active_remaining().items()},
+            )
+            logging.shutdown()
+            os._exit(75)
 
 
 def context(app: faust.App) -> Context:

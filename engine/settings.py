@@ -65,6 +65,18 @@ class Settings:
         "the clock: an answer is late, not lost).",
         300.0,
     )
+    fulfilment_tick_s: float = setting(
+        "OMS_FULFILMENT_TICK_S",
+        "How often each fulfilment partition gets a tick record (its clock when no order arrives): the "
+        "resolution of merge windows and wave timers.",
+        1.0,
+    )
+    recovery_stall_s: float = setting(
+        "OMS_RECOVERY_STALL_S",
+        "A worker whose table recovery has made no progress for this many seconds exits, so that its supervisor "
+        "starts it again (a stalled rebalance costs a restart, never the partitions it holds). 0: never.",
+        180.0,
+    )
     order_retention_s: int = setting(
         "OMS_ORDER_RETENTION_S",
         "Order-side state is forgotten this long after the order's last channel update once it is decided "
@@ -133,6 +145,13 @@ class Settings:
     tenants_file: str | None = setting(
         "OMS_TENANTS_FILE",
         "TOML file of tenants: API token digests, Shopify shops and webhook secrets. Unset: the API answers 503.",
+        None,
+    )
+    layout_file: str | None = setting(
+        "OMS_LAYOUT_FILE",
+        "TOML file of warehouse layouts per tenant (warehouses, regions, carriers, zones, bins, allocation, merge "
+        "and wave policies; see `deploy/layout.toml`), published into the log by `oms run`. Unset: `oms run` "
+        "generates one per tenant.",
         None,
     )
     rules_file: str = setting(

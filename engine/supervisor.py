@@ -200,6 +200,16 @@ class WorkerPool:
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGCONT)
 
+    def signal_all(self, signum: int) -> int:
+        """Send ``signum`` to every live worker process (not its group); returns how many got it. SIGUSR1
+        makes a worker log the stacks of its threads and asyncio tasks."""
+        sent = 0
+        for proc in self.procs:
+            if proc is not None and proc.poll() is None:
+                os.kill(proc.pid, signum)
+                sent += 1
+        return sent
+
     def stop(self, timeout_s: float = 40.0) -> None:
         """SIGTERM every worker (a clean shutdown), SIGKILL what is left after the timeout."""
         self.stopped = True

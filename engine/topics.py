@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.deadletter import DeadLetter
+from schemas.fulfilment import FulfilmentRecord, Layout, PickList, Shipment, Wave, WithdrawalOutcome
 from schemas.inbox import InboxRecord
 from schemas.inventory import InventoryCommand, StockEvent
 from schemas.order import Channel
@@ -104,6 +105,62 @@ SPECS: tuple[TopicSpec, ...] = (
         "Every applied stock change with the state after it (gap-free version per SKU).",
     ),
     _spec(
+        "layouts",
+        "layouts",
+        "tenant",
+        Layout,
+        "layout.v1",
+        True,
+        "The latest published warehouse layout of each tenant (compacted): warehouses, zones, bins, policies.",
+        cleanup_policy="compact",
+    ),
+    _spec(
+        "fulfilment_inbox",
+        "fulfilment-inbox",
+        "tenant:warehouse",
+        FulfilmentRecord,
+        "fulfilment-inbox.v1",
+        True,
+        "Everything that changes one warehouse's fulfilment, in one order: accepted parcels, withdrawn orders, "
+        "layout versions (one copy per partition) and ticks (record time for merge windows and wave timers).",
+    ),
+    _spec(
+        "shipments",
+        "shipments",
+        "tenant:shipment_id",
+        Shipment,
+        "shipment.v1",
+        True,
+        "Parcels released for picking: one warehouse, one carrier; the lines of one order, or of merged orders.",
+    ),
+    _spec(
+        "waves",
+        "waves",
+        "tenant:wave_id",
+        Wave,
+        "wave.v1",
+        True,
+        "Waves released per warehouse: which shipments, why (count, time), and their pick lists.",
+    ),
+    _spec(
+        "pick_lists",
+        "pick-lists",
+        "tenant:pick_list_id",
+        PickList,
+        "pick-list.v1",
+        True,
+        "One picker's walk with one cart through one zone: stops in walking order, path length and S-shape length.",
+    ),
+    _spec(
+        "withdrawals",
+        "fulfilment-withdrawals",
+        "tenant:order_id",
+        WithdrawalOutcome,
+        "withdrawal-outcome.v1",
+        True,
+        "What became of a cancelled accepted order in fulfilment: left its waiting shipment, or too late (拦截).",
+    ),
+    _spec(
         "dead_letters",
         "dead-letters",
         "original key",
@@ -135,6 +192,12 @@ class Topics:
     order_decisions: str
     order_cancellations: str
     stock_events: str
+    layouts: str
+    fulfilment_inbox: str
+    shipments: str
+    waves: str
+    pick_lists: str
+    withdrawals: str
     dead_letters: str
 
     def all(self) -> list[str]:

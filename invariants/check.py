@@ -14,6 +14,8 @@
   order holds nothing. The reserved quantity per SKU and warehouse equals the open lines of accepted orders.
 * **I6 Bad input.** Every dead letter is justified by its own bytes (they do not decode, or are misrouted) or by
   the sender's intent; every record crafted to be bad was dead-lettered.
+
+Then the fulfilment invariants F1–F5 (invariants.fulfilment).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 from engine.kafka.clients import partition_for
 from invariants.collect import Outputs
+from invariants.fulfilment import check_fulfilment
 from invariants.inputs import Inputs, SentOrder
 from schemas import wire
 from schemas.deadletter import DeadLetter, ReasonCode
@@ -71,6 +74,7 @@ def check(inputs: Inputs, out: Outputs, partitions: int | None = None) -> Verdic
     effects = _line_effects(applied, v)
     _orders(inputs, out, effects, v)
     _dead_letters(inputs, out, v, partitions)
+    check_fulfilment(inputs, out, v)
     return v
 
 

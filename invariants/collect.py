@@ -11,6 +11,7 @@ from engine.kafka.clients import read_topics
 from engine.topics import Topics
 from schemas import wire
 from schemas.deadletter import DeadLetter
+from schemas.fulfilment import PickList, Shipment, Wave, WithdrawalOutcome
 from schemas.inventory import InventoryCommand, StockEvent
 from schemas.review import OrderCancellation, ReviewDecision
 from schemas.saga import OrderDecision
@@ -25,6 +26,10 @@ class Outputs:
     stock_events: list[StockEvent] = field(default_factory=list)
     commands: list[InventoryCommand] = field(default_factory=list)  # everything on inventory-commands
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    shipments: list[Shipment] = field(default_factory=list)
+    waves: list[Wave] = field(default_factory=list)
+    pick_lists: list[PickList] = field(default_factory=list)
+    withdrawals: list[WithdrawalOutcome] = field(default_factory=list)
     undecodable: Counter = field(default_factory=Counter)  # result topic -> records that fail their schema
 
 
@@ -37,6 +42,10 @@ def collect(bootstrap: str, topics: Topics, timeout_s: float = 120.0) -> Outputs
         topics.stock_events: (StockEvent, out.stock_events),
         topics.inventory_commands: (InventoryCommand, out.commands),
         topics.dead_letters: (DeadLetter, out.dead_letters),
+        topics.shipments: (Shipment, out.shipments),
+        topics.waves: (Wave, out.waves),
+        topics.pick_lists: (PickList, out.pick_lists),
+        topics.withdrawals: (WithdrawalOutcome, out.withdrawals),
     }
     for msg in read_topics(bootstrap, list(sinks), timeout_s=timeout_s):
         typ, sink = sinks[msg.topic]

@@ -78,6 +78,9 @@ class Inputs:
     #: whether the engine's review rules may hold or reject orders (without rules every paid order is reviewed
     #: through; with them the checker accepts the engine's explicit "held" as an open state)
     rules: bool = False
+    #: every merge window and wave timer has passed: every accepted line must be shipped and every shipment
+    #: waved (until then only the safety half of the fulfilment invariants is checked)
+    fulfilment_complete: bool = False
 
     def add_orders(self, orders: Iterable[Order]) -> None:
         for order in orders:

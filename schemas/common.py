@@ -1,6 +1,6 @@
 """Building blocks shared by every record: identifiers, money, quantities, keys.
 
-Rules from DESIGN.md §6 live here so they are enforced at every decode: money is integer fen (分),
+The data rules live here so they are enforced at every decode: money is integer fen (分),
 identifiers are deterministic strings of a restricted alphabet (so ``:`` can join them into keys), and
 every key starts with the tenant.
 """

@@ -6,12 +6,15 @@ order's buyer key (``tenant:shop:b-<buyer>``), so one writer sees them in one re
 * ``operator``    an operator's release or reject of a held order, from the API;
 * ``line_result`` the inventory's answer to a reserve (schemas.saga.LineResult);
 * ``rules``       a tenant's review rule set, published to every partition so that each partition sees each
-                  version at one point of its log.
+                  version at one point of its log;
+* ``layout``      a tenant's warehouse layout (schemas.fulfilment.LayoutVersion), published the same way: it
+                  ranks the warehouses a line may be reserved in (分仓).
 """
 
 from __future__ import annotations
 
 from schemas.common import EpochMs, Ident, Key, Record, Tenant, Text
+from schemas.fulfilment import LayoutVersion
 from schemas.order import Order, buyer_key
 from schemas.review import OperatorActionKind, RuleSet
 from schemas.saga import LineResult
@@ -55,4 +58,4 @@ class RulesVersion(Record, tag="rules", tag_field="kind", kw_only=True):
         return self.rules.tenant
 
 
-InboxRecord = OrderSnapshot | OperatorAction | LineResult | RulesVersion
+InboxRecord = OrderSnapshot | OperatorAction | LineResult | RulesVersion | LayoutVersion

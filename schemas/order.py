@@ -38,7 +38,7 @@ class Channel(enum.StrEnum):
 
 
 class OrderStatus(enum.StrEnum):
-    """Normalised channel status (see reference/oms_anchors.md §3.5)."""
+    """Normalised channel status: every channel's own statuses map onto these."""
 
     PENDING_PAYMENT = "pending_payment"
     PAID = "paid"  # paid, waiting to ship (待发货)

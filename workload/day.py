@@ -27,10 +27,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from agents.fulfilment.layout import generate_layout, load_layouts
+from agents.fulfilment.publish import publish_layouts
 from agents.orders.publish import load_rules_file, publish_rules
 from deploy.local.servers import LocalServerError, LocalServers
 from engine.kafka.admin import KafkaUnavailable, create_topics, delete_topics, wait_for_broker
-from engine.kafka.clients import DeliveryFailed, Message, tail, unprocessed
+from engine.kafka.clients import DeliveryFailed, Message, end_offsets, tail, unprocessed
 from engine.readmodels.catalog import publish as publish_catalog
 from engine.readmodels.redis import Keys
 from engine.settings import Settings
@@ -38,6 +40,7 @@ from engine.supervisor import WorkerError, WorkerPool
 from engine.topics import Topics
 from invariants import Inputs, check, collect
 from schemas import wire
+from schemas.fulfilment import Layout, WavePolicy
 from schemas.review import Action, OperatorActionKind, Outcome, ReviewDecision
 from schemas.saga import DecisionStatus, OrderDecision
 from workload.channels import channel_day
@@ -101,6 +104,26 @@ def _interrupt(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def run_layouts(settings: Settings, workload: Workload) -> list[Layout]:
+    """The layout file's (``OMS_LAYOUT_FILE``), else one generated per tenant: the workload's warehouses, every
+    SKU of its catalogue slotted by popularity."""
+    if settings.layout_file:
+        return load_layouts(Path(settings.layout_file))
+    catalog = workload.catalog()
+    ranked = [workload.spec.sku(i + 1) for i in range(workload.spec.skus)]
+    # The day is sent within minutes, so its windows are minutes too: 合单 within 5 s, waves every 5 s at most.
+    return [
+        generate_layout(
+            tenant,
+            workload.spec.warehouses,
+            ranked + sorted(catalog[tenant] - set(ranked)),
+            merge_window_s=5,
+            waves=WavePolicy(release_after_s=5),
+        )
+        for tenant in workload.spec.tenants
+    ]
+
+
 def main_job(base: Settings, opts: RunOptions) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # run the cleanup below on SIGTERM too
     console = Console(stderr=True)
@@ -132,6 +155,8 @@ def main_job(base: Settings, opts: RunOptions) -> int:
         )
         rules = load_rules_file(settings.rules_file)
         publish_rules(settings, rules, "rules-publisher")
+        layouts = run_layouts(settings, workload)
+        publish_layouts(settings, layouts, "layout-publisher")
         with console.status(f"Starting {workers} engine workers…"):
             pool.start()
             pool.wait_ready([topics.order_inbox, topics.inventory_commands])
@@ -171,6 +196,8 @@ def main_job(base: Settings, opts: RunOptions) -> int:
         with console.status("Waiting for the pipeline to go idle…"):
             monitor.stop()
             wait_idle(settings, engine_inputs(topics), pool)
+        with console.status("Waiting for the last merge windows and waves…"):
+            inputs.fulfilment_complete = wait_fulfilment(settings, topics, layouts, pool)
         stuck = stuck_sagas(pool)
         pool.stop()
         with console.status("Checking invariants from the result topics against what was sent…"):
@@ -222,6 +249,25 @@ def _log_to_file(path: Path) -> Path:
     root.setLevel(logging.INFO)
     root.propagate = False
     return path
+
+
+def wait_fulfilment(settings: Settings, topics: Topics, layouts: list[Layout], pool: WorkerPool) -> bool:
+    """Until no shipment or wave has been written for longer than the longest merge window plus wave timer
+    (record time runs on the fulfilment ticks). False if that did not happen within a few windows: the
+    invariants then check only that nothing was shipped twice, not that everything was shipped."""
+    quiet_s = max((layout.merge_window_s + layout.waves.release_after_s for layout in layouts), default=0)
+    quiet_s += 3 * settings.fulfilment_tick_s + 2 * settings.commit_interval_s
+    deadline = time.monotonic() + 4 * quiet_s + 120
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        pool.supervise()
+        ends = [end_offsets(settings.bootstrap, t, settings.partitions) for t in (topics.shipments, topics.waves)]
+        if ends != last:
+            last, since = ends, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def engine_inputs(topics: Topics) -> list[str]:
@@ -463,6 +509,7 @@ def build_summary(
         "refused_at_api": dict(sent.http_refused),
         "duplicates_at_api": sent.duplicates_at_edge,
         "stock_events": c.get("stock_events", 0),
+        "fulfilment": fulfilment_summary(outputs, inputs.fulfilment_complete),
         "restarts": [{"worker": r.index, "exit_code": r.exit_code, "after_s": r.after_s} for r in pool.restarts],
         "chaos": chaos.events,
         "workers": workers,
@@ -471,6 +518,32 @@ def build_summary(
         "seed": opts.seed,
         "flash_sale": opts.flash_sale,
         "run_id": run_id,
+    }
+
+
+def fulfilment_summary(outputs: Any, complete: bool) -> dict[str, Any]:
+    """Shipments, merges, splits, waves and the pick paths' walking, from the result topics."""
+    parcels: Counter = Counter()
+    for shipment in outputs.shipments:
+        for order_id in shipment.order_ids:
+            parcels[(shipment.tenant, order_id)] += 1
+    lists = outputs.pick_lists
+    walked = sum(p.length_cm for p in lists)
+    s_shape = sum(p.s_shape_cm for p in lists)
+    return {
+        "settled": complete,
+        "shipments": len(outputs.shipments),
+        "orders_shipped": len(parcels),
+        "orders_split": sum(1 for n in parcels.values() if n > 1),
+        "orders_merged": sum(len(s.order_ids) for s in outputs.shipments if len(s.order_ids) > 1),
+        "parcels_per_order": round(sum(parcels.values()) / max(len(parcels), 1), 3),
+        "waves": len(outputs.waves),
+        "pick_lists": len(lists),
+        "pick_lines": sum(len(p.stops) for p in lists),
+        "path_m_total": round(walked / 100, 1),
+        "path_m_per_list": round(walked / 100 / max(len(lists), 1), 1),
+        "path_vs_s_shape": round(walked / s_shape, 3) if s_shape else None,
+        "withdrawals": dict(Counter(w.outcome for w in outputs.withdrawals)),
     }
 
 
@@ -505,6 +578,7 @@ def print_report(s: dict[str, Any], console: Console) -> None:
         ("chaos", chaos or "none"),
         ("stuck sagas", f"{s.get('stuck_sagas', 0)}"),
         ("stock events", f"{s['stock_events']:,}"),
+        ("fulfilment", _fulfilment_row(s["fulfilment"])),
         ("oversold units", f"{s['oversold_units']}"),
         ("invariants", "[green]ok[/]" if s["invariants"] == "ok" else "[red]VIOLATED[/]"),
     ]
@@ -514,6 +588,15 @@ def print_report(s: dict[str, Any], console: Console) -> None:
     if s["invariants"] != "ok":
         for line in s["invariants"]:
             out.print(f"  [red]✗[/] {line}")
+
+
+def _fulfilment_row(f: dict[str, Any]) -> str:
+    return (
+        f"{f['shipments']:,} shipments · {f['orders_split']:,} orders split · {f['orders_merged']:,} orders merged · "
+        f"{f['parcels_per_order']} parcels/order · {f['waves']:,} waves · {f['pick_lists']:,} pick lists of "
+        f"{f['pick_lines']:,} lines · walked {f['path_m_total']:,} m ({f['path_m_per_list']} m per list, "
+        f"{f['path_vs_s_shape']} of S-shape)" + ("" if f["settled"] else " · [yellow]not settled[/]")
+    )
 
 
 def _kv(d: dict[str, Any]) -> str:

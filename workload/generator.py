@@ -1,4 +1,4 @@
-"""A seeded day of orders and the opening stock that goes with it (DESIGN.md §8).
+"""A seeded day of orders and the opening stock that goes with it.
 
 Same seed, same day: SKU popularity is Zipf-distributed, orders have 1–6 lines, the hottest SKUs get less
 stock than their demand (so reservations really compete), and a flash-sale mode puts one scarce SKU in

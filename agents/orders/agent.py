@@ -26,6 +26,7 @@ from engine.runtime.work import Input, Logic, PartitionWork
 from engine.topics import Topics
 from schemas import wire
 from schemas.deadletter import ReasonCode
+from schemas.fulfilment import Layout, LayoutVersion, OrderWithdrawn, ParcelAccepted
 from schemas.inbox import InboxRecord, OperatorAction, OrderSnapshot, RulesVersion
 from schemas.inventory import Release, Reserve
 from schemas.review import OrderCancellation, ReviewDecision
@@ -33,7 +34,7 @@ from schemas.saga import LineResult, OrderDecision
 
 log = logging.getLogger("oms.orders")
 
-ORDERS, BUYERS, RULES = "orders", "buyers", "rules"
+ORDERS, BUYERS, RULES, LAYOUTS = "orders", "buyers", "rules", "order-layouts"
 
 
 class SagaProgress(NamedTuple):
@@ -48,9 +49,13 @@ def rules_key(tenant: str, partition: int) -> str:
     return f"{tenant}:rules@p{partition}"
 
 
+def layout_key(tenant: str, partition: int) -> str:
+    return f"{tenant}:layout@p{partition}"
+
+
 class OrderLogic(Logic):
     name = "orders"
-    tables = (ORDERS, BUYERS, RULES)
+    tables = (ORDERS, BUYERS, RULES, LAYOUTS)
 
     def __init__(self, topics: Topics, partitions: int, retention_ms: int, inbox_epoch: str) -> None:
         self.inputs = (topics.order_inbox,)
@@ -64,6 +69,8 @@ class OrderLogic(Logic):
             OrderCancellation: topics.order_cancellations,
             Reserve: topics.inventory_commands,
             Release: topics.inventory_commands,
+            ParcelAccepted: topics.fulfilment_inbox,
+            OrderWithdrawn: topics.fulfilment_inbox,
         }
         self.holds: HoldsModel | None = None
         self.sync: ReadModelSync | None = None
@@ -95,6 +102,14 @@ class OrderLogic(Logic):
             else:
                 work.note("rules_not_newer")
             return
+        if isinstance(item, LayoutVersion):  # the same, for the warehouse layout that ranks reservations
+            current_layout = work.get_as(LAYOUTS, layout_key(item.layout.tenant, p), Layout)
+            if current_layout is None or item.layout.version > current_layout.version:
+                work.put(LAYOUTS, layout_key(item.layout.tenant, p), item.layout)
+                work.note("layout_applied")
+            else:
+                work.note("layout_not_newer")
+            return
         if partition_for(item.key, self.partitions) != p:
             detail = f"key {item.key!r} belongs to partition {partition_for(item.key, self.partitions)}, arrived on {p}"
             work.dead_letter(record, ReasonCode.MISROUTED, detail, getattr(item, "tenant", None))
@@ -107,8 +122,9 @@ class OrderLogic(Logic):
             state = work.get_as(ORDERS, order.key, OrderState)
             buyer = work.get_as(BUYERS, item.key, BuyerState)
             rules = work.get_as(RULES, rules_key(order.tenant, p), RulesState)
+            layout = work.get_as(LAYOUTS, layout_key(order.tenant, p), Layout)
             step = self.rules.on_snapshot(
-                state, buyer, rules.rules if rules else None, order, stamp, now, work.watermark
+                state, buyer, rules.rules if rules else None, order, stamp, now, work.watermark, layout
             )
             if step.buyer is not None:
                 work.put(BUYERS, item.key, step.buyer, expires_at=step.buyer.expires_at)
@@ -118,7 +134,8 @@ class OrderLogic(Logic):
         else:
             assert isinstance(item, OperatorAction)
             state = work.get_as(ORDERS, f"{item.tenant}:{item.order_id}", OrderState)
-            step = self.rules.on_operator(state, item, stamp, now)
+            layout = work.get_as(LAYOUTS, layout_key(item.tenant, p), Layout)
+            step = self.rules.on_operator(state, item, stamp, now, layout)
         if step.order_changed and step.order is not None:
             work.put(ORDERS, step.order.key, step.order, expires_at=step.order.expires_at)
             work.side_effects.append(SagaProgress(step.order.key, step.order.phase is Phase.RESERVING))

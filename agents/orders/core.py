@@ -28,6 +28,8 @@ from typing import Any
 
 import msgspec
 
+from agents.fulfilment.allocation import candidates
+from agents.fulfilment.merge import merge_key
 from agents.orders.rules import Evaluation, Facts, evaluate, velocity_windows
 from agents.orders.state import (
     APPROVED_PHASES,
@@ -40,6 +42,7 @@ from agents.orders.state import (
     SagaLine,
     SagaLineState,
 )
+from schemas.fulfilment import Layout, OrderWithdrawn, ParcelAccepted, ShipmentLine
 from schemas.inbox import OperatorAction
 from schemas.inventory import Release, Reserve, release_id, reserve_id
 from schemas.order import Channel, LineState, Order, OrderStatus, buyer_key, line_id, validate_order
@@ -114,6 +117,7 @@ class OrderRules:
         stamp: Stamp,
         now: int,
         watermark: int,
+        layout: Layout | None = None,
     ) -> Step:
         if state is None and order.created_at + self.retention_ms <= watermark:
             return Step(None, note="forgotten_order_update")  # decided and forgotten long ago: not a new order
@@ -128,7 +132,7 @@ class OrderRules:
                 return self._cancel_unapproved(state, order, "channel_cancelled", "channel", now)
             if shipped:
                 return self._shipped(state, order, now)
-            return self._review(state, buyer, rules, order, stamp, now)
+            return self._review(state, buyer, rules, order, stamp, now, layout)
         if state.phase in APPROVED_PHASES:
             if closed:
                 return self._cancel_approved(state, order.version, "channel_cancelled", stamp, now)
@@ -161,6 +165,7 @@ class OrderRules:
         order: Order,
         stamp: Stamp,
         now: int,
+        layout: Layout | None,
     ) -> Step:
         new_buyer, facts = _count_velocity(buyer, rules, order)
         evaluation = evaluate(order, rules, facts)
@@ -189,7 +194,7 @@ class OrderRules:
             step = Step(new, True, outputs=[decision], note="held")
             step.holds.append(HoldEntry(order.tenant, order.order_id, hold_summary(new)))
         else:
-            step = self._approve(state, order, evaluation, Outcome.APPROVED, "rules", stamp, now)
+            step = self._approve(state, order, evaluation, Outcome.APPROVED, "rules", stamp, now, layout)
             if was_held:
                 step.holds.append(HoldEntry(order.tenant, order.order_id, None))
         step.buyer = new_buyer
@@ -204,6 +209,7 @@ class OrderRules:
         actor: str,
         stamp: Stamp,
         now: int,
+        layout: Layout | None,
     ) -> Step:
         base = state if state is not None else _new_state(order, Phase.RESERVING)
         review = _review_decision(order, outcome, evaluation, now, actor)
@@ -228,7 +234,10 @@ class OrderRules:
             hold=None,
             lines=lines,
             channel_lines={str(ln.line_no): ln.status for ln in order.lines},
+            ship_group=merge_key(order.tenant, order.shop_id, buyer_key(order), order.receiver),
         )
+        # 分仓: the warehouses that may ship, best first; each line is reserved in the first with its units.
+        ranked = candidates(layout, order.shop_id, order.receiver) if layout is not None else []
         reserves = [
             Reserve(
                 command_id=reserve_id(order.tenant, ln.line_id),
@@ -241,6 +250,7 @@ class OrderRules:
                 line_id=ln.line_id,
                 quantity=ln.quantity,
                 reply_to=new.inbox_key,
+                warehouses=ranked,
             )
             for i, ln in enumerate(lines)
         ]
@@ -282,6 +292,7 @@ class OrderRules:
             new = self._decide(new, version, DecisionStatus.CANCELLED, RejectReason.CANCELLED, reason, now)
             outputs.append(_decision(new, _saga_lines(new, accepted_only=False)))
         else:  # accepted: the decision stands; the cancellation record says what followed
+            outputs += _withdrawals(state, set(), now)  # fulfilment takes it out of what waits to ship
             new.phase = Phase.CANCELLED
             new.expires_at = version + self.retention_ms
         outputs.append(_cancellation(new, CancellationKind.ORDER, [], released, reason, now))
@@ -318,7 +329,9 @@ class OrderRules:
             note = "lines_cancelled"
             if new.phase is Phase.RESERVING and _complete(new):
                 new = self._accept(new, now)
-                outputs.append(_decision(new, _saga_lines(new, accepted_only=True)))
+                outputs += _accepted(new, now)
+            elif new.phase is Phase.ACCEPTED:
+                outputs += _withdrawals(state, closing & live, now)
         reasons = _amendments(new, order)
         if order.status is OrderStatus.HOLD_BY_PLATFORM:
             reasons.append("platform_hold")
@@ -389,9 +402,7 @@ class OrderRules:
                 line.state, line.warehouse = SagaLineState.RESERVED, result.warehouse
                 if _complete(new):
                     new = self._accept(new, now)
-                    return Step(
-                        new, True, outputs=[_decision(new, _saga_lines(new, accepted_only=True))], note="accepted"
-                    )
+                    return Step(new, True, outputs=_accepted(new, now), note="accepted")
                 return Step(new, True, note="line_reserved")
             line.state = SagaLineState.REFUSED
             reason = result.reason or RejectReason.INSUFFICIENT_STOCK
@@ -425,7 +436,9 @@ class OrderRules:
         return step
 
     # -- operators ----------------------------------------------------------------------------------------
-    def on_operator(self, state: OrderState | None, action: OperatorAction, stamp: Stamp, now: int) -> Step:
+    def on_operator(
+        self, state: OrderState | None, action: OperatorAction, stamp: Stamp, now: int, layout: Layout | None = None
+    ) -> Step:
         if state is None or (state.phase is not Phase.HELD and state.hold is None):
             return Step(state, note="not_held")
         fired = FiredRule(
@@ -440,9 +453,8 @@ class OrderRules:
             if order is None:  # pragma: no cover - a review hold always keeps its snapshot
                 return Step(state, note="not_held")
             if action.action is OperatorActionKind.RELEASE:
-                step = self._approve(
-                    state, order, Evaluation(Action.APPROVE, [fired], []), Outcome.RELEASED, action.actor, stamp, now
-                )
+                evaluation = Evaluation(Action.APPROVE, [fired], [])
+                step = self._approve(state, order, evaluation, Outcome.RELEASED, action.actor, stamp, now, layout)
             else:
                 step = self._reject_unapproved(state, order, Evaluation(Action.REJECT, [fired], []), now, action.actor)
                 step.holds.clear()
@@ -596,6 +608,55 @@ def _saga_lines(state: OrderState, accepted_only: bool) -> list[DecisionLine]:
         DecisionLine(line_id=ln.line_id, sku=ln.sku, quantity=ln.quantity, warehouse=ln.warehouse)
         for ln in state.lines
         if not accepted_only or ln.state is not SagaLineState.CANCELLED  # accepted: only what will ship
+    ]
+
+
+def _by_warehouse(state: OrderState, only: set[str] | None = None) -> dict[str, list[SagaLine]]:
+    """Reserved lines by the warehouse they were reserved in (``only``: just these lines)."""
+    found: dict[str, list[SagaLine]] = {}
+    for ln in state.lines:
+        if ln.state is SagaLineState.RESERVED and ln.warehouse and (only is None or ln.line_id in only):
+            found.setdefault(ln.warehouse, []).append(ln)
+    return found
+
+
+def _ship_group(state: OrderState) -> str:
+    return state.ship_group or f"{state.tenant}:{state.order_id}"  # state from before merging: never merges
+
+
+def _accepted(state: OrderState, now: int) -> list[Any]:
+    """The decision, and for fulfilment the order's lines per warehouse (拆单 follows the reservations)."""
+    parcels = [
+        ParcelAccepted(
+            tenant=state.tenant,
+            order_id=state.order_id,
+            shop_id=state.shop_id,
+            warehouse=warehouse,
+            merge_key=_ship_group(state),
+            lines=[
+                ShipmentLine(order_id=state.order_id, line_id=ln.line_id, sku=ln.sku, quantity=ln.quantity)
+                for ln in lines
+            ],
+            ts=now,
+        )
+        for warehouse, lines in sorted(_by_warehouse(state).items())
+    ]
+    return [_decision(state, _saga_lines(state, accepted_only=True)), *parcels]
+
+
+def _withdrawals(state: OrderState, lines: set[str], now: int) -> list[OrderWithdrawn]:
+    """An accepted order (``lines`` empty) or some of its lines leave fulfilment, per warehouse (``state`` is the
+    state before the lines were cancelled)."""
+    return [
+        OrderWithdrawn(
+            tenant=state.tenant,
+            order_id=state.order_id,
+            warehouse=warehouse,
+            merge_key=_ship_group(state),
+            line_ids=sorted(ln.line_id for ln in found) if lines else [],
+            ts=now,
+        )
+        for warehouse, found in sorted(_by_warehouse(state, lines or None).items())
     ]
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from engine.kafka.transactions import TxnProducer
+from engine.kafka import broadcast
 from engine.settings import Settings
 from engine.topics import Topics
 from schemas import wire
@@ -43,17 +43,7 @@ def publish_rules(settings: Settings, rulesets: Iterable[RuleSet], publisher: st
     if not rulesets:
         return 0
     topics = Topics(settings.topic_prefix)
-    producer = TxnProducer(settings.bootstrap, f"{settings.app_id}.{publisher}", timeout_s=30.0)
-    try:
-        producer.init()
-        producer.begin()
-        for rules in rulesets:
-            copy = wire.encode(RulesVersion(rules=rules))
-            key = rules.tenant.encode()
-            for partition in range(settings.partitions):
-                producer.produce(topics.order_inbox, key, copy, partition=partition)
-            producer.produce(topics.review_rules, key, wire.encode(rules))
-        producer.commit()
-    finally:
-        producer.close()
+    copies = [(topics.order_inbox, r.tenant.encode(), wire.encode(RulesVersion(rules=r))) for r in rulesets]
+    latest = [(topics.review_rules, r.tenant.encode(), wire.encode(r)) for r in rulesets]
+    broadcast.publish(settings, publisher, copies, latest)
     return len(rulesets)

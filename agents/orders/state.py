@@ -93,6 +93,8 @@ class OrderState(msgspec.Struct, kw_only=True):
     hold: Hold | None = None
     decided: Decided | None = None
     expires_at: int | None = None  # channel time after which it is forgotten (set once decided)
+    #: tenant, shop, buyer and receiver digest (agents.fulfilment.merge.merge_key): what must match to merge
+    ship_group: str = ""
 
     @property
     def key(self) -> str:

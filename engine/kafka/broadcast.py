@@ -2,19 +2,46 @@
 
 For what every worker shows whatever partitions it owns (the API's view of the review rules per tenant):
 no consumer group, every partition assigned, read from the beginning, then followed. Nothing read this way
-decides anything; decisions read configuration from their own inbox (schemas.inbox).
+decides anything; decisions read configuration from their own inbox (schemas.inbox): ``publish`` puts a copy
+into every partition of each inbox, in one transaction with the compacted topic the API shows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from engine.kafka.transactions import TxnProducer
+from engine.settings import Settings
+
 log = logging.getLogger("oms.broadcast")
+
+
+def publish(
+    settings: Settings,
+    publisher: str,
+    copies: Iterable[tuple[str, bytes, bytes]],
+    latest: Iterable[tuple[str, bytes, bytes]],
+) -> None:
+    """Blocking. One transaction: each ``(inbox topic, key, value)`` of ``copies`` to every partition of that
+    topic, each ``(topic, key, value)`` of ``latest`` once (keyed). All or nothing: no partition can see a version
+    another never will. ``publisher`` names the writer (its transactional id), e.g. ``rules-api-0``."""
+    producer = TxnProducer(settings.bootstrap, f"{settings.app_id}.{publisher}", timeout_s=30.0)
+    try:
+        producer.init()
+        producer.begin()
+        for topic, key, value in copies:
+            for partition in range(settings.partitions):
+                producer.produce(topic, key, value, partition=partition)
+        for topic, key, value in latest:
+            producer.produce(topic, key, value)
+        producer.commit()
+    finally:
+        producer.close()
 
 
 def follow(

@@ -106,6 +106,10 @@ class Sender:
         if self.sent % 1000 == 0:
             self._p.poll(0)
 
+    def poll(self) -> None:
+        """Serve delivery reports without waiting (a long-lived sender calls it now and then)."""
+        self._p.poll(0)
+
     def flush(self, timeout_s: float = 60.0) -> None:
         remaining = self._p.flush(timeout_s)
         if remaining:

@@ -88,7 +88,7 @@ class StageStats:
     #: topic/partition -> first offset admitted since the partition was last assigned here (what a takeover read)
     since_assigned: dict[str, int] = field(default_factory=dict)
     admitted_by_partition: dict[str, int] = field(default_factory=dict)  # topic/partition -> records, since start
-    generation: int = 0
+    generation: int = 0  # the last rebalance generation whose partitions' transactional ids this worker took
     gauges: dict[str, int] = field(default_factory=dict)  # current values a stage's logic reports
 
     def as_dict(self) -> dict[str, Any]:
@@ -155,7 +155,6 @@ class Stage:
             old, self.producers = self.producers, {}
             self._forget(set(range(self.partitions)))
             self.stats.since_assigned.clear()
-            self.stats.generation = generation
             loop = asyncio.get_running_loop()
             await asyncio.gather(*(loop.run_in_executor(self._executor, p.close) for p in old.values()))
             fresh = {
@@ -176,6 +175,7 @@ class Stage:
                     os._exit(70)  # the supervisor starts a fresh worker
                 self.producers[p] = prod
             self.logic.on_assigned(set(mine))
+            self.stats.generation = generation  # only now: every earlier holder of these partitions is fenced
             log.info(
                 "%s: generation %d: own partitions %s (fenced earlier holders in %.0f ms)",
                 self.name,

@@ -20,6 +20,7 @@ from typing import Any
 
 import faust
 from faust.tables import TableManager as FaustTableManager
+from faust.tables.recovery import RebalanceAgain
 from faust.tables.recovery import Recovery as FaustRecovery
 from faust.types import TP
 
@@ -69,6 +70,21 @@ class Recovery(FaustRecovery):
         for tps, highwaters in ((self.active_tps, self.active_highwaters), (self.standby_tps, self.standby_highwaters)):
             for tp in [tp for tp in highwaters if tp not in tps]:
                 del highwaters[tp]
+
+    async def _seek_offsets(self, consumer: Any, tps: set[TP], offsets: Any, title: str) -> None:
+        """A rebalance that lands while a recovery runs resets the shared partition sets under it: a partition
+        added since this recovery built its offsets has none (``None``), and Faust seeks to it and crashes
+        ("Offset must be a positive integer", seen in the standby phase). Start the recovery over instead."""
+        unknown = sorted(f"{tp.topic}/{tp.partition}" for tp in tps if offsets.get(tp) is None)
+        if unknown:
+            if self.signal_recovery_start.is_set():
+                log.info("%s offsets not built yet for %s: a rebalance came in, recovering again", title, unknown)
+                raise RebalanceAgain()
+            log.warning("%s offsets unknown for %s: reading them from the beginning", title, unknown)
+            for tp in tps:
+                if offsets.get(tp) is None:
+                    offsets[tp] = -1
+        await super()._seek_offsets(consumer, tps, offsets, title)
 
     async def _build_highwaters(self, consumer: Any, tps: Iterable[TP], destination: Any, title: str) -> None:
         tps = list(tps)

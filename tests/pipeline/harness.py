@@ -4,10 +4,12 @@ sent, that the invariants are then checked against."""
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from engine.kafka.admin import create_topics, delete_topics
 from engine.kafka.clients import Sender, read_topics
@@ -22,6 +24,8 @@ from schemas.saga import OrderDecision
 from workload.day import engine_inputs, wait_idle
 from workload.generator import Workload
 from workload.stock import load_stock, send_orders
+
+COUNTERS = ("admitted", "transactions", "dead_letters", "fenced", "aborted", "stale", "notes", "gauges")
 
 
 @dataclass
@@ -129,10 +133,24 @@ class Pipeline:
             raise
 
     def dump_logs(self, lines: int = 60) -> None:
+        """The tail of every worker's log, after asking each live worker for the stacks of its threads and
+        asyncio tasks (SIGUSR1): a stall shows where it waits."""
+        if any(pool.signal_all(signal.SIGUSR1) for pool in self.pools):
+            time.sleep(2.0)
         for pool in self.pools:
             for i in range(pool.count):
                 print(f"--- worker {i} of {pool.settings.app_module} (alive={pool.alive(i)}) ---")
                 print(pool.log_tail(i, lines))
+                stats = (pool.stats(i) or {}).get("stages", {})
+                print(
+                    "stage counters:",
+                    json.dumps(
+                        {
+                            name: {k: v for k, v in st.items() if isinstance(v, int | dict) and k in COUNTERS}
+                            for name, st in stats.items()
+                        }
+                    ),
+                )
 
     def outputs(self) -> Outputs:
         return collect(self.bootstrap, self.topics)
@@ -183,3 +201,14 @@ def http(method: str, url: str, body: bytes | dict | None = None, headers: dict 
             return exc.code, _json.loads(raw or b"{}")
         except ValueError:
             return exc.code, {"raw": raw.decode(errors="replace")}
+
+
+def wait_for(predicate: Any, timeout_s: float = 60.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something true (returned), or fail naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")

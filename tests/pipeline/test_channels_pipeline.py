@@ -21,7 +21,7 @@ from schemas.inventory import CommandKind, Receive, receive_id
 from schemas.order import Address, Buyer, Channel, LineState, Order, OrderLine, OrderStatus, order_id
 from schemas.review import CancellationKind, OperatorActionKind, OrderCancellation, Outcome, ReviewDecision
 from schemas.saga import DecisionStatus, RejectReason
-from tests.pipeline.harness import Pipeline, http
+from tests.pipeline.harness import Pipeline, http, wait_for
 from tests.pipeline.test_reservation_pipeline import assert_invariants
 from workload.channels import channel_day
 from workload.delivery import Credentials, deliver, sign
@@ -89,16 +89,6 @@ def stock(p: Pipeline, tenant: str, *skus: str, qty: int = 10) -> None:
 
 def auth(creds: Credentials, tenant: str = "acme") -> dict[str, str]:
     return {"Authorization": f"Bearer {creds.tokens[tenant]}"}
-
-
-def wait_for(predicate, timeout_s: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def shopify_headers(creds: Credentials, body: bytes, webhook: str) -> dict[str, str]:

@@ -294,3 +294,36 @@ def test_a_child_started_from_a_short_lived_thread_outlives_the_thread(tmp_path:
     finally:
         if child.poll() is None:
             child.kill()
+
+
+def test_the_recovery_watchdog_exits_only_when_recovery_stops_moving(monkeypatch: pytest.MonkeyPatch) -> None:
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from engine import app as app_module
+
+    exits: list[int] = []
+    monkeypatch.setattr(app_module.os, "_exit", exits.append)
+    monkeypatch.setattr(app_module, "active_partitions", lambda app: {"t/0"})
+    completed = SimpleNamespace(is_set=lambda: False)
+    recovery = SimpleNamespace(
+        completed=completed, active_offsets=Counter(), standby_offsets=Counter(), active_remaining=dict
+    )
+    fake = SimpleNamespace(in_recovery=True, consumer_generation_id=3, tables=SimpleNamespace(recovery=recovery))
+    watchdog = app_module.RecoveryWatchdog(fake, stall_s=60)  # type: ignore[arg-type]
+    recovery.active_offsets["t/0"] = None  # Faust's mark for "not started reading"
+    watchdog.check(0.0)
+    recovery.active_offsets["t/0"] = 10  # restoring: progress
+    watchdog.check(50.0)
+    watchdog.check(100.0)
+    assert exits == []  # 50 s without progress so far
+    fake.consumer_generation_id = 4  # a new rebalance is progress too
+    watchdog.check(140.0)
+    watchdog.check(199.0)
+    assert exits == []
+    watchdog.check(200.0)
+    assert exits == [75]
+    fake.in_recovery = False
+    recovery.completed = SimpleNamespace(is_set=lambda: True)
+    watchdog.check(1000.0)  # ready: never fires
+    assert exits == [75]

@@ -258,3 +258,89 @@ def _letter(raw: bytes, reason: ReasonCode) -> DeadLetter:
         dead_letter_id="dlq.x.0.0", reason=reason, detail="", stage="inventory", source_topic="t.inventory-commands",
         source_partition=0, source_offset=0, key_b64=None, value_b64=base64.b64encode(raw).decode(), ts=1,
     )  # fmt: skip
+
+
+# -- fulfilment (F1–F5) --------------------------------------------------------------------------------------
+def _fulfilment_history() -> tuple[Inputs, Outputs]:
+    from schemas.fulfilment import PickList, PickStop, Shipment, ShipmentLine, Wave
+
+    inputs = Inputs()
+    one, two = order("web-s1-1"), order("web-s1-2")
+    inputs.add_orders([one, two])
+    out = Outputs()
+    for o in (one, two):
+        out.decisions.append(
+            OrderDecision(
+                decision_id=f"d.{o.order_id}", tenant=T, order_id=o.order_id, channel=Channel.WEB,
+                status=DecisionStatus.ACCEPTED, reason=None, detail="",
+                lines=[DecisionLine(line_id=f"{o.order_id}#{ln.line_no}", sku=ln.sku, quantity=ln.quantity,
+                                    warehouse="WH") for ln in o.lines],
+                order_created_at=1, ingested_at=1, decided_at=2,
+            )
+        )  # fmt: skip
+    lines = [
+        ShipmentLine(order_id=o.order_id, line_id=f"{o.order_id}#{ln.line_no}", sku=ln.sku, quantity=ln.quantity)
+        for o in (one, two)
+        for ln in o.lines
+    ]
+    out.shipments.append(
+        Shipment(shipment_id="shp.1", tenant=T, shop_id="s1", warehouse="WH", carrier="sf", lines=lines,
+                 order_ids=[one.order_id, two.order_id], ts=3)
+    )  # fmt: skip
+    stops = [
+        PickStop(bin=f"b-{ln.sku}", sku=ln.sku, quantity=ln.quantity, aisle=1, depth_cm=100, shipment_id="shp.1",
+                 line_id=ln.line_id)
+        for ln in lines
+    ]  # fmt: skip
+    out.pick_lists.append(
+        PickList(pick_list_id="w1.A.1", wave_id="w1", tenant=T, warehouse="WH", zone="A", stops=stops,
+                 path="optimal", length_cm=200, s_shape_cm=200)
+    )  # fmt: skip
+    out.waves.append(
+        Wave(wave_id="w1", tenant=T, warehouse="WH", group="all", trigger="count", shipment_ids=["shp.1"],
+             pick_list_ids=["w1.A.1"], lines=4, units=6, ts=4)
+    )  # fmt: skip
+    inputs.fulfilment_complete = True
+    return inputs, out
+
+
+def _fulfilment_verdict(inputs: Inputs, out: Outputs) -> list[str]:
+    from invariants.check import Verdict
+    from invariants.fulfilment import check_fulfilment
+
+    verdict = Verdict()
+    check_fulfilment(inputs, out, verdict)
+    return verdict.violations
+
+
+def test_a_correct_merge_into_one_shipment_passes() -> None:
+    assert _fulfilment_verdict(*_fulfilment_history()) == []
+
+
+def test_a_merge_across_buyers_is_caught_from_the_orders_as_sent() -> None:
+    inputs, out = _fulfilment_history()
+    other = order("web-s1-2", buyer=Buyer(id="someone-else"))
+    inputs.orders[other.key].snapshots[0] = other
+    assert any(v.startswith("F2") for v in _fulfilment_verdict(inputs, out))
+
+
+def test_a_line_shipped_twice_or_never_or_picked_short_is_caught() -> None:
+    inputs, out = _fulfilment_history()
+    twice = msgspec.structs.replace(out.shipments[0], shipment_id="shp.2")
+    out.shipments.append(twice)
+    found = _fulfilment_verdict(inputs, out)
+    assert any("is in shipments shp.1 and shp.2" in v for v in found)
+    assert any("shp.2 is in no wave" in v for v in found)
+    inputs, out = _fulfilment_history()
+    out.shipments[0] = msgspec.structs.replace(out.shipments[0], lines=out.shipments[0].lines[:-1])
+    assert any("is in no shipment" in v for v in _fulfilment_verdict(inputs, out))
+    inputs, out = _fulfilment_history()
+    short = out.pick_lists[0]
+    out.pick_lists[0] = msgspec.structs.replace(short, stops=short.stops[:-1])
+    assert any(v.startswith("F4") and "too little" in v for v in _fulfilment_verdict(inputs, out))
+
+
+def test_a_shipment_from_another_warehouse_than_the_reservation_is_caught() -> None:
+    inputs, out = _fulfilment_history()
+    out.shipments[0] = msgspec.structs.replace(out.shipments[0], warehouse="WH-2")
+    assert any(v.startswith("F3") for v in _fulfilment_verdict(inputs, out))

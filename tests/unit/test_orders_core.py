@@ -5,9 +5,11 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from agents.fulfilment.merge import merge_key
 from agents.orders.core import SEQ_FANOUT, OrderRules, Stamp
 from agents.orders.rules import Facts, evaluate, velocity_windows
 from agents.orders.state import HoldKind, OrderState, Phase, SagaLineState
+from schemas.fulfilment import AllocationPolicy, Layout, OrderWithdrawn, ParcelAccepted, WarehouseSpec
 from schemas.inbox import OperatorAction
 from schemas.inventory import Release, Reserve
 from schemas.order import Address, Buyer, Channel, LineState, Order, OrderLine, OrderStatus, buyer_key
@@ -256,10 +258,40 @@ def test_all_lines_reserved_accepts_once_with_the_time_of_the_last_answer() -> N
     one = answer(state, 1)
     assert one.order.phase is Phase.RESERVING and not one.outputs
     both = answer(one.order, 2)
-    [decision] = both.outputs
+    decision, parcel = both.outputs
     assert decision.status is DecisionStatus.ACCEPTED and decision.decided_at == NOW + 1
     assert [(d.line_id, d.warehouse) for d in decision.lines] == [("jd-s1-1#1", "WH-A"), ("jd-s1-1#2", "WH-A")]
+    # Fulfilment gets the lines of the warehouse they were reserved in, with what a merge must match.
+    assert isinstance(parcel, ParcelAccepted) and parcel.key == "acme:WH-A" and parcel.ts == NOW + 1
+    assert [ln.line_id for ln in parcel.lines] == ["jd-s1-1#1", "jd-s1-1#2"]
+    assert parcel.merge_key == merge_key("acme", "s1", buyer_key(order()), order().receiver)
     assert answer(both.order, 2).note == "duplicate_result"
+
+
+def test_lines_reserved_in_two_warehouses_go_to_fulfilment_as_two_parcels() -> None:
+    state = answer(snap(None, order()).order, 1, warehouse="WH-B").order
+    step = answer(state, 2)
+    parcels = [o for o in step.outputs if isinstance(o, ParcelAccepted)]
+    assert [(p.warehouse, [ln.line_id for ln in p.lines]) for p in parcels] == [
+        ("WH-A", ["jd-s1-1#2"]),
+        ("WH-B", ["jd-s1-1#1"]),
+    ]
+
+
+def test_a_layout_ranks_the_warehouses_each_line_may_be_reserved_in() -> None:
+    layout = Layout(
+        tenant="acme",
+        version=1,
+        warehouses=[
+            WarehouseSpec(warehouse="WH-SH", regions=["上海市"], carriers=["sf"]),
+            WarehouseSpec(warehouse="WH-BJ", regions=["北京"], carriers=["sf"]),
+        ],
+        allocation=AllocationPolicy(warehouse_order=["WH-SH", "WH-BJ"]),
+    )
+    step = core.on_snapshot(None, None, None, order(), STAMP, NOW, watermark=1_000, layout=layout)
+    reserves = [o for o in step.outputs if isinstance(o, Reserve)]
+    assert [r.warehouses for r in reserves] == [["WH-BJ", "WH-SH"]] * 2  # the receiver is in Beijing
+    assert all(r.warehouses == [] for r in snap(None, order()).outputs if isinstance(r, Reserve))
 
 
 def test_one_refused_line_rejects_and_releases_what_was_reserved() -> None:
@@ -317,8 +349,10 @@ def test_cancel_of_a_pending_saga_is_its_decision_and_releases_what_is_reserved(
 
 def test_cancel_after_acceptance_releases_without_a_second_decision() -> None:
     step = snap(accepted(), order(version=2_000, status=OrderStatus.CANCELLED))
-    assert [type(o) for o in step.outputs] == [Release, Release, OrderCancellation]
-    assert step.outputs[2].kind is CancellationKind.ORDER and step.order.phase is Phase.CANCELLED
+    assert [type(o) for o in step.outputs] == [Release, Release, OrderWithdrawn, OrderCancellation]
+    assert step.outputs[3].kind is CancellationKind.ORDER and step.order.phase is Phase.CANCELLED
+    withdrawn = step.outputs[2]
+    assert withdrawn.key == "acme:WH-A" and withdrawn.line_ids == []  # the whole order leaves fulfilment
 
 
 def test_refunded_line_of_an_approved_order_is_released() -> None:
@@ -327,8 +361,9 @@ def test_refunded_line_of_an_approved_order_is_released() -> None:
         OrderLine(line_no=2, sku="B", quantity=2, unit_price_fen=5_000, status=LineState.REFUNDING),
     ]
     step = snap(accepted(), order(version=2_000, lines=lines))
-    assert [type(o) for o in step.outputs] == [Release, OrderCancellation]
+    assert [type(o) for o in step.outputs] == [Release, OrderCancellation, OrderWithdrawn]
     assert step.outputs[1].kind is CancellationKind.LINES and step.outputs[1].line_ids == ["jd-s1-1#2"]
+    assert step.outputs[2].line_ids == ["jd-s1-1#2"]  # only that line leaves fulfilment
     again = snap(step.order, order(version=3_000, lines=lines))
     assert not again.outputs
 
@@ -357,7 +392,7 @@ def test_a_changed_sku_or_quantity_after_approval_is_held_never_ignored() -> Non
     kept = operator(step.order, OperatorActionKind.RELEASE)  # the operator keeps the order as approved
     assert kinds(kept) == [ReviewDecision] and kept.outputs[0].outcome is Outcome.RELEASED and kept.order.hold is None
     dropped = operator(step.order, OperatorActionKind.REJECT)  # or cancels it: everything is released
-    assert [type(o) for o in dropped.outputs] == [Release, Release, OrderCancellation]
+    assert [type(o) for o in dropped.outputs] == [Release, Release, OrderWithdrawn, OrderCancellation]
 
 
 def test_refund_after_shipment_is_a_return_request() -> None:

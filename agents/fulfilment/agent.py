@@ -1,0 +1,283 @@
+"""The fulfilment stage (履约): merge, waves and pick lists, one writer per warehouse.
+
+Reads the fulfilment inbox (key ``tenant:warehouse``): the parcels of accepted orders (an order whose lines were
+reserved in two warehouses sends two — that is the split, 拆单), withdrawals of cancelled orders, layout versions
+(one copy per partition) and ticks. Parcels wait in their merge group (same tenant, shop, buyer, receiver,
+warehouse and carrier) for the layout's merge window, then leave as one shipment; shipments wait in wave groups
+until a count, a cap or a timer releases a wave with its pick lists (agents.fulfilment.waves).
+
+Time is record time: a ``Tick`` written into each owned partition every ``OMS_FULFILMENT_TICK_S`` moves the
+windows on when no order arrives, and because ticks are records, a replay releases the same shipments and
+waves at the same points.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import faust
+
+from agents.fulfilment import merge, waves
+from engine.app import context
+from engine.kafka.clients import Sender, partition_for
+from engine.runtime.stage import Stage
+from engine.runtime.work import Input, Logic, PartitionWork
+from engine.topics import Topics
+from schemas import wire
+from schemas.deadletter import ReasonCode
+from schemas.fulfilment import (
+    DEFAULT_MERGE_WINDOW_S,
+    FulfilmentRecord,
+    Layout,
+    LayoutVersion,
+    OrderWithdrawn,
+    ParcelAccepted,
+    Shipment,
+    Tick,
+    WithdrawalOutcome,
+)
+
+log = logging.getLogger("oms.fulfilment")
+
+LAYOUTS, MERGES, DUE, WAREHOUSES = "fulfilment-layouts", "merges", "merge-due", "warehouses"
+UNASSIGNED_CARRIER = "unassigned"  # a warehouse with no layout yet: its waves wait for one
+
+
+@dataclass
+class WarehouseState:
+    """Per warehouse: where the merge clock stands, the wave groups, and shipments waiting for a layout."""
+
+    tenant: str
+    warehouse: str
+    clock_s: int  # merge buckets up to this second have been released
+    book: waves.WaveBook
+    blocked: list[waves.Pending] = field(default_factory=list)  # no layout (or no bin) for them yet
+
+
+def layout_key(tenant: str, partition: int) -> str:
+    return f"{tenant}:layout@p{partition}"
+
+
+class FulfilmentLogic(Logic):
+    name = "fulfilment"
+    tables = (LAYOUTS, MERGES, DUE, WAREHOUSES)
+
+    def __init__(self, topics: Topics, partitions: int, retention_ms: int) -> None:
+        self.inputs = (topics.fulfilment_inbox,)
+        self.topics = topics
+        self.partitions = partitions
+        self.retention_ms = retention_ms
+        self._layouts: dict[str, tuple[bytes, Layout]] = {}  # decoded layouts by their stored bytes
+
+    def layout(self, work: PartitionWork, tenant: str, partition: int) -> Layout | None:
+        """The layout this partition has seen last, decoded once per version (a layout with every bin is big)."""
+        key = layout_key(tenant, partition)
+        raw = work.get(LAYOUTS, key)
+        if raw is None:
+            return None
+        cached = self._layouts.get(key)
+        if cached is None or cached[0] != raw:
+            cached = self._layouts[key] = (raw, wire.decode_state(raw, Layout))
+        return cached[1]
+
+    def process(self, work: PartitionWork, record: Input) -> None:
+        try:
+            item = wire.decode(record.value, FulfilmentRecord)
+        except wire.WireError as exc:
+            work.dead_letter(record, exc.reason, exc.detail)
+            return
+        p = record.partition
+        now = record.timestamp_ms
+        if isinstance(item, LayoutVersion):
+            current = self.layout(work, item.layout.tenant, p)
+            if current is None or item.layout.version > current.version:
+                work.put(LAYOUTS, layout_key(item.layout.tenant, p), item.layout)
+                work.note("layout_applied")
+            else:
+                work.note("layout_not_newer")
+            return
+        if isinstance(item, Tick):
+            work.advance(item.ts)
+            for key in self._warehouses(work, p):
+                self._release(work, p, key, item.ts)
+            return
+        if partition_for(item.key, self.partitions) != p:
+            detail = f"key {item.key!r} belongs to partition {partition_for(item.key, self.partitions)}, arrived on {p}"
+            work.dead_letter(record, ReasonCode.MISROUTED, detail, item.tenant)
+            return
+        work.advance(item.ts)
+        if isinstance(item, ParcelAccepted):
+            self._accept(work, p, item, now)
+        else:
+            assert isinstance(item, OrderWithdrawn)
+            self._withdraw(work, item)
+
+    # -- parcels and withdrawals ----------------------------------------------------------------------------
+    def _accept(self, work: PartitionWork, p: int, parcel: ParcelAccepted, now: int) -> None:
+        layout = self.layout(work, parcel.tenant, p)
+        state = self._warehouse(work, p, parcel.tenant, parcel.warehouse, parcel.ts)
+        spec = next((w for w in layout.warehouses if w.warehouse == parcel.warehouse), None) if layout else None
+        carrier = spec.carriers[0] if spec is not None and spec.carriers else UNASSIGNED_CARRIER
+        alone = set(layout.allocation.ship_alone_skus) if layout else set()
+        together = tuple(ln for ln in parcel.lines if ln.sku not in alone)
+        plans = [merge.ParcelPlan(parcel.warehouse, carrier, together)] if together else []
+        plans += [
+            merge.ParcelPlan(parcel.warehouse, carrier, (ln,), "ship_alone", alone=True)
+            for ln in parcel.lines
+            if ln.sku in alone
+        ]
+        group_key = self._merge_key(parcel.tenant, parcel.warehouse, parcel.merge_key)
+        group = work.get_as(MERGES, group_key, merge.MergeGroup) or merge.MergeGroup(parcel.tenant, parcel.shop_id)
+        before = {w.shipment_id for w in group.waiting}
+        merge.add_order(group, parcel.order_id, plans, parcel.ts)
+        window = layout.merge_window_s if layout else DEFAULT_MERGE_WINDOW_S
+        opened = [w for w in group.waiting if w.shipment_id not in before]
+        if any(w.shipment_id in before for w in group.waiting if parcel.order_id in w.order_ids):
+            work.note("merged")
+        for waiting in opened:
+            self._due(work, state, waiting.opened_ts + window * 1000, parcel.merge_key)
+        work.put(MERGES, group_key, group, expires_at=self._expiry(group, parcel.ts))
+        self._put_warehouse(work, state)
+        if window == 0:
+            self._release(work, p, f"{parcel.tenant}:{parcel.warehouse}", now)
+
+    def _withdraw(self, work: PartitionWork, item: OrderWithdrawn) -> None:
+        group_key = self._merge_key(item.tenant, item.warehouse, item.merge_key)
+        group = work.get_as(MERGES, group_key, merge.MergeGroup)
+        outcome = "unknown" if group is None else merge.cancel_order(group, item.order_id, set(item.line_ids) or None)
+        shipments = group.released.get(item.order_id, []) if group is not None else []
+        if group is not None:
+            work.put(MERGES, group_key, group, expires_at=self._expiry(group, item.ts))
+        work.note(f"withdrawn_{outcome}")
+        work.emit(
+            self.topics.withdrawals,
+            f"{item.tenant}:{item.order_id}",
+            WithdrawalOutcome(
+                tenant=item.tenant,
+                order_id=item.order_id,
+                warehouse=item.warehouse,
+                outcome="too_late" if outcome == "refused" else outcome,
+                shipment_ids=list(shipments),
+                ts=item.ts,
+            ),
+        )
+
+    # -- time: merge windows and wave timers ----------------------------------------------------------------
+    def _release(self, work: PartitionWork, p: int, warehouse_key: str, now: int) -> None:
+        tenant, warehouse = warehouse_key.split(":", 1)
+        state = work.get_as(WAREHOUSES, warehouse_key, WarehouseState)
+        if state is None:
+            return
+        layout = self.layout(work, tenant, p)
+        window = layout.merge_window_s if layout else DEFAULT_MERGE_WINDOW_S
+        released: list[Shipment] = []
+        for second in range(state.clock_s + 1, now // 1000 + 1):
+            due_key = f"{warehouse_key}:due:{second}"
+            for merge_key in work.get_as(DUE, due_key, list[str]) or []:
+                group_key = self._merge_key(tenant, warehouse, merge_key)
+                group = work.get_as(MERGES, group_key, merge.MergeGroup)
+                if group is None:
+                    continue
+                released += merge.release_due(group, now, window)
+                work.put(MERGES, group_key, group, expires_at=self._expiry(group, now))
+                later = merge.next_due(group, window)
+                if later is not None:  # the group opened another shipment since: it is due later
+                    state.clock_s = second
+                    self._due(work, state, later, merge_key)
+            work.delete(DUE, due_key)
+        state.clock_s = max(state.clock_s, now // 1000)
+        for shipment in sorted(released, key=lambda s: s.shipment_id):
+            work.emit(self.topics.shipments, shipment.key, shipment)
+            state.blocked.append(waves.Pending(shipment, now))
+        work.note("shipments", len(released))
+        self._wave(work, state, layout, now)
+        self._put_warehouse(work, state)
+
+    def _wave(self, work: PartitionWork, state: WarehouseState, layout: Layout | None, now: int) -> None:
+        if layout is None or not any(w.warehouse == state.warehouse for w in layout.warehouses):
+            return  # shipments wait (blocked) for a layout that has their warehouse
+        waiting, state.blocked = state.blocked, []
+        released = []
+        for pending in waiting:
+            try:
+                released += waves.add_shipment(state.book, layout, pending.shipment, pending.arrived_ts)
+            except waves.LayoutError as exc:
+                state.blocked.append(pending)
+                work.note("shipment_without_bin")
+                log.warning("fulfilment: %s waits for a layout change: %s", pending.shipment.shipment_id, exc)
+        released += waves.release_due(state.book, layout, now)
+        for wave, pick_lists in released:
+            work.emit(self.topics.waves, wave.key, wave)
+            for pick_list in pick_lists:
+                work.emit(self.topics.pick_lists, pick_list.key, pick_list)
+            work.note("waves")
+            work.note("pick_lists", len(pick_lists))
+
+    # -- state helpers --------------------------------------------------------------------------------------
+    @staticmethod
+    def _merge_key(tenant: str, warehouse: str, merge_key: str) -> str:
+        return f"{tenant}:{warehouse}:m:{merge_key}"
+
+    def _expiry(self, group: merge.MergeGroup, now: int) -> int | None:
+        """A group with nothing waiting is kept (to refuse late withdrawals) for the retention, then forgotten."""
+        group.expires_at = None if group.waiting else now + self.retention_ms
+        return group.expires_at
+
+    def _due(self, work: PartitionWork, state: WarehouseState, due_ms: int, merge_key: str) -> None:
+        """Index a merge group under the first whole second at or after ``due_ms`` that the warehouse clock has
+        not passed: the tick that reaches that second has a time at or after ``due_ms``."""
+        second = max(-(-due_ms // 1000), state.clock_s + 1)
+        due_key = f"{state.tenant}:{state.warehouse}:due:{second}"
+        keys = work.get_as(DUE, due_key, list[str]) or []
+        if merge_key not in keys:
+            work.put(DUE, due_key, wire.encode([*keys, merge_key]))
+
+    def _warehouses(self, work: PartitionWork, p: int) -> list[str]:
+        return work.get_as(WAREHOUSES, f"p{p}", list[str]) or []
+
+    def _warehouse(self, work: PartitionWork, p: int, tenant: str, warehouse: str, ts: int) -> WarehouseState:
+        key = f"{tenant}:{warehouse}"
+        state = work.get_as(WAREHOUSES, key, WarehouseState)
+        if state is None:
+            state = WarehouseState(tenant, warehouse, ts // 1000 - 1, waves.WaveBook(tenant, warehouse))
+            known = self._warehouses(work, p)
+            work.put(WAREHOUSES, f"p{p}", wire.encode(sorted({*known, key})))
+        return state
+
+    def _put_warehouse(self, work: PartitionWork, state: WarehouseState) -> None:
+        work.put(WAREHOUSES, f"{state.tenant}:{state.warehouse}", wire.encode(state))
+
+    def expires_at(self, table: str, value: bytes) -> int | None:
+        if table != MERGES:
+            return None
+        group = wire.decode_state(value, merge.MergeGroup)
+        return group.expires_at
+
+
+def install(app: faust.App) -> Stage:
+    ctx = context(app)
+    settings = ctx.settings
+    logic = FulfilmentLogic(ctx.topics, settings.partitions, settings.order_retention_s * 1000)
+    stage = Stage(app, logic)
+    sender: list[Sender] = []
+
+    @app.timer(settings.fulfilment_tick_s)
+    async def tick() -> None:
+        """Record time for the partitions this worker writes: merge windows and wave timers move on it."""
+        owned = stage.owned()
+        if not owned:
+            return
+        if not sender:
+            sender.append(Sender(settings.bootstrap))
+        value = wire.encode(Tick(ts=_now_ms()))
+        for p in sorted(owned):
+            sender[0].send(ctx.topics.fulfilment_inbox, None, value, partition=p)
+        sender[0].poll()  # a lost tick costs nothing: the next one carries a later time
+
+    return stage
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)  # a tick's time is wall time once, when it is written; then it is a record

@@ -1,0 +1,165 @@
+"""Fulfilment on the real broker: from acceptance to waves and pick lists — a split order, a merge, a cancellation
+inside a merge window, a layout change while running — ending with every invariant (I1–I6, F1–F5) checked
+from the result topics against what was sent."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from agents.fulfilment.layout import generate_layout
+from agents.fulfilment.publish import publish_layouts
+from schemas.fulfilment import Layout, WavePolicy
+from schemas.inventory import Receive, receive_id
+from schemas.order import Address, Buyer, Channel, LineState, Order, OrderLine, OrderStatus, order_id
+from tests.pipeline.harness import Pipeline, wait_for
+from tests.pipeline.test_reservation_pipeline import assert_invariants
+from workload.generator import DAY_START_MS, Workload, WorkloadSpec
+
+pytestmark = pytest.mark.pipeline
+
+SHANGHAI = Address(name="王五", phone="13800000000", province="上海市", city="上海市", street="南京西路 1 号")
+BEIJING = Address(name="赵六", phone="13900000000", province="北京市", city="北京市", street="长安街 2 号")
+WAVES = WavePolicy(group_by=["carrier"], release_count=8, release_after_s=2, path="optimal")
+
+
+def order(n: int, lines: list[tuple[str, int]], receiver: Address, buyer: str, at: int, **changes: object) -> Order:
+    base = Order(
+        tenant="acme",
+        order_id=order_id(Channel.TMALL, "tm-1", f"ff{n}"),
+        channel=Channel.TMALL,
+        shop_id="tm-1",
+        platform_order_id=f"ff{n}",
+        status=OrderStatus.PAID,
+        buyer=Buyer(id=buyer),
+        receiver=receiver,
+        lines=[OrderLine(line_no=i + 1, sku=s, quantity=q, unit_price_fen=990) for i, (s, q) in enumerate(lines)],
+        created_at=at,
+        ingested_at=at,
+        version=at,
+    )
+    return msgspec.structs.replace(base, **changes)
+
+
+def receipts(tenant: str, placed: dict[tuple[str, str], int]) -> list[Receive]:
+    return [
+        Receive(
+            command_id=receive_id(tenant, sku, wh, "ff"),
+            tenant=tenant,
+            sku=sku,
+            origin="ff-loader",
+            seq=i + 1,
+            ts=1,
+            warehouse=wh,
+            quantity=qty,
+            document_id="ff",
+        )
+        for i, ((sku, wh), qty) in enumerate(sorted(placed.items()))
+    ]
+
+
+def test_orders_go_from_acceptance_to_pick_lists(pipeline: Pipeline) -> None:
+    workload = Workload(WorkloadSpec(orders=400, seed=31, skus=60, hot_skus=4, hot_stock_ratio=0.6))
+    skus = [workload.spec.sku(i + 1) for i in range(workload.spec.skus)] + ["ONLY-SH", "ONLY-BJ"]
+    layouts = [
+        generate_layout(t, workload.spec.warehouses, skus, merge_window_s=3, waves=WAVES) for t in workload.spec.tenants
+    ]
+    publish_layouts(pipeline.settings, layouts, "test-layouts")
+    pipeline.load(workload)
+    pipeline.send_commands(receipts("acme", {("ONLY-SH", "WH-SH"): 50, ("ONLY-BJ", "WH-BJ"): 50}))
+    pool = pipeline.start_workers(2)
+
+    now = DAY_START_MS + 12 * 3_600_000  # channel time inside the workload's day (its orders' times)
+    split = order(1, [("ONLY-SH", 1), ("ONLY-BJ", 2)], SHANGHAI, "split-buyer", now)
+    merge_a = order(2, [("ONLY-SH", 1)], SHANGHAI, "merge-buyer", now)
+    merge_b = order(3, [("ONLY-SH", 2)], SHANGHAI, "merge-buyer", now + 1)
+    elsewhere = order(4, [("ONLY-SH", 1)], BEIJING, "merge-buyer", now + 2)  # same buyer, other address
+    leaving = order(5, [("ONLY-SH", 1)], SHANGHAI, "leaving-buyer", now + 3)
+    pipeline.send_orders([split, merge_a, merge_b, elsewhere, leaving])
+    pipeline.wait_decisions(5, timeout_s=120)
+    cancelled = msgspec.structs.replace(
+        leaving,
+        status=OrderStatus.CANCELLED,
+        version=now + 10,
+        lines=[msgspec.structs.replace(ln, status=LineState.CANCELLED) for ln in leaving.lines],
+    )
+    pipeline.send_orders([cancelled])  # well inside its 3-second merge window
+
+    # A layout change while running: every bin of the split order's SKUs moves, and waves group by shape too.
+    def moved(layout: Layout) -> Layout:
+        return msgspec.structs.replace(
+            layout,
+            version=2,
+            waves=msgspec.structs.replace(WAVES, group_by=["carrier", "shape"]),
+            warehouses=[
+                msgspec.structs.replace(
+                    w,
+                    bins=[
+                        msgspec.structs.replace(b, bin=f"{b.bin}-v2", aisle=1, depth_cm=100)
+                        if b.sku.startswith("ONLY-")
+                        else b
+                        for b in w.bins
+                    ],
+                )
+                for w in layout.warehouses
+            ],
+        )
+
+    orders = list(workload.orders())
+    pipeline.send_orders(orders[: len(orders) // 2])
+    publish_layouts(pipeline.settings, [moved(layouts[0]), layouts[1]], "test-layouts")
+    late = order(6, [("ONLY-SH", 1)], BEIJING, "late-buyer", now + 20)
+    pipeline.send_orders([*orders[len(orders) // 2 :], late])
+    unique = len({o.key for o in orders}) + 6
+    pipeline.wait_decisions(unique, timeout_s=240, pool=pool)
+
+    missing: dict[str, object] = {}
+
+    def settled() -> bool:
+        out = pipeline.outputs()
+        withdrawn = {w.order_id for w in out.withdrawals}
+        lines = {ln.line_id for s in out.shipments for ln in s.lines}
+        shipments = {s.shipment_id for s in out.shipments}
+        waved = {sid for w in out.waves for sid in w.shipment_ids}
+        want = {
+            ln.line_id
+            for d in out.decisions
+            if d.status.value == "accepted" and d.order_id not in withdrawn
+            for ln in d.lines
+        }
+        missing.update(unshipped=sorted(want - lines)[:5], unwaved=sorted(shipments - waved)[:5])
+        return want <= lines and shipments <= waved
+
+    try:
+        wait_for(settled, 120, "every accepted line shipped and every shipment waved")
+    except AssertionError:
+        pipeline.dump_logs()
+        raise AssertionError(f"fulfilment did not settle: {missing}") from None
+    pipeline.inputs.fulfilment_complete = True
+    verdict = assert_invariants(pipeline)
+    out = pipeline.outputs()
+
+    by_order: dict[str, list] = {}
+    for s in out.shipments:
+        for o in s.order_ids:
+            by_order.setdefault(o, []).append(s)
+    # The split: one order, two warehouses, two shipments.
+    assert sorted(s.warehouse for s in by_order[split.order_id]) == ["WH-BJ", "WH-SH"]
+    # The merge: two orders of one buyer and address in one shipment; the same buyer elsewhere is not merged.
+    (merged,) = by_order[merge_a.order_id]
+    assert sorted(merged.order_ids) == sorted([merge_a.order_id, merge_b.order_id])
+    assert by_order[elsewhere.order_id][0].order_ids == [elsewhere.order_id]
+    # The cancellation inside the window: it left its merge and ships nothing.
+    assert leaving.order_id not in by_order
+    assert [(w.order_id, w.outcome) for w in out.withdrawals] == [(leaving.order_id, "left")]
+    # The layout change reached the pick lists: the late order is picked from a moved bin.
+    late_bins = {
+        s.bin
+        for p in out.pick_lists
+        for s in p.stops
+        if s.shipment_id in {x.shipment_id for x in by_order[late.order_id]}
+    }
+    assert late_bins and all(b.endswith("-v2") for b in late_bins)
+    assert all(p.length_cm <= p.s_shape_cm for p in out.pick_lists)  # the optimal walk never loses to S-shape
+    assert verdict.counts["merged_shipments"] >= 1 and verdict.counts["split_orders"] >= 1
+    assert verdict.counts["waves"] >= 2 and verdict.counts["pick_lists"] >= verdict.counts["waves"]
