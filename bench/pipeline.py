@@ -26,25 +26,33 @@ import time
 import uuid
 from pathlib import Path
 
+from agents.fulfilment.publish import publish_layouts
 from bench.profile import CpuMeter, Profiler, broker_pids, top
 from bench.report import emit, measured_on, median, save_result, table, write_section
 from deploy.local.servers import LocalServers
 from engine.kafka.admin import create_topics, delete_topics
-from engine.kafka.clients import Message, tail
+from engine.kafka.clients import Message, read_topics, tail
 from engine.settings import Settings
 from engine.supervisor import WorkerPool
 from engine.topics import Topics
 from invariants import Inputs, check, collect
 from schemas import wire
+from schemas.fulfilment import Layout
 from schemas.saga import OrderDecision
-from workload.day import engine_inputs, wait_idle
+from workload.day import engine_inputs, wait_fulfilment, wait_idle
 from workload.generator import Workload, WorkloadSpec
 from workload.stock import load_stock, send_orders
 
 
 def measure_engine(
-    base: Settings, workload: Workload, orders: list, workers: int, profiler: Profiler | None = None
+    base: Settings,
+    workload: Workload,
+    orders: list,
+    workers: int,
+    profiler: Profiler | None = None,
+    layouts: list[Layout] | None = None,
 ) -> dict:
+    """With ``layouts`` published first, fulfilment runs to its end too, and the row says how long it took."""
     run = uuid.uuid4().hex[:8]
     empty_rules = Path(base.state_dir) / "bench-no-rules.toml"
     empty_rules.write_text("")
@@ -60,6 +68,8 @@ def measure_engine(
         load_stock(settings.bootstrap, topics, settings.partitions, stock, app_id=settings.app_id)
         inputs.add_stock(stock)
         wait_idle(settings, [topics.inventory_commands])
+        if layouts:
+            publish_layouts(settings, layouts, "bench-layouts")
         unique = len({o.key for o in orders})
         decided: set[str] = set()
         last = [time.monotonic()]
@@ -75,7 +85,7 @@ def measure_engine(
                 profiler.attach(pool.pid(i) or 0, f"worker-{i}")
         cpu = CpuMeter({"workers": [pool.pid(i) or 0 for i in range(workers)], "broker": broker_pids(settings)})
         cpu.start()
-        start = time.monotonic()
+        start, start_wall = time.monotonic(), time.time()
         send_orders(settings.bootstrap, topics, orders)
         inputs.add_orders(orders)
         tail(
@@ -89,9 +99,26 @@ def measure_engine(
         if profiler is not None:
             profiler.stop()
         wait_idle(settings, engine_inputs(topics))
+        if layouts:
+            inputs.fulfilment_complete = wait_fulfilment(settings, topics, layouts, pool)
         stats = [pool.stats(i) or {} for i in range(workers)]
         pool.stop()
-        verdict = check(inputs, collect(settings.bootstrap, topics), settings.partitions)
+        outputs = collect(settings.bootstrap, topics)
+        verdict = check(inputs, outputs, settings.partitions)
+        fulfilment = {}
+        if layouts:
+            # Record times: produced-at of the last shipment and wave, from the orders' first send.
+            ends = [m.timestamp_ms for m in read_topics(settings.bootstrap, [topics.shipments, topics.waves])]
+            done_s = (max(ends) / 1000 - start_wall) if ends else None
+            fulfilment = {
+                "fulfilment_settled": inputs.fulfilment_complete,
+                "shipments": len(outputs.shipments),
+                "waves": len(outputs.waves),
+                "pick_lists": len(outputs.pick_lists),
+                "fulfilment_done_s": round(done_s, 2) if done_s is not None else None,
+                "after_last_decision_s": round(done_s - elapsed, 2) if done_s is not None else None,
+                "shipments_per_s": round(len(outputs.shipments) / done_s, 1) if done_s else None,
+            }
         stages = [st for w in stats for st in w.get("stages", {}).values()]
         transactions = sum(st.get("transactions", 0) for st in stages)
         commit_ms = sum(st.get("commit_ms_sum", 0.0) for st in stages)
@@ -110,6 +137,7 @@ def measure_engine(
             "fenced": sum(st.get("fenced", 0) for st in stages),
             # CPU per decided order, in ms: what the two cores spend, and on which side
             "cpu_ms_per_order": {k: round(1000 * v / max(1, len(decided)), 2) for k, v in used.items()},
+            **fulfilment,
         }
     finally:
         pool.stop(timeout_s=20)

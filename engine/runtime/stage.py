@@ -52,6 +52,8 @@ log = logging.getLogger("oms.stage")
 
 #: Attempts at one transaction that keeps aborting (a broker hiccup) before the worker gives up and exits.
 MAX_ATTEMPTS = 8
+#: Re-reads of a partition stuck behind its stable end before the worker exits to be started afresh.
+MAX_REREADS = 2
 
 
 class Position(msgspec.Struct, frozen=True):
@@ -123,6 +125,7 @@ class Stage:
         self.busy = asyncio.Lock()
         self._executor = ThreadPoolExecutor(max_workers=max(2, self.partitions), thread_name_prefix=f"{self.name}-txn")
         self._progress: dict[TP, tuple[int, float]] = {}
+        self._rereads: dict[TP, int] = {}  # re-reads of a stuck partition since it last moved
         self._registered = False
         app.tables.before_recovery.append(self._on_assignment)  # type: ignore[attr-defined]
         app.on_partitions_revoked.connect(self._on_revoked)
@@ -449,7 +452,8 @@ class Stage:
             if tp.partition not in self.producers:
                 continue
             try:
-                stable = consumer._thread.highwater(tp)  # type: ignore[attr-defined]
+                # The last stable offset: records of a transaction still open upstream are not late, just unread.
+                stable = consumer._thread._ensure_consumer().last_stable_offset(tp)  # type: ignore[attr-defined]
             except Exception:
                 continue
             # Beyond the position there are always transaction markers: a few offsets mean nothing.
@@ -459,8 +463,25 @@ class Stage:
             offset, since = self._progress.get(tp, (cursor.position, now))
             if offset != cursor.position or tp not in self._progress:
                 self._progress[tp] = (cursor.position, now)
+                self._rereads.pop(tp, None)
                 continue
+            if now - since >= stall_s and self._rereads.get(tp, 0) >= MAX_REREADS:
+                # Reading again did not help: the consumer keeps this partition's records from the stage (seen
+                # after rebalances: fetched, then dropped as not active). A fresh worker gets a fresh consumer.
+                log.critical(
+                    "%s: %s/%d is stuck at %d (stable end %d) after %d re-reads; exiting so that the worker is "
+                    "started again",
+                    self.name,
+                    tp.topic,
+                    tp.partition,
+                    cursor.position,
+                    stable,
+                    MAX_REREADS,
+                )
+                logging.shutdown()
+                os._exit(75)
             if now - since >= stall_s:
+                self._rereads[tp] = self._rereads.get(tp, 0) + 1
                 log.warning(
                     "%s: %s/%d has not moved from %d for %.0fs (stable end %d): reading it again",
                     self.name,

@@ -3,6 +3,7 @@ sent, that the invariants are then checked against."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import time
@@ -133,24 +134,35 @@ class Pipeline:
             raise
 
     def dump_logs(self, lines: int = 60) -> None:
-        """The tail of every worker's log, after asking each live worker for the stacks of its threads and
-        asyncio tasks (SIGUSR1): a stall shows where it waits."""
-        if any(pool.signal_all(signal.SIGUSR1) for pool in self.pools):
-            time.sleep(2.0)
-        for pool in self.pools:
+        """Every worker's log tail and stage counters; then, from each live worker, where its threads and
+        asyncio tasks wait (SIGUSR1 makes it log their stacks), cut to the frames of this project's code."""
+        sizes: dict[tuple[int, int], int] = {}
+        for n, pool in enumerate(self.pools):
             for i in range(pool.count):
                 print(f"--- worker {i} of {pool.settings.app_module} (alive={pool.alive(i)}) ---")
                 print(pool.log_tail(i, lines))
                 stats = (pool.stats(i) or {}).get("stages", {})
-                print(
-                    "stage counters:",
-                    json.dumps(
-                        {
-                            name: {k: v for k, v in st.items() if isinstance(v, int | dict) and k in COUNTERS}
-                            for name, st in stats.items()
-                        }
-                    ),
-                )
+                counters = {name: {k: v for k, v in st.items() if k in COUNTERS} for name, st in stats.items()}
+                print("stage counters:", json.dumps(counters))
+                with contextlib.suppress(OSError):
+                    sizes[(n, i)] = pool.log_path(i).stat().st_size
+        if not any(pool.signal_all(signal.SIGUSR1) for pool in self.pools):
+            return
+        time.sleep(2.0)
+        for (n, i), size in sizes.items():
+            pool = self.pools[n]
+            if not pool.alive(i):
+                continue
+            with open(pool.log_path(i), "rb") as log:
+                log.seek(size)
+                dump = log.read().decode(errors="replace").splitlines()
+            ours = [
+                ln
+                for ln in dump
+                if ln.lstrip().startswith(("TASK", "File")) and ("/engine/" in ln or "/agents/" in ln or "TASK" in ln)
+            ]
+            print(f"--- where worker {i} of {pool.settings.app_module} waits ---")
+            print("\n".join(ours[-80:]))
 
     def outputs(self) -> Outputs:
         return collect(self.bootstrap, self.topics)
