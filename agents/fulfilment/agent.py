@@ -92,11 +92,8 @@ class FulfilmentLogic(Logic):
         now = record.timestamp_ms
         if isinstance(item, LayoutVersion):
             current = self.layout(work, item.layout.tenant, p)
-            if current is None or item.layout.version > current.version:
-                work.put(LAYOUTS, layout_key(item.layout.tenant, p), item.layout)
-                work.note("layout_applied")
-            else:
-                work.note("layout_not_newer")
+            key, version = layout_key(item.layout.tenant, p), current.version if current else None
+            work.put_if_newer(LAYOUTS, key, item.layout, item.layout.version, version, "layout")
             return
         if isinstance(item, Tick):
             work.advance(item.ts)
@@ -139,7 +136,6 @@ class FulfilmentLogic(Logic):
         for waiting in opened:
             self._due(work, state, waiting.opened_ts + window * 1000, parcel.merge_key)
         work.put(MERGES, group_key, group, expires_at=self._expiry(group, parcel.ts))
-        self._put_warehouse(work, state)
         if window == 0:
             self._release(work, p, f"{parcel.tenant}:{parcel.warehouse}", now)
 
@@ -244,6 +240,7 @@ class FulfilmentLogic(Logic):
             state = WarehouseState(tenant, warehouse, ts // 1000 - 1, waves.WaveBook(tenant, warehouse))
             known = self._warehouses(work, p)
             work.put(WAREHOUSES, f"p{p}", wire.encode(sorted({*known, key})))
+            self._put_warehouse(work, state)
         return state
 
     def _put_warehouse(self, work: PartitionWork, state: WarehouseState) -> None:

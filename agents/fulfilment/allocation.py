@@ -52,9 +52,6 @@ class Allocation:
     def split(self) -> bool:
         return len(self.parcels) > 1
 
-    def warehouse_of(self, line_id: str) -> str | None:
-        return next((p.warehouse for p in self.parcels if line_id in p.line_ids), None)
-
 
 def region_rank(warehouse: WarehouseSpec, receiver: Address) -> int:
     """0 serves the receiver's city, 1 the province, 2 neither."""

@@ -95,20 +95,16 @@ class OrderLogic(Logic):
             return
         p = record.partition
         if isinstance(item, RulesVersion):  # broadcast: one copy on every partition
-            current = work.get_as(RULES, rules_key(item.rules.tenant, p), RulesState)
-            if current is None or item.rules.version > current.rules.version:
-                work.put(RULES, rules_key(item.rules.tenant, p), RulesState(rules=item.rules))
-                work.note("rules_applied")
-            else:
-                work.note("rules_not_newer")
+            key = rules_key(item.rules.tenant, p)
+            current = work.get_as(RULES, key, RulesState)
+            version = current.rules.version if current else None
+            work.put_if_newer(RULES, key, RulesState(rules=item.rules), item.rules.version, version, "rules")
             return
         if isinstance(item, LayoutVersion):  # the same, for the warehouse layout that ranks reservations
-            current_layout = work.get_as(LAYOUTS, layout_key(item.layout.tenant, p), Layout)
-            if current_layout is None or item.layout.version > current_layout.version:
-                work.put(LAYOUTS, layout_key(item.layout.tenant, p), item.layout)
-                work.note("layout_applied")
-            else:
-                work.note("layout_not_newer")
+            key = layout_key(item.layout.tenant, p)
+            layout = work.get_as(LAYOUTS, key, Layout)
+            version = layout.version if layout else None
+            work.put_if_newer(LAYOUTS, key, item.layout, item.layout.version, version, "layout")
             return
         if partition_for(item.key, self.partitions) != p:
             detail = f"key {item.key!r} belongs to partition {partition_for(item.key, self.partitions)}, arrived on {p}"

@@ -210,6 +210,15 @@ class PartitionWork:
     def note(self, what: str, n: int = 1) -> None:
         self.notes[what] = self.notes.get(what, 0) + n
 
+    def put_if_newer(self, table: str, key: str, value: Any, version: int, current: int | None, what: str) -> None:
+        """Configuration broadcast to every partition (review rules, layouts): a version higher than the one
+        this partition holds replaces it; an equal or lower one (a redelivery, a stale publisher) is noted only."""
+        if current is None or version > current:
+            self.put(table, key, value)
+            self.note(f"{what}_applied")
+        else:
+            self.note(f"{what}_not_newer")
+
     # -- per-record savepoints ------------------------------------------------------------------------
     def begin_record(self, record: Input) -> None:
         self.record = record
