@@ -4,7 +4,9 @@ raw channel topics ─► ingest ─┐
 HTTP API, webhooks ───────────┴─► order inbox ─► orders (review + saga) ─► inventory commands ─► inventory
                                        ▲                 │                                          │
                                        │                 └─► fulfilment inbox ─► fulfilment ─► shipments, waves,
-                                       │                     (parcels per warehouse)  (merge, waves)    pick lists
+                                       │     pick confirmations ─┘ (per warehouse)  (merge, waves,   pick lists,
+                                       │                                             picking)        pick outcomes
+                                       ├──────────── short picks ◄──────────────────────┘  (+ short-pick commands)
                                        └──────────────────── line results ◄─────────────────────────┘
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import faust
 
 from agents.fulfilment import agent as fulfilment
+from agents.fulfilment import views as fulfilment_views
 from agents.ingest import agent as ingest
 from agents.ingest import views as ingest_views
 from agents.inventory import agent as inventory
@@ -47,4 +50,5 @@ def create_app(settings: Settings, worker_index: int = 0, topic_epochs: dict[str
     order_views.install(app, edge, holds, registry)
     inventory.install(app, catalog, sync)
     fulfilment.install(app)
+    fulfilment_views.install(app, edge)
     return app

@@ -39,7 +39,7 @@ from invariants import Inputs, check, collect
 from schemas import wire
 from schemas.fulfilment import Layout
 from schemas.saga import OrderDecision
-from workload.day import engine_inputs, wait_fulfilment, wait_idle
+from workload.day import engine_inputs, fulfilment_summary, wait_fulfilment, wait_idle
 from workload.generator import Workload, WorkloadSpec
 from workload.stock import load_stock, send_orders
 
@@ -119,6 +119,8 @@ def measure_engine(
                 "after_last_decision_s": round(done_s - elapsed, 2) if done_s is not None else None,
                 "shipments_per_s": round(len(outputs.shipments) / done_s, 1) if done_s else None,
             }
+            summary = fulfilment_summary(outputs, inputs.fulfilment_complete)
+            fulfilment.update({k: summary[k] for k in ("orders_split", "orders_shipped", "parcels_per_order")})
         stages = [st for w in stats for st in w.get("stages", {}).values()]
         transactions = sum(st.get("transactions", 0) for st in stages)
         commit_ms = sum(st.get("commit_ms_sum", 0.0) for st in stages)

@@ -10,7 +10,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.deadletter import DeadLetter
-from schemas.fulfilment import FulfilmentRecord, Layout, PickList, Shipment, Wave, WithdrawalOutcome
+from schemas.fulfilment import (
+    FulfilmentRecord,
+    Layout,
+    OrderAllocation,
+    PickList,
+    PickOutcome,
+    Shipment,
+    ShortPickOutcome,
+    Wave,
+    WithdrawalOutcome,
+)
 from schemas.inbox import InboxRecord
 from schemas.inventory import InventoryCommand, StockEvent
 from schemas.order import Channel
@@ -47,7 +57,8 @@ SPECS: tuple[TopicSpec, ...] = (
         "order-inbox.v1",
         True,
         "Everything that can change an order, in one order per buyer: channel snapshots (ingest, API), operator "
-        "actions, the inventory's line results, and review rule versions (one copy per partition).",
+        "actions, the inventory's line results, fulfilment's short picks, and review rule and layout versions (one "
+        "copy per partition).",
     ),
     _spec(
         "review_rules",
@@ -75,7 +86,7 @@ SPECS: tuple[TopicSpec, ...] = (
         InventoryCommand,
         "inventory-command.v1",
         True,
-        "Every stock change: reserve, release, issue, receive, adjust, return. One writer per SKU.",
+        "Every stock change: reserve, release, issue, receive, adjust, return, short pick. One writer per SKU.",
     ),
     _spec(
         "order_decisions",
@@ -115,14 +126,24 @@ SPECS: tuple[TopicSpec, ...] = (
         cleanup_policy="compact",
     ),
     _spec(
+        "allocations",
+        "allocations",
+        "tenant:order_id",
+        OrderAllocation,
+        "order-allocation.v1",
+        True,
+        "分仓 of each accepted order: which warehouse ships which lines, by which strategy, on quotes or not.",
+    ),
+    _spec(
         "fulfilment_inbox",
         "fulfilment-inbox",
         "tenant:warehouse",
         FulfilmentRecord,
         "fulfilment-inbox.v1",
         True,
-        "Everything that changes one warehouse's fulfilment, in one order: accepted parcels, withdrawn orders, "
-        "layout versions (one copy per partition) and ticks (record time for merge windows and wave timers).",
+        "Everything that changes one warehouse's fulfilment, in one order: accepted parcels, withdrawn orders, pick "
+        "confirmations, layout versions (one copy per partition) and ticks (record time for merge windows and "
+        "wave timers).",
     ),
     _spec(
         "shipments",
@@ -150,6 +171,24 @@ SPECS: tuple[TopicSpec, ...] = (
         "pick-list.v1",
         True,
         "One picker's walk with one cart through one zone: stops in walking order, path length and S-shape length.",
+    ),
+    _spec(
+        "pick_outcomes",
+        "pick-outcomes",
+        "tenant:pick_list_id",
+        PickOutcome,
+        "pick-outcome.v1",
+        True,
+        "Pick confirmations as applied: confirmed (picked and short units per stop) or refused (and why).",
+    ),
+    _spec(
+        "short_picks",
+        "short-picks",
+        "tenant:order_id",
+        ShortPickOutcome,
+        "short-pick-outcome.v1",
+        True,
+        "How each short-picked line was resolved: re-reserved in another warehouse, or shipped partial.",
     ),
     _spec(
         "withdrawals",
@@ -193,10 +232,13 @@ class Topics:
     order_cancellations: str
     stock_events: str
     layouts: str
+    allocations: str
     fulfilment_inbox: str
     shipments: str
     waves: str
     pick_lists: str
+    pick_outcomes: str
+    short_picks: str
     withdrawals: str
     dead_letters: str
 

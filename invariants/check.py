@@ -4,18 +4,21 @@
   deltas must give that state, available never goes below zero, versions run 1, 2, 3 … without a gap, and no
   version is written twice with different contents (two writers).
 * **I2 Conservation.** The final on-hand per SKU and warehouse equals what the *sent* receipts, returns and
-  adjustments add up to (minus what shipped); each sent stock command took effect exactly once, or was refused
-  because its sender meant it to be.
+  adjustments add up to (minus what shipped, and what pickers reported missing: F7 checks each short against
+  its confirmation); each sent stock command took effect exactly once, or was refused because its sender meant
+  it to be.
 * **I3 Effects once.** No command applied twice; per line at most one reservation and one close.
 * **I4 One decision per order.** Every order that was sent has exactly one decision — every copy of it
   byte-identical — or is in an open state the engine lists (awaiting payment, held); no decision for an order
   nobody sent; no rejection the engine caused itself. An accepted order reserved exactly the lines that were
-  sent (SKU and quantity), and still holds exactly the ones the channel did not cancel; a rejected or cancelled
-  order holds nothing. The reserved quantity per SKU and warehouse equals the open lines of accepted orders.
+  sent (SKU and quantity), and still holds exactly the ones the channel did not cancel (with the units left after
+  a short pick, and the remainder lines re-reserved for them); a rejected or cancelled order holds nothing.
+  The reserved quantity per SKU and warehouse equals the open lines of accepted orders.
 * **I6 Bad input.** Every dead letter is justified by its own bytes (they do not decode, or are misrouted) or by
   the sender's intent; every record crafted to be bad was dead-lettered.
 
-Then the fulfilment invariants F1–F5 (invariants.fulfilment).
+Then the fulfilment invariants F1–F5 (invariants.fulfilment) and the picking invariants F6–F7
+(invariants.picking).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from engine.kafka.clients import partition_for
 from invariants.collect import Outputs
 from invariants.fulfilment import check_fulfilment
 from invariants.inputs import Inputs, SentOrder
+from invariants.picking import Truth, check_picking, root_line
 from schemas import wire
 from schemas.deadletter import DeadLetter, ReasonCode
 from schemas.inbox import InboxRecord
@@ -72,9 +76,11 @@ def check(inputs: Inputs, out: Outputs, partitions: int | None = None) -> Verdic
     applied = _stock_events(out, v)
     _stock_inputs(inputs, out, applied, v)
     effects = _line_effects(applied, v)
-    _orders(inputs, out, effects, v)
+    truth = Truth(inputs)
+    _orders(inputs, out, effects, truth, v)
     _dead_letters(inputs, out, v, partitions)
-    check_fulfilment(inputs, out, v)
+    check_fulfilment(inputs, out, v, truth, applied)
+    check_picking(inputs, out, truth, applied, v)
     return v
 
 
@@ -171,7 +177,7 @@ def _stock_inputs(inputs: Inputs, out: Outputs, applied: dict[str, StockEvent], 
         delta = cmd.delta if isinstance(cmd, Adjust) else cmd.quantity
         expected[(cmd.tenant, cmd.sku, cmd.warehouse)] += delta
     for ev in applied.values():
-        if ev.kind is CommandKind.ISSUE:
+        if ev.kind in (CommandKind.ISSUE, CommandKind.SHORT):
             expected[(ev.tenant, ev.sku, ev.warehouse)] += ev.d_on_hand
         elif ev.kind in (CommandKind.RECEIVE, CommandKind.RETURN, CommandKind.ADJUST) and ev.event_id not in seen:
             v.fail("I2", f"{ev.event_id} changed on-hand but nobody sent it")
@@ -192,6 +198,7 @@ class LineEffects:
     reserved: int = 0
     released: int = 0
     issued: int = 0
+    shorted: int = 0  # units a short pick took out
     sku: str = ""
     quantity: int = 0
     warehouse: str = ""
@@ -200,7 +207,7 @@ class LineEffects:
 
     @property
     def holding(self) -> bool:
-        return self.reserved > self.released + self.issued
+        return self.reserved > self.released + self.issued and self.quantity > self.shorted
 
 
 def _line_effects(applied: dict[str, StockEvent], v: Verdict) -> dict[tuple[str, str], LineEffects]:
@@ -217,6 +224,8 @@ def _line_effects(applied: dict[str, StockEvent], v: Verdict) -> dict[tuple[str,
             e.released += 1
         elif ev.kind is CommandKind.ISSUE:
             e.issued += 1
+        elif ev.kind is CommandKind.SHORT:
+            e.shorted -= ev.d_reserved
     for (tenant, line), e in effects.items():
         if e.reserved > 1 or e.released + e.issued > 1 or e.released + e.issued > e.reserved:
             v.fail("I3", f"{tenant}:{line}: reserved {e.reserved}x, released {e.released}x, issued {e.issued}x")
@@ -224,7 +233,9 @@ def _line_effects(applied: dict[str, StockEvent], v: Verdict) -> dict[tuple[str,
 
 
 # -- orders --------------------------------------------------------------------------------------------------
-def _orders(inputs: Inputs, out: Outputs, effects: dict[tuple[str, str], LineEffects], v: Verdict) -> None:
+def _orders(
+    inputs: Inputs, out: Outputs, effects: dict[tuple[str, str], LineEffects], truth: Truth, v: Verdict
+) -> None:
     decisions: dict[str, OrderDecision] = {}
     for d in out.decisions:
         first = decisions.setdefault(d.key, d)
@@ -277,7 +288,7 @@ def _orders(inputs: Inputs, out: Outputs, effects: dict[tuple[str, str], LineEff
             engine_failures += 1
             v.fail("I4", f"{key} was rejected by the engine itself ({d.reason.value}): {d.detail[:120]}")
         if d.status is DecisionStatus.ACCEPTED:
-            _accepted(sent, d, holding, cancelled_by_record.get(key, set()), held_units, v)
+            _accepted(sent, d, holding, cancelled_by_record.get(key, set()), held_units, truth, v)
         else:
             still = sorted(line for line, e in holding.items() if e.holding)
             if still:
@@ -330,6 +341,7 @@ def _accepted(
     holding: dict[str, LineEffects],
     cancelled_lines: set[str] | None,
     held_units: dict[tuple[str, str, str], int],
+    truth: Truth,
     v: Verdict,
 ) -> None:
     key = sent.key
@@ -337,11 +349,12 @@ def _accepted(
     closed = sent.closed_lines()
     reserved = {line: e for line, e in holding.items() if e.reserved}
     for line, e in reserved.items():
-        want = lines.get(line)
+        want = truth.line(sent.tenant, line)
         if want is None:
-            v.fail("I4", f"{key} reserved {line}, which was never sent")
-        elif (e.sku, e.quantity) != want:
-            v.fail("I4", f"{key} reserved {line} as {e.sku} x{e.quantity}, the channel sent {want[0]} x{want[1]}")
+            v.fail("I4", f"{key} reserved {line}, which was never sent (nor short-picked)")
+        elif (e.sku, e.quantity) != (want.sku, want.units):
+            source = "the channel sent" if line in lines else "the short pick left"
+            v.fail("I4", f"{key} reserved {line} as {e.sku} x{e.quantity}, {source} {want.sku} x{want.units}")
     for dl in d.lines:
         want = lines.get(dl.line_id)
         if want is not None and (dl.sku, dl.quantity) != want:
@@ -350,15 +363,20 @@ def _accepted(
     if missing:
         v.fail("I4", f"{key} was accepted without reserving {missing}")
     whole_cancelled = sent.cancelled() or cancelled_lines is None
-    expected = set() if whole_cancelled else {line for line in reserved if line in lines and line not in closed}
+    kept: dict[str, int] = {}  # line -> units it should still hold
+    if not whole_cancelled:
+        for line in reserved:
+            want = truth.line(sent.tenant, line)
+            if want is not None and root_line(line) in lines and root_line(line) not in closed and want.kept > 0:
+                kept[line] = want.kept
     still = {line for line, e in holding.items() if e.holding}
-    if still != expected:
-        v.fail("I4", f"{key} was accepted: holds {sorted(still)}, should hold {sorted(expected)}")
+    if still != set(kept):
+        v.fail("I4", f"{key} was accepted: holds {sorted(still)}, should hold {sorted(kept)}")
     if sent.cancelled() and cancelled_lines is not None:
         v.fail("I4", f"{key} was cancelled by its channel after acceptance, but no cancellation was recorded")
-    for line in still & expected:
+    for line in still & set(kept):
         e = holding[line]
-        held_units[(sent.tenant, lines[line][0], e.warehouse)] += lines[line][1]
+        held_units[(sent.tenant, e.sku, e.warehouse)] += kept[line]
 
 
 def _reserved_totals(v: Verdict, held_units: dict[tuple[str, str, str], int]) -> None:

@@ -11,7 +11,15 @@ from engine.kafka.clients import read_topics
 from engine.topics import Topics
 from schemas import wire
 from schemas.deadletter import DeadLetter
-from schemas.fulfilment import PickList, Shipment, Wave, WithdrawalOutcome
+from schemas.fulfilment import (
+    OrderAllocation,
+    PickList,
+    PickOutcome,
+    Shipment,
+    ShortPickOutcome,
+    Wave,
+    WithdrawalOutcome,
+)
 from schemas.inventory import InventoryCommand, StockEvent
 from schemas.review import OrderCancellation, ReviewDecision
 from schemas.saga import OrderDecision
@@ -30,6 +38,9 @@ class Outputs:
     waves: list[Wave] = field(default_factory=list)
     pick_lists: list[PickList] = field(default_factory=list)
     withdrawals: list[WithdrawalOutcome] = field(default_factory=list)
+    pick_outcomes: list[PickOutcome] = field(default_factory=list)
+    short_picks: list[ShortPickOutcome] = field(default_factory=list)
+    allocations: list[OrderAllocation] = field(default_factory=list)
     undecodable: Counter = field(default_factory=Counter)  # result topic -> records that fail their schema
 
 
@@ -46,6 +57,9 @@ def collect(bootstrap: str, topics: Topics, timeout_s: float = 120.0) -> Outputs
         topics.waves: (Wave, out.waves),
         topics.pick_lists: (PickList, out.pick_lists),
         topics.withdrawals: (WithdrawalOutcome, out.withdrawals),
+        topics.pick_outcomes: (PickOutcome, out.pick_outcomes),
+        topics.short_picks: (ShortPickOutcome, out.short_picks),
+        topics.allocations: (OrderAllocation, out.allocations),
     }
     for msg in read_topics(bootstrap, list(sinks), timeout_s=timeout_s):
         typ, sink = sinks[msg.topic]

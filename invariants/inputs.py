@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from schemas.deadletter import ReasonCode
+from schemas.fulfilment import PickConfirmation
 from schemas.inventory import InventoryCommand
 from schemas.order import LineState, Order, OrderStatus, line_id
 from schemas.review import OperatorActionKind
@@ -81,6 +82,8 @@ class Inputs:
     #: every merge window and wave timer has passed: every accepted line must be shipped and every shipment
     #: waved (until then only the safety half of the fulfilment invariants is checked)
     fulfilment_complete: bool = False
+    #: pick confirmations sent that match their pick lists: what a picker reported picked is the truth
+    picks: list[PickConfirmation] = field(default_factory=list)
 
     def add_orders(self, orders: Iterable[Order]) -> None:
         for order in orders:

@@ -22,6 +22,8 @@ class ReasonCode(enum.StrEnum):
     BAD_KEY = "bad_key"  # a raw channel record whose key is not tenant:shop:platform_order_id
     OVERSIZE = "oversize"  # larger than the ingestion limit
     STALE_SEQUENCE = "stale_sequence"  # a command at or below its origin's high-water mark that was never applied
+    UNKNOWN_PICK_LIST = "unknown_pick_list"  # a pick confirmation for a pick list this warehouse never released
+    PICK_REFUSED = "pick_refused"  # a pick confirmation that does not match its pick list (over-pick, missing stop)
     PROCESSING_ERROR = "processing_error"  # a bug: the record is parked instead of stalling the partition
 
 

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from schemas.common import EpochMs, Ident, Quantity, Record, Tenant
+from schemas.common import EpochMs, Ident, Key, Quantity, Record, Tenant, Text
 
 Centimetres = Annotated[int, Meta(ge=0, le=1_000_000, description="A distance in whole centimetres")]
 Count = Annotated[int, Meta(ge=1, le=100_000)]
@@ -111,6 +111,31 @@ class Layout(Record, kw_only=True):
 
 
 # -- outputs ------------------------------------------------------------------------------------------------
+class AllocatedParcel(Record, kw_only=True):
+    warehouse: Ident
+    line_ids: list[Ident]
+
+
+class OrderAllocation(Record, kw_only=True):
+    """分仓 of an accepted order: which warehouse ships which of its lines, and how that was chosen — ``strategy``
+    (``fullest`` when the tenant has no layout: each line where the most units are), whether the SKUs' stock was
+    ``quoted`` first, and the ``ranking`` of the warehouses that could serve it. More than one parcel is a split
+    (拆单). Key: ``tenant:order_id``."""
+
+    schema_version: int = 1
+    tenant: Tenant
+    order_id: Ident
+    strategy: Literal["region", "fewest-parcels", "stock-first", "fullest"]
+    quoted: bool = False
+    ranking: list[Ident] = msgspec.field(default_factory=list)
+    parcels: list[AllocatedParcel]
+    ts: EpochMs
+
+    @property
+    def key(self) -> str:
+        return f"{self.tenant}:{self.order_id}"
+
+
 class ShipmentLine(Record, kw_only=True):
     order_id: Ident
     line_id: Ident
@@ -131,6 +156,9 @@ class Shipment(Record, kw_only=True):
     lines: list[ShipmentLine]
     order_ids: list[Ident]
     split_reason: str | None = None  # why an order has more than one shipment
+    #: The order side's inbox key of its orders (one buyer: merges never cross buyers): where fulfilment
+    #: reports a short pick of one of its lines.
+    reply_to: Key | None = None
     ts: EpochMs
 
     @property
@@ -193,20 +221,62 @@ class PickedLine(Record, kw_only=True):
     picked: Annotated[int, Meta(ge=0, le=10_000)]
 
 
-class PickConfirmation(Record, kw_only=True):
-    """A picker's report for one pick list (拣货确认): what was actually picked, per stop. Fewer units than asked
-    is a short pick (缺货)."""
+class PickedStop(Record, kw_only=True):
+    shipment_id: Ident
+    line_id: Ident
+    sku: Ident
+    asked: Quantity
+    picked: Annotated[int, Meta(ge=0, le=10_000)]
+
+    @property
+    def missing(self) -> int:
+        return self.asked - self.picked
+
+
+class PickOutcome(Record, kw_only=True):
+    """What the fulfilment stage made of a pick confirmation: ``confirmed`` (with what was picked and what is
+    short, per stop) or ``refused`` (nothing applied; ``errors`` say why, and the confirmation is dead-lettered)."""
 
     schema_version: int = 1
     tenant: Tenant
+    warehouse: Ident
     pick_list_id: Ident
-    lines: list[PickedLine]
+    status: Literal["confirmed", "refused"]
+    stops: list[PickedStop] = msgspec.field(default_factory=list)
+    errors: list[Text] = msgspec.field(default_factory=list)
     picker: Ident = "unknown"
     ts: EpochMs
 
     @property
     def key(self) -> str:
         return f"{self.tenant}:{self.pick_list_id}"
+
+    @property
+    def shorts(self) -> list[PickedStop]:
+        return [s for s in self.stops if s.picked < s.asked]
+
+
+class ShortPickOutcome(Record, kw_only=True):
+    """How the order side resolved a short pick of one line (缺货处理): the missing units were ``reallocated`` to
+    another warehouse (a new line ``remainder_line_id`` ships from ``remainder_warehouse``), or the line ships
+    ``partial`` — by the tenant's policy, or because no other warehouse had them. Key: ``tenant:order_id``."""
+
+    schema_version: int = 1
+    tenant: Tenant
+    order_id: Ident
+    line_id: Ident
+    sku: Ident
+    warehouse: Ident  # where the pick came up short
+    missing: Quantity
+    outcome: Literal["reallocated", "partial"]
+    reason: Literal["policy", "reallocated", "no_stock", "cancelled"]
+    remainder_line_id: Ident | None = None
+    remainder_warehouse: Ident | None = None
+    ts: EpochMs
+
+    @property
+    def key(self) -> str:
+        return f"{self.tenant}:{self.order_id}"
 
 
 # -- the fulfilment inbox (key tenant:warehouse) ------------------------------------------------------------
@@ -224,7 +294,8 @@ class LayoutVersion(Record, tag="layout", tag_field="kind", kw_only=True):
 
 class ParcelAccepted(Record, tag="parcel", tag_field="kind", kw_only=True):
     """The lines of an accepted order reserved in one warehouse (an order split over warehouses sends one per
-    warehouse). ``merge_key`` is tenant, shop, buyer and a digest of the receiver: what must match to merge."""
+    warehouse). ``merge_key`` is tenant, shop, buyer and a digest of the receiver: what must match to merge.
+    A short-picked line re-reserved elsewhere comes as a parcel of its own with ``reallocated`` set."""
 
     v: int = 1
     tenant: Tenant
@@ -233,7 +304,9 @@ class ParcelAccepted(Record, tag="parcel", tag_field="kind", kw_only=True):
     warehouse: Ident
     merge_key: Annotated[str, Meta(min_length=1, max_length=400)]
     lines: Annotated[list[ShipmentLine], Meta(min_length=1)]
-    ts: EpochMs  # when the order was accepted
+    reply_to: Key | None = None  # the order's inbox key (short picks are reported there)
+    reallocated: bool = False
+    ts: EpochMs  # when the order was accepted (or the line re-reserved)
 
     @property
     def key(self) -> str:
@@ -264,7 +337,46 @@ class Tick(Record, tag="tick", tag_field="kind", kw_only=True):
     ts: EpochMs
 
 
-FulfilmentRecord = LayoutVersion | ParcelAccepted | OrderWithdrawn | Tick
+class PickConfirmation(Record, tag="pick", tag_field="kind", kw_only=True):
+    """A picker's report for one pick list (拣货确认): what was actually picked, per stop. Fewer units than asked
+    is a short pick (缺货). Sent to the fulfilment inbox (key ``tenant:warehouse``) by scanners or the HTTP API."""
+
+    v: int = 1
+    tenant: Tenant
+    warehouse: Ident
+    pick_list_id: Ident
+    lines: Annotated[list[PickedLine], Meta(min_length=1, max_length=2_000)]
+    picker: Ident = "unknown"
+    ts: EpochMs
+
+    @property
+    def key(self) -> str:
+        return f"{self.tenant}:{self.warehouse}"
+
+
+FulfilmentRecord = LayoutVersion | ParcelAccepted | OrderWithdrawn | Tick | PickConfirmation
+
+
+class LineShort(Record, tag="line_short", tag_field="kind", kw_only=True):
+    """Fulfilment to the order side (its inbox, key ``reply_to``): ``missing`` units of a line were not in their
+    bin. The stock side has already taken them out of the reservation and the count; the order side decides
+    whether they are re-reserved elsewhere or the line ships partial (the layout's ``short_pick``)."""
+
+    v: int = 1
+    tenant: Tenant
+    order_id: Ident
+    line_id: Ident
+    sku: Ident
+    warehouse: Ident
+    missing: Quantity
+    picked: Annotated[int, Meta(ge=0, le=10_000)]
+    pick_list_id: Ident
+    reply_to: Key
+    ts: EpochMs
+
+    @property
+    def key(self) -> str:
+        return self.reply_to
 
 
 class WithdrawalOutcome(Record, kw_only=True):

@@ -8,16 +8,18 @@ order's buyer key (``tenant:shop:b-<buyer>``), so one writer sees them in one re
 * ``rules``       a tenant's review rule set, published to every partition so that each partition sees each
                   version at one point of its log;
 * ``layout``      a tenant's warehouse layout (schemas.fulfilment.LayoutVersion), published the same way: it
-                  ranks the warehouses a line may be reserved in (分仓).
+                  ranks the warehouses a line may be reserved in (分仓);
+* ``line_short``  fulfilment's report that a line was short-picked (schemas.fulfilment.LineShort);
+* ``stock_quote`` a SKU writer's availability per warehouse, for allocating an order (schemas.saga.StockQuote).
 """
 
 from __future__ import annotations
 
 from schemas.common import EpochMs, Ident, Key, Record, Tenant, Text
-from schemas.fulfilment import LayoutVersion
+from schemas.fulfilment import LayoutVersion, LineShort
 from schemas.order import Order, buyer_key
 from schemas.review import OperatorActionKind, RuleSet
-from schemas.saga import LineResult
+from schemas.saga import LineResult, StockQuote
 
 
 class OrderSnapshot(Record, tag="order", tag_field="kind", kw_only=True):
@@ -58,4 +60,4 @@ class RulesVersion(Record, tag="rules", tag_field="kind", kw_only=True):
         return self.rules.tenant
 
 
-InboxRecord = OrderSnapshot | OperatorAction | LineResult | RulesVersion | LayoutVersion
+InboxRecord = OrderSnapshot | OperatorAction | LineResult | RulesVersion | LayoutVersion | LineShort | StockQuote

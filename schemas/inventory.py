@@ -43,6 +43,8 @@ class CommandKind(enum.StrEnum):
     RECEIVE = "receive"  # 入库
     ADJUST = "adjust"  # 盘点调整
     RETURN = "return"  # 退货入库
+    SHORT = "short"  # 拣货缺货: units of a reserved line were not in their bin
+    QUOTE = "quote"  # 询库存: what is available where (changes nothing)
 
 
 class _Command(Record, tag_field="kind", kw_only=True):
@@ -73,6 +75,7 @@ class Reserve(_Command, tag=CommandKind.RESERVE.value, kw_only=True):
     quantity: Quantity
     reply_to: Key
     warehouses: list[WarehouseId] = msgspec.field(default_factory=list)
+    exclude: list[WarehouseId] = msgspec.field(default_factory=list)  # never these (they came up short)
 
 
 class Release(_Command, tag=CommandKind.RELEASE.value, kw_only=True):
@@ -119,7 +122,29 @@ class Return(_Command, tag=CommandKind.RETURN.value, kw_only=True):
     document_id: Ident
 
 
-InventoryCommand = Reserve | Release | Issue | Receive | Adjust | Return
+class ShortPick(_Command, tag=CommandKind.SHORT.value, kw_only=True):
+    """A short pick (拣货缺货): ``quantity`` units of a reserved line were not in their bin. They leave the line's
+    reservation and the warehouse's count in one step (reserved and on_hand both drop, available stays), so they
+    are never available to another line in between — which a release followed by a count adjustment would
+    allow, selling units that are not there."""
+
+    order_id: Ident
+    line_id: Ident
+    quantity: Quantity
+    pick_list_id: Ident
+
+
+class Quote(_Command, tag=CommandKind.QUOTE.value, kw_only=True):
+    """Ask the SKU's writer what is available in ``warehouses`` (all of them when empty) for an order being
+    allocated (分仓): the answer, a ``StockQuote``, goes to the order side's inbox under ``reply_to``. It changes
+    nothing — no stock, no idempotency mark — so a redelivery is simply answered again."""
+
+    order_id: Ident
+    reply_to: Key
+    warehouses: list[WarehouseId] = msgspec.field(default_factory=list)
+
+
+InventoryCommand = Reserve | Release | Issue | Receive | Adjust | Return | ShortPick | Quote
 
 
 class StockEvent(Record, kw_only=True):
@@ -169,6 +194,15 @@ def release_id(tenant: str, line_id: str) -> str:
 
 def issue_id(tenant: str, line_id: str) -> str:
     return f"issue.{tenant}.{line_id}"
+
+
+def quote_id(tenant: str, order_id: str, sku: str) -> str:
+    return f"quote.{tenant}.{order_id}.{sku}"
+
+
+def short_id(tenant: str, line_id: str) -> str:
+    """A line is picked once: its short is one fact."""
+    return f"short.{tenant}.{line_id}"
 
 
 def receive_id(tenant: str, sku: str, warehouse: str, document_id: str) -> str:

@@ -53,6 +53,25 @@ class LineResult(Record, tag="line_result", tag_field="kind", kw_only=True):
         return self.reply_to
 
 
+class StockQuote(Record, tag="stock_quote", tag_field="kind", kw_only=True):
+    """A SKU writer's answer to a quote: units available per warehouse at that point of its log. Key: the order's
+    buyer key (the order side's inbox). The order side allocates on it, then reserves — and since another
+    order may take the units in between, each reserve still falls back to the ranking."""
+
+    v: int = 1
+    quote_id: Ident
+    tenant: Tenant
+    order_id: Ident
+    sku: Ident
+    available: dict[str, Annotated[int, Meta(ge=0)]]
+    reply_to: Key
+    ts: EpochMs
+
+    @property
+    def key(self) -> str:
+        return self.reply_to
+
+
 class DecisionStatus(enum.StrEnum):
     ACCEPTED = "accepted"
     REJECTED = "rejected"

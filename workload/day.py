@@ -46,8 +46,10 @@ from schemas.saga import DecisionStatus, OrderDecision
 from workload.channels import channel_day
 from workload.delivery import Credentials, DeliveryStats, deliver, resolve_holds
 from workload.generator import Workload, WorkloadSpec
+from workload.picking import PickingDay, PickingStalled, confirm_all
 from workload.stock import load_stock
 
+PICK_SHORT_RATE = 0.01  # share of pick-list stops the main job's pickers find short (缺货)
 CHAOS = re.compile(r"^(kill|pause)@(\d{1,3})(?::(\d+))?$")
 
 
@@ -198,6 +200,19 @@ def main_job(base: Settings, opts: RunOptions) -> int:
             wait_idle(settings, engine_inputs(topics), pool)
         with console.status("Waiting for the last merge windows and waves…"):
             inputs.fulfilment_complete = wait_fulfilment(settings, topics, layouts, pool)
+        picking = None
+        if inputs.fulfilment_complete:
+            with console.status(f"Pickers confirming every pick list ({PICK_SHORT_RATE:.0%} of stops short)…"):
+                settled = [True]
+
+                def settle() -> None:
+                    wait_idle(settings, engine_inputs(topics), pool)
+                    settled[0] = wait_fulfilment(settings, topics, layouts, pool)
+
+                picking = confirm_all(settings, topics, opts.seed, PICK_SHORT_RATE, settle, pool.supervise)
+                inputs.picks.extend(picking.sent)
+                inputs.fulfilment_complete = settled[0]
+                wait_idle(settings, engine_inputs(topics), pool)  # the last short-pick commands applied
         stuck = stuck_sagas(pool)
         pool.stop()
         with console.status("Checking invariants from the result topics against what was sent…"):
@@ -207,12 +222,13 @@ def main_job(base: Settings, opts: RunOptions) -> int:
             settings, opts, workers, verdict, outputs, inputs, elapsed, startup_s, run_id, sent, resolved, pool, chaos
         )
         summary["stuck_sagas"] = stuck
+        summary["picking"] = picking_summary(picking, verdict.counts)
         # where the day's time went: sending it, deciding every order not held, the operator pass on the holds
         summary["phases_s"] = {k: round(v, 1) for k, v in phases.items()}
         print_report(summary, console)
         print(json.dumps(summary, ensure_ascii=False), flush=True)
         return 0 if summary["ok"] else 1
-    except (LocalServerError, WorkerError, RunFailed, KafkaUnavailable, DeliveryFailed) as exc:
+    except (LocalServerError, WorkerError, RunFailed, KafkaUnavailable, DeliveryFailed, PickingStalled) as exc:
         console.print(f"[red]oms run failed:[/] {exc}")
         console.print(f"logs: {log_file.parent}/{settings.app_id}-*.log")
         detail: dict[str, Any] = {"error": str(exc)[:2000], "invariants": "not checked"}
@@ -521,6 +537,18 @@ def build_summary(
     }
 
 
+def picking_summary(picking: PickingDay | None, counts: dict[str, Any]) -> dict[str, Any]:
+    """What the pickers reported and how the engine resolved each short line (from the verdict's counts)."""
+    if picking is None:
+        return {"pick_lists_confirmed": 0}
+    return {
+        "pick_lists_confirmed": len(picking.sent),
+        "rounds": picking.rounds,
+        "short_lines": picking.short_lines,
+        "short_outcomes": counts.get("short_outcomes", {}),
+    }
+
+
 def fulfilment_summary(outputs: Any, complete: bool) -> dict[str, Any]:
     """Shipments, merges, splits, waves and the pick paths' walking, from the result topics."""
     parcels: Counter = Counter()
@@ -579,6 +607,7 @@ def print_report(s: dict[str, Any], console: Console) -> None:
         ("stuck sagas", f"{s.get('stuck_sagas', 0)}"),
         ("stock events", f"{s['stock_events']:,}"),
         ("fulfilment", _fulfilment_row(s["fulfilment"])),
+        ("picking", _picking_row(s.get("picking", {}))),
         ("oversold units", f"{s['oversold_units']}"),
         ("invariants", "[green]ok[/]" if s["invariants"] == "ok" else "[red]VIOLATED[/]"),
     ]
@@ -596,6 +625,17 @@ def _fulfilment_row(f: dict[str, Any]) -> str:
         f"{f['parcels_per_order']} parcels/order · {f['waves']:,} waves · {f['pick_lists']:,} pick lists of "
         f"{f['pick_lines']:,} lines · walked {f['path_m_total']:,} m ({f['path_m_per_list']} m per list, "
         f"{f['path_vs_s_shape']} of S-shape)" + ("" if f["settled"] else " · [yellow]not settled[/]")
+    )
+
+
+def _picking_row(p: dict[str, Any]) -> str:
+    if not p.get("pick_lists_confirmed"):
+        return "not run (fulfilment did not settle)"
+    outcomes = p.get("short_outcomes", {})
+    return (
+        f"{p['pick_lists_confirmed']:,} pick lists confirmed in {p['rounds']} round(s) · {p['short_lines']:,} lines "
+        f"short: {outcomes.get('reallocated', 0):,} re-allocated to another warehouse, {outcomes.get('partial', 0):,} "
+        "shipped partial"
     )
 
 

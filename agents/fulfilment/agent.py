@@ -1,10 +1,17 @@
 """The fulfilment stage (履约): merge, waves and pick lists, one writer per warehouse.
 
 Reads the fulfilment inbox (key ``tenant:warehouse``): the parcels of accepted orders (an order whose lines were
-reserved in two warehouses sends two — that is the split, 拆单), withdrawals of cancelled orders, layout versions
-(one copy per partition) and ticks. Parcels wait in their merge group (same tenant, shop, buyer, receiver,
-warehouse and carrier) for the layout's merge window, then leave as one shipment; shipments wait in wave groups
-until a count, a cap or a timer releases a wave with its pick lists (agents.fulfilment.waves).
+reserved in two warehouses sends two — that is the split, 拆单), withdrawals of cancelled orders, pick
+confirmations, layout versions (one copy per partition) and ticks. Parcels wait in their merge group (same
+tenant, shop, buyer, receiver, warehouse and carrier) for the layout's merge window, then leave as one shipment;
+shipments wait in wave groups until a count, a cap or a timer releases a wave with its pick lists
+(agents.fulfilment.waves).
+
+A released pick list is kept until it is confirmed (拣货确认). A confirmation that matches it is applied: every
+short stop (缺货) sends the inventory a ``ShortPick`` for the missing units (out of the reservation and the count
+at once) and tells the order side (``LineShort``), which re-reserves them elsewhere or ships partial. One that
+does not match (an over-pick, a stop missing, an unknown pick list) is refused and dead-lettered: nothing is
+applied.
 
 Time is record time: a ``Tick`` written into each owned partition every ``OMS_FULFILMENT_TICK_S`` moves the
 windows on when no order arrives, and because ticks are records, a replay releases the same shipments and
@@ -19,10 +26,11 @@ from dataclasses import dataclass, field
 
 import faust
 
-from agents.fulfilment import merge, waves
+from agents.fulfilment import merge, picking, waves
 from engine.app import context
 from engine.kafka.clients import Sender, partition_for
 from engine.runtime.stage import Stage
+from engine.runtime.stamp import Stamp
 from engine.runtime.work import Input, Logic, PartitionWork
 from engine.topics import Topics
 from schemas import wire
@@ -32,16 +40,22 @@ from schemas.fulfilment import (
     FulfilmentRecord,
     Layout,
     LayoutVersion,
+    LineShort,
     OrderWithdrawn,
     ParcelAccepted,
+    PickConfirmation,
+    PickedStop,
+    PickList,
+    PickOutcome,
     Shipment,
     Tick,
     WithdrawalOutcome,
 )
+from schemas.inventory import ShortPick, short_id
 
 log = logging.getLogger("oms.fulfilment")
 
-LAYOUTS, MERGES, DUE, WAREHOUSES = "fulfilment-layouts", "merges", "merge-due", "warehouses"
+LAYOUTS, MERGES, DUE, WAREHOUSES, PICKS = "fulfilment-layouts", "merges", "merge-due", "warehouses", "pick-tasks"
 UNASSIGNED_CARRIER = "unassigned"  # a warehouse with no layout yet: its waves wait for one
 
 
@@ -56,19 +70,32 @@ class WarehouseState:
     blocked: list[waves.Pending] = field(default_factory=list)  # no layout (or no bin) for them yet
 
 
+@dataclass
+class PickTask:
+    """A released pick list until it is confirmed (and for the retention after, to answer a confirmation sent
+    twice), with what a short of each stop needs: the order (``shipment|line`` → order id) and its inbox key."""
+
+    pick_list: PickList
+    orders: dict[str, str]
+    reply_to: dict[str, str]  # shipment id -> the order side's inbox key
+    expires_at: int
+    confirmed: PickConfirmation | None = None
+
+
 def layout_key(tenant: str, partition: int) -> str:
     return f"{tenant}:layout@p{partition}"
 
 
 class FulfilmentLogic(Logic):
     name = "fulfilment"
-    tables = (LAYOUTS, MERGES, DUE, WAREHOUSES)
+    tables = (LAYOUTS, MERGES, DUE, WAREHOUSES, PICKS)
 
-    def __init__(self, topics: Topics, partitions: int, retention_ms: int) -> None:
+    def __init__(self, topics: Topics, partitions: int, retention_ms: int, inbox_epoch: str = "") -> None:
         self.inputs = (topics.fulfilment_inbox,)
         self.topics = topics
         self.partitions = partitions
         self.retention_ms = retention_ms
+        self.origin_prefix = f"fulfilment.{inbox_epoch or 'x'}"  # the idempotency origin of its stock commands
         self._layouts: dict[str, tuple[bytes, Layout]] = {}  # decoded layouts by their stored bytes
 
     def layout(self, work: PartitionWork, tenant: str, partition: int) -> Layout | None:
@@ -104,6 +131,10 @@ class FulfilmentLogic(Logic):
             detail = f"key {item.key!r} belongs to partition {partition_for(item.key, self.partitions)}, arrived on {p}"
             work.dead_letter(record, ReasonCode.MISROUTED, detail, item.tenant)
             return
+        if isinstance(item, PickConfirmation):
+            # A picker's clock is not the log's: its ``ts`` is reported, never used as time (the record's is).
+            self._confirm(work, record, item, Stamp(f"{self.origin_prefix}.p{p}", record.offset))
+            return
         work.advance(item.ts)
         if isinstance(item, ParcelAccepted):
             self._accept(work, p, item, now)
@@ -119,7 +150,8 @@ class FulfilmentLogic(Logic):
         carrier = spec.carriers[0] if spec is not None and spec.carriers else UNASSIGNED_CARRIER
         alone = set(layout.allocation.ship_alone_skus) if layout else set()
         together = tuple(ln for ln in parcel.lines if ln.sku not in alone)
-        plans = [merge.ParcelPlan(parcel.warehouse, carrier, together)] if together else []
+        reason = "short_pick" if parcel.reallocated else None
+        plans = [merge.ParcelPlan(parcel.warehouse, carrier, together, reason)] if together else []
         plans += [
             merge.ParcelPlan(parcel.warehouse, carrier, (ln,), "ship_alone", alone=True)
             for ln in parcel.lines
@@ -127,8 +159,9 @@ class FulfilmentLogic(Logic):
         ]
         group_key = self._merge_key(parcel.tenant, parcel.warehouse, parcel.merge_key)
         group = work.get_as(MERGES, group_key, merge.MergeGroup) or merge.MergeGroup(parcel.tenant, parcel.shop_id)
+        group.reply_to = group.reply_to or parcel.reply_to
         before = {w.shipment_id for w in group.waiting}
-        merge.add_order(group, parcel.order_id, plans, parcel.ts)
+        merge.add_order(group, parcel.order_id, plans, parcel.ts, parcel.reallocated)
         window = layout.merge_window_s if layout else DEFAULT_MERGE_WINDOW_S
         opened = [w for w in group.waiting if w.shipment_id not in before]
         if any(w.shipment_id in before for w in group.waiting if parcel.order_id in w.order_ids):
@@ -195,6 +228,8 @@ class FulfilmentLogic(Logic):
         if layout is None or not any(w.warehouse == state.warehouse for w in layout.warehouses):
             return  # shipments wait (blocked) for a layout that has their warehouse
         waiting, state.blocked = state.blocked, []
+        known = {p.shipment.shipment_id: p.shipment for items in state.book.groups.values() for p in items}
+        known.update((p.shipment.shipment_id, p.shipment) for p in waiting)
         released = []
         for pending in waiting:
             try:
@@ -208,8 +243,105 @@ class FulfilmentLogic(Logic):
             work.emit(self.topics.waves, wave.key, wave)
             for pick_list in pick_lists:
                 work.emit(self.topics.pick_lists, pick_list.key, pick_list)
+                self._open_pick(work, pick_list, known, now)
             work.note("waves")
             work.note("pick_lists", len(pick_lists))
+
+    # -- picking ------------------------------------------------------------------------------------------
+    def _open_pick(self, work: PartitionWork, pick_list: PickList, shipments: dict[str, Shipment], now: int) -> None:
+        orders, reply_to = {}, {}
+        for stop in pick_list.stops:
+            shipment = shipments[stop.shipment_id]
+            orders[f"{stop.shipment_id}|{stop.line_id}"] = next(
+                ln.order_id for ln in shipment.lines if ln.line_id == stop.line_id
+            )
+            if shipment.reply_to:
+                reply_to[stop.shipment_id] = shipment.reply_to
+        task = PickTask(pick_list, orders, reply_to, expires_at=now + self.retention_ms)
+        work.put(PICKS, pick_list.key, wire.encode(task), expires_at=task.expires_at)
+
+    def _confirm(self, work: PartitionWork, record: Input, item: PickConfirmation, stamp: Stamp) -> None:
+        key, now = f"{item.tenant}:{item.pick_list_id}", record.timestamp_ms
+        task = work.get_as(PICKS, key, PickTask)
+        if task is None or task.pick_list.warehouse != item.warehouse:
+            detail = f"{item.pick_list_id} is not a pick list {item.warehouse} released (or it was forgotten)"
+            self._refuse(work, record, item, ReasonCode.UNKNOWN_PICK_LIST, [detail])
+            return
+        if task.confirmed is not None:
+            if task.confirmed.lines == item.lines:
+                work.note("duplicate_pick")  # the same report sent again: applied once
+            else:
+                self._refuse(work, record, item, ReasonCode.PICK_REFUSED, [f"{item.pick_list_id} is confirmed already"])
+            return
+        outcome = picking.confirm(task.pick_list, item)
+        if not outcome.ok:
+            self._refuse(work, record, item, ReasonCode.PICK_REFUSED, outcome.errors)
+            return
+        task.confirmed = item
+        work.put(PICKS, key, wire.encode(task), expires_at=task.expires_at)
+        stops = [
+            PickedStop(
+                shipment_id=s.shipment_id,
+                line_id=s.line_id,
+                sku=s.sku,
+                asked=s.quantity,
+                picked=outcome.picked[(s.shipment_id, s.line_id)],
+            )
+            for s in task.pick_list.stops
+        ]
+        common = {"tenant": item.tenant, "warehouse": item.warehouse, "pick_list_id": item.pick_list_id}
+        work.emit(
+            self.topics.pick_outcomes,
+            key,
+            PickOutcome(**common, status="confirmed", stops=stops, picker=item.picker, ts=now),
+        )
+        work.note("picks_confirmed")
+        for i, short in enumerate(outcome.shorts):
+            order_id = task.orders[f"{short.shipment_id}|{short.line_id}"]
+            command = ShortPick(
+                command_id=short_id(item.tenant, short.line_id),
+                tenant=item.tenant,
+                sku=short.sku,
+                origin=stamp.origin,
+                seq=stamp.seq(i),
+                ts=now,
+                order_id=order_id,
+                line_id=short.line_id,
+                quantity=short.missing,
+                pick_list_id=item.pick_list_id,
+            )
+            work.emit(self.topics.inventory_commands, command.key, command)
+            reply_to = task.reply_to.get(short.shipment_id)
+            if reply_to:
+                report = LineShort(
+                    **common,
+                    order_id=order_id,
+                    line_id=short.line_id,
+                    sku=short.sku,
+                    missing=short.missing,
+                    picked=short.picked,
+                    reply_to=reply_to,
+                    ts=now,
+                )
+                work.emit(self.topics.order_inbox, report.key, report)
+            work.note("short_picks")
+
+    def _refuse(
+        self, work: PartitionWork, record: Input, item: PickConfirmation, reason: ReasonCode, errors: list[str]
+    ) -> None:
+        work.note("picks_refused")
+        work.dead_letter(record, reason, "; ".join(errors)[:2000], item.tenant)
+        now = record.timestamp_ms
+        refused = PickOutcome(
+            tenant=item.tenant,
+            warehouse=item.warehouse,
+            pick_list_id=item.pick_list_id,
+            status="refused",
+            errors=[e[:2000] for e in errors[:50]],
+            picker=item.picker,
+            ts=now,
+        )
+        work.emit(self.topics.pick_outcomes, refused.key, refused)
 
     # -- state helpers --------------------------------------------------------------------------------------
     @staticmethod
@@ -247,16 +379,22 @@ class FulfilmentLogic(Logic):
         work.put(WAREHOUSES, f"{state.tenant}:{state.warehouse}", wire.encode(state))
 
     def expires_at(self, table: str, value: bytes) -> int | None:
-        if table != MERGES:
-            return None
-        group = wire.decode_state(value, merge.MergeGroup)
-        return group.expires_at
+        if table == MERGES:
+            return wire.decode_state(value, merge.MergeGroup).expires_at
+        if table == PICKS:
+            return wire.decode_state(value, PickTask).expires_at
+        return None
 
 
 def install(app: faust.App) -> Stage:
     ctx = context(app)
     settings = ctx.settings
-    logic = FulfilmentLogic(ctx.topics, settings.partitions, settings.order_retention_s * 1000)
+    logic = FulfilmentLogic(
+        ctx.topics,
+        settings.partitions,
+        settings.order_retention_s * 1000,
+        ctx.topic_epochs.get(ctx.topics.fulfilment_inbox, ""),
+    )
     stage = Stage(app, logic)
     sender: list[Sender] = []
 

@@ -85,7 +85,16 @@ def allocate(
     available: Mapping[str, Mapping[str, int]],
 ) -> Allocation:
     """``available[sku][warehouse]`` = units free to reserve. Lines of one SKU draw on the same units."""
-    ranked = candidates(layout, shop_id, receiver)
+    return allocate_ranked(layout, candidates(layout, shop_id, receiver), lines, available)
+
+
+def allocate_ranked(
+    layout: Layout,
+    ranked: Sequence[str],
+    lines: Sequence[LineRequest],
+    available: Mapping[str, Mapping[str, int]],
+) -> Allocation:
+    """:func:`allocate` over warehouses already ranked (:func:`candidates`, as the order stage keeps them)."""
     left = {sku: {w: available.get(sku, {}).get(w, 0) for w in ranked} for sku in sorted({ln.sku for ln in lines})}
     strategy = layout.allocation.strategy
     chosen: dict[str, str] = {}

@@ -61,6 +61,8 @@ class MergeGroup:
     waiting: list[Waiting] = field(default_factory=list)
     released: dict[str, list[str]] = field(default_factory=dict)  # order id -> its shipment ids
     expires_at: int | None = None  # record time after which a group with nothing waiting is forgotten
+    reply_to: str | None = None  # the buyer's order inbox key (one buyer per group): where shorts are reported
+    remainders: list[str] = field(default_factory=list)  # re-reserved lines added (after a short pick elsewhere)
 
 
 @dataclass(frozen=True)
@@ -75,16 +77,28 @@ class ParcelPlan:
 CancelOutcome = Literal["left", "refused", "unknown"]
 
 
-def shipment_id(first_order_id: str, warehouse: str, index: int) -> str:
-    """Deterministic: the order that opened the shipment, its warehouse, and its place among that order's."""
+def shipment_id(first_order_id: str, warehouse: str, index: int, remainder: str | None = None) -> str:
+    """Deterministic: the order that opened the shipment, its warehouse, and its place among that order's (or the
+    re-reserved line it opened for)."""
+    if remainder is not None:
+        return f"shp.{remainder}.{warehouse}"
     return f"shp.{first_order_id}.{warehouse}.{index}"
 
 
-def add_order(group: MergeGroup, order_id: str, parcels: list[ParcelPlan], ts: int) -> list[str]:
+def add_order(
+    group: MergeGroup, order_id: str, parcels: list[ParcelPlan], ts: int, reallocated: bool = False
+) -> list[str]:
     """Put an accepted order's parcels into the group: each joins a waiting shipment of its warehouse and
-    carrier, or opens one. Returns the shipment ids the order is in. An order already here is not added again."""
-    if order_id in group.released or any(order_id in w.order_ids for w in group.waiting):
-        return [w.shipment_id for w in group.waiting if order_id in w.order_ids] + group.released.get(order_id, [])
+    carrier, or opens one. Returns the shipment ids the order is in. An order already here is not added again;
+    a ``reallocated`` parcel (lines re-reserved after a short pick elsewhere) is added once per line."""
+    present = [w.shipment_id for w in group.waiting if order_id in w.order_ids] + group.released.get(order_id, [])
+    if reallocated:
+        fresh = [ln.line_id for p in parcels for ln in p.lines if ln.line_id not in group.remainders]
+        if not fresh:
+            return present
+        group.remainders.extend(fresh)
+    elif present:
+        return present
     ids: list[str] = []
     for index, parcel in enumerate(parcels):
         home = None
@@ -99,7 +113,7 @@ def add_order(group: MergeGroup, order_id: str, parcels: list[ParcelPlan], ts: i
             )
         if home is None:
             home = Waiting(
-                shipment_id(order_id, parcel.warehouse, index),
+                shipment_id(order_id, parcel.warehouse, index, parcel.lines[0].line_id if reallocated else None),
                 parcel.warehouse,
                 parcel.carrier,
                 ts,
@@ -152,6 +166,7 @@ def release_due(group: MergeGroup, ts: int, window_s: int) -> list[Shipment]:
                 lines=list(waiting.lines),
                 order_ids=list(waiting.order_ids),
                 split_reason=waiting.split_reason,
+                reply_to=group.reply_to,
                 ts=ts,
             )
         )

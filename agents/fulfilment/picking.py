@@ -9,9 +9,10 @@ warehouse or shipped partial, as the tenant's layout says.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from schemas.fulfilment import PickConfirmation, PickList
+from schemas.fulfilment import PickConfirmation, PickedLine, PickList
 
 
 @dataclass(frozen=True)
@@ -71,3 +72,27 @@ def confirm(pick_list: PickList, confirmation: PickConfirmation) -> Outcome:
                 Short(stop.shipment_id, stop.line_id, stop.sku, stop.bin, stop.quantity - line.picked, line.picked)
             )
     return out
+
+
+def report(
+    pick_list: PickList, ts: int, picked: Mapping[str, int] | None = None, picker: str = "unknown"
+) -> PickConfirmation:
+    """A picker's report of ``pick_list``: every stop picked as asked, except the lines in ``picked`` (line id →
+    units picked). What a scanner sends; the tests and load generators use it too."""
+    short = picked or {}
+    return PickConfirmation(
+        tenant=pick_list.tenant,
+        warehouse=pick_list.warehouse,
+        pick_list_id=pick_list.pick_list_id,
+        lines=[
+            PickedLine(
+                shipment_id=stop.shipment_id,
+                line_id=stop.line_id,
+                bin=stop.bin,
+                picked=short.get(stop.line_id, stop.quantity),
+            )
+            for stop in pick_list.stops
+        ],
+        picker=picker,
+        ts=ts,
+    )

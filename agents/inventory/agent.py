@@ -1,5 +1,5 @@
 """The inventory stage: the only writer of stock. Reads inventory commands (key ``tenant:sku``), applies the stock
-rules, and emits stock events, line results (to the order side's inbox) and dead letters.
+rules, and emits stock events, line results and stock quotes (to the order side's inbox) and dead letters.
 
 One Faust agent per worker (``concurrency=1``) owns each partition it is assigned, and one transactional
 producer per partition fences any earlier owner: each SKU has exactly one writer, even across pauses.
@@ -13,7 +13,7 @@ from typing import Any
 
 import faust
 
-from agents.inventory.core import LineReservation, SkuStock, apply
+from agents.inventory.core import LineReservation, SkuStock, apply, quote
 from engine.app import context
 from engine.kafka.clients import partition_for
 from engine.readmodels.catalog import Catalog
@@ -23,7 +23,7 @@ from engine.runtime.work import Input, Logic, PartitionWork
 from engine.topics import Topics
 from schemas import wire
 from schemas.deadletter import ReasonCode
-from schemas.inventory import CommandKind, InventoryCommand, reservation_key
+from schemas.inventory import CommandKind, InventoryCommand, Quote, reservation_key
 
 log = logging.getLogger("oms.inventory")
 
@@ -55,6 +55,11 @@ class InventoryLogic(Logic):
             return
         work.advance(cmd.ts)
         stock = work.get_as(STOCK, cmd.key, SkuStock) or SkuStock(tenant=cmd.tenant, sku=cmd.sku)
+        if isinstance(cmd, Quote):
+            answer = quote(stock, cmd)
+            work.emit(self.topics.order_inbox, answer.key, answer)
+            work.note("quotes")
+            return
         line_id = getattr(cmd, "line_id", None)
         line_key = reservation_key(cmd.tenant, cmd.sku, line_id) if line_id else None
         line = work.get_as(LINES, line_key, LineReservation) if line_key else None

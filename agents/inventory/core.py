@@ -8,9 +8,10 @@ State per SKU (key ``tenant:sku``), small and bounded:
 * ``version``: changes applied so far, stamped on every stock event so consumers can detect a gap.
 
 Each order line has its own record (key ``tenant:sku:line_id``): open while it holds a reservation (预占),
-then released or issued (shipped); or refused, when there was no stock for it. A closed line is kept
-``line_retention`` (command time) so that a replayed reserve for it is answered as the first time instead of
-reserving again, then forgotten.
+then released or issued (shipped); or refused, when there was no stock for it. A short pick (拣货缺货) takes the
+missing units out of the line and out of the count at once; a line left with nothing is closed as released.
+A closed line is kept ``line_retention`` (command time) so that a replayed reserve for it is answered as the
+first time instead of reserving again, then forgotten.
 
 Commands of one origin apply in ``seq`` order. A command at or below its origin's high-water mark is a
 redelivery when it matches what was applied (the line's record, or a remembered document id): it has no
@@ -31,13 +32,15 @@ from schemas.inventory import (
     Adjust,
     InventoryCommand,
     Issue,
+    Quote,
     Receive,
     Release,
     Reserve,
     Return,
+    ShortPick,
     StockEvent,
 )
-from schemas.saga import LineResult, LineStatus, RejectReason, result_id
+from schemas.saga import LineResult, LineStatus, RejectReason, StockQuote, result_id
 
 #: Document commands remembered per origin (for telling a redelivery from a reordered command).
 RECENT_DOCUMENTS = 16
@@ -116,25 +119,48 @@ class Outcome:
     note: str = ""
 
 
-def choose_warehouse(stock: SkuStock, quantity: int, preferred: list[str]) -> str | None:
+def choose_warehouse(
+    stock: SkuStock, quantity: int, preferred: list[str], exclude: list[str] | None = None
+) -> str | None:
     """分仓 for a single line: the first preferred warehouse that can serve the whole quantity, or, with no
-    preference, the one with the most available stock (ties broken by name so the choice is deterministic)."""
+    preference, the one with the most available stock (ties broken by name so the choice is deterministic).
+    ``exclude``d warehouses are never chosen (a line re-reserved after a short pick there)."""
     if preferred:
         candidates = [wh for wh in preferred if wh in stock.levels]
     else:
         candidates = sorted(stock.levels, key=lambda wh: (-stock.available(wh), wh))
     for wh in candidates:
+        if exclude and wh in exclude:
+            continue
         if stock.available(wh) >= quantity:
             return wh
     return None
 
 
+def quote(stock: SkuStock, cmd: Quote) -> StockQuote:
+    """What is available where, for allocating an order: no effect, answered from the state as it is."""
+    warehouses = cmd.warehouses or sorted(stock.levels)
+    return StockQuote(
+        quote_id=cmd.command_id,
+        tenant=cmd.tenant,
+        order_id=cmd.order_id,
+        sku=cmd.sku,
+        available={wh: max(0, stock.available(wh)) for wh in warehouses},
+        reply_to=cmd.reply_to,
+        ts=cmd.ts,
+    )
+
+
 def is_document(cmd: InventoryCommand) -> bool:
-    return isinstance(cmd, Receive | Adjust | Return)
+    """Commands remembered by id per origin (a line's record cannot tell a redelivery of them)."""
+    return isinstance(cmd, Receive | Adjust | Return | ShortPick)
 
 
 def apply(stock: SkuStock, line: LineReservation | None, cmd: InventoryCommand, retention_ms: int) -> Outcome:
-    """Apply one command to one SKU's stock. Pure: the inputs are not modified."""
+    """Apply one command to one SKU's stock. Pure: the inputs are not modified. (A ``Quote`` is answered by
+    :func:`quote`: it is not applied.)"""
+    if isinstance(cmd, Quote):
+        raise TypeError("a quote is answered by quote(), it changes nothing")
     mark = stock.origins.get(cmd.origin)
     if mark is not None and cmd.seq <= mark.seq:
         return _redelivered(stock, line, cmd, mark)
@@ -165,6 +191,8 @@ def apply(stock: SkuStock, line: LineReservation | None, cmd: InventoryCommand, 
         _change(new, cmd.warehouse, cmd.quantity, 0, cmd, out, getattr(cmd, "order_id", None))
     elif isinstance(cmd, Adjust):
         _adjust(new, cmd, out)
+    elif isinstance(cmd, ShortPick):
+        _short(new, line, cmd, out)
     else:  # pragma: no cover - the union is closed
         raise TypeError(f"unknown command {type(cmd).__name__}")
     return out
@@ -207,7 +235,7 @@ def _reserve(new: SkuStock, line: LineReservation | None, cmd: Reserve, out: Out
         out.note = "reserve_again"
         out.results.append(_answer(cmd, line))
         return
-    warehouse = choose_warehouse(new, cmd.quantity, cmd.warehouses)
+    warehouse = choose_warehouse(new, cmd.quantity, cmd.warehouses, cmd.exclude)
     if warehouse is None:
         reason = RejectReason.INSUFFICIENT_STOCK if new.levels else RejectReason.UNKNOWN_SKU
         out.results.append(_result(cmd, LineStatus.REJECTED, reason, None, cmd.quantity))
@@ -232,6 +260,41 @@ def _release(new: SkuStock, line: LineReservation | None, cmd: Release, out: Out
         warehouse, quantity = None, 0  # released before any reserve: a later reserve for it is refused
     out.line = LineReservation(
         order_id=cmd.order_id, warehouse=warehouse, quantity=quantity, state=LineState.RELEASED, closed_at=cmd.ts
+    )
+    out.line_changed = True
+
+
+def _short(new: SkuStock, line: LineReservation | None, cmd: ShortPick, out: Outcome) -> None:
+    if line is None or line.warehouse is None:
+        out.refused = (ReasonCode.NOT_RESERVED, f"line {cmd.line_id} was never reserved: no bin was picked for it")
+        return
+    if line.state is not LineState.OPEN:
+        # Released (cancelled) or shipped meanwhile: the units are still missing from the shelf, so the count is
+        # corrected all the same — unless that would leave less on hand than is reserved for others.
+        level = new.levels.get(line.warehouse)
+        if level is None or level.on_hand - cmd.quantity < level.reserved:
+            out.refused = (
+                ReasonCode.WOULD_OVERSELL,
+                f"short of {cmd.quantity} at {line.warehouse} after the line closed",
+            )
+            return
+        out.note = "short_after_close"
+        _change(new, line.warehouse, -cmd.quantity, 0, cmd, out, line.order_id)
+        return
+    if cmd.quantity > line.quantity:
+        out.refused = (
+            ReasonCode.NOT_RESERVED,
+            f"short of {cmd.quantity} on line {cmd.line_id}, which holds {line.quantity}",
+        )
+        return
+    _change(new, line.warehouse, -cmd.quantity, -cmd.quantity, cmd, out, line.order_id)
+    left = line.quantity - cmd.quantity
+    out.line = LineReservation(
+        order_id=line.order_id,
+        warehouse=line.warehouse,
+        quantity=left,
+        state=LineState.OPEN if left else LineState.RELEASED,
+        closed_at=None if left else cmd.ts,
     )
     out.line_changed = True
 

@@ -1,9 +1,9 @@
 """The order stage: review (审单) and the reservation saga for every order, one writer per buyer.
 
 Reads the order inbox (key: the buyer key ``tenant:shop:b-<buyer>``) — channel snapshots, operator actions,
-the inventory's line results, rule versions — and writes review decisions, order decisions, cancellations and
-inventory commands. The holds list in Redis is a read model written after each commit and rebuilt from the
-``orders`` table when needed.
+the inventory's line results, rule and layout versions, fulfilment's short picks — and writes review decisions,
+order decisions, cancellations, short-pick outcomes and inventory commands. The holds list in Redis is a read
+model written after each commit and rebuilt from the ``orders`` table when needed.
 """
 
 from __future__ import annotations
@@ -26,11 +26,19 @@ from engine.runtime.work import Input, Logic, PartitionWork
 from engine.topics import Topics
 from schemas import wire
 from schemas.deadletter import ReasonCode
-from schemas.fulfilment import Layout, LayoutVersion, OrderWithdrawn, ParcelAccepted
+from schemas.fulfilment import (
+    Layout,
+    LayoutVersion,
+    LineShort,
+    OrderAllocation,
+    OrderWithdrawn,
+    ParcelAccepted,
+    ShortPickOutcome,
+)
 from schemas.inbox import InboxRecord, OperatorAction, OrderSnapshot, RulesVersion
-from schemas.inventory import Release, Reserve
+from schemas.inventory import Quote, Release, Reserve
 from schemas.review import OrderCancellation, ReviewDecision
-from schemas.saga import LineResult, OrderDecision
+from schemas.saga import LineResult, OrderDecision, StockQuote
 
 log = logging.getLogger("oms.orders")
 
@@ -69,8 +77,11 @@ class OrderLogic(Logic):
             OrderCancellation: topics.order_cancellations,
             Reserve: topics.inventory_commands,
             Release: topics.inventory_commands,
+            Quote: topics.inventory_commands,
             ParcelAccepted: topics.fulfilment_inbox,
             OrderWithdrawn: topics.fulfilment_inbox,
+            ShortPickOutcome: topics.short_picks,
+            OrderAllocation: topics.allocations,
         }
         self.holds: HoldsModel | None = None
         self.sync: ReadModelSync | None = None
@@ -127,6 +138,14 @@ class OrderLogic(Logic):
         elif isinstance(item, LineResult):
             state = work.get_as(ORDERS, f"{item.tenant}:{item.order_id}", OrderState)
             step = self.rules.on_result(state, item, stamp, now)
+        elif isinstance(item, StockQuote):
+            state = work.get_as(ORDERS, f"{item.tenant}:{item.order_id}", OrderState)
+            layout = work.get_as(LAYOUTS, layout_key(item.tenant, p), Layout)
+            step = self.rules.on_quote(state, item, stamp, now, layout)
+        elif isinstance(item, LineShort):
+            state = work.get_as(ORDERS, f"{item.tenant}:{item.order_id}", OrderState)
+            layout = work.get_as(LAYOUTS, layout_key(item.tenant, p), Layout)
+            step = self.rules.on_short(state, item, stamp, now, layout)
         else:
             assert isinstance(item, OperatorAction)
             state = work.get_as(ORDERS, f"{item.tenant}:{item.order_id}", OrderState)

@@ -10,12 +10,18 @@ Order lifecycle:
 * a paid snapshot is reviewed: reject, hold for an operator (``held``), or approve;
 * approval sends one reserve per line to the inventory (key ``tenant:sku``) and the saga waits for the answers
   (``reserving``). There is no timeout: with one writer per SKU reading a durable log an answer is late, never
-  lost, and a slow or failing-over stock partition must not turn into refused sales;
+  lost, and a slow or failing-over stock partition must not turn into refused sales. When the tenant allocates
+  by stock (``fewest-parcels``, ``stock-first``) and a multi-line order has more than one candidate warehouse,
+  the saga first asks each SKU's writer what is available where (a quote), allocates on the answers (分仓), and
+  then reserves each line in its chosen warehouse first;
 * all lines reserved → **accepted**; a line refused → **rejected**, and every line that holds a reservation is
   released (a reservation that arrives later is released when it arrives);
 * the channel may cancel the order or some lines before shipment (released), or refund after shipment (a return
   request). A change the engine cannot apply to an approved order (another SKU or quantity, a new line, the
-  platform locking it) is held for an operator — never ignored.
+  platform locking it) is held for an operator — never ignored;
+* a line short-picked in its warehouse (reported by fulfilment) has its missing units re-reserved in another
+  warehouse as a *remainder line* (``<line>/r``) that ships as a parcel of its own, or ships partial — as the
+  tenant's layout says (``short_pick``), or when no other warehouse has the units.
 
 Every input is idempotent against the state (a second copy of a snapshot, an answer for a line that already
 has one): no second effect. Outputs carry deterministic ids, and their time is the input record's time.
@@ -28,7 +34,7 @@ from typing import Any
 
 import msgspec
 
-from agents.fulfilment.allocation import candidates
+from agents.fulfilment.allocation import LineRequest, allocate_ranked, candidates
 from agents.fulfilment.merge import merge_key
 from agents.orders.rules import Evaluation, Facts, evaluate, velocity_windows
 from agents.orders.state import (
@@ -42,9 +48,19 @@ from agents.orders.state import (
     SagaLine,
     SagaLineState,
 )
-from schemas.fulfilment import Layout, OrderWithdrawn, ParcelAccepted, ShipmentLine
+from engine.runtime.stamp import Stamp
+from schemas.fulfilment import (
+    AllocatedParcel,
+    Layout,
+    LineShort,
+    OrderAllocation,
+    OrderWithdrawn,
+    ParcelAccepted,
+    ShipmentLine,
+    ShortPickOutcome,
+)
 from schemas.inbox import OperatorAction
-from schemas.inventory import Release, Reserve, release_id, reserve_id
+from schemas.inventory import Quote, Release, Reserve, quote_id, release_id, reserve_id
 from schemas.order import Channel, LineState, Order, OrderStatus, buyer_key, line_id, validate_order
 from schemas.review import (
     Action,
@@ -58,26 +74,21 @@ from schemas.review import (
     cancellation_id,
     review_id,
 )
-from schemas.saga import DecisionLine, DecisionStatus, LineResult, LineStatus, OrderDecision, RejectReason, decision_id
+from schemas.saga import (
+    DecisionLine,
+    DecisionStatus,
+    LineResult,
+    LineStatus,
+    OrderDecision,
+    RejectReason,
+    StockQuote,
+    decision_id,
+)
 
-#: Commands derived from one input record get ``seq = offset * SEQ_FANOUT + i`` (i < SEQ_FANOUT): strictly
-#: increasing per origin, and a replayed input reproduces the same stamps.
-SEQ_FANOUT = 1024
 CLOSED_LINE = (LineState.REFUNDING, LineState.CANCELLED)
 STAGE = "orders"
-
-
-@dataclass(frozen=True, slots=True)
-class Stamp:
-    """Where the input came from: the idempotency origin of the commands it causes, and its offset."""
-
-    origin: str
-    offset: int
-
-    def seq(self, i: int) -> int:
-        if not 0 <= i < SEQ_FANOUT:
-            raise ValueError(f"sub-index {i} out of range")
-        return self.offset * SEQ_FANOUT + i
+#: A remainder line's id is its line's id and this: the units a short pick left to re-reserve elsewhere.
+REMAINDER = "/r"
 
 
 @dataclass(slots=True)
@@ -238,22 +249,27 @@ class OrderRules:
         )
         # 分仓: the warehouses that may ship, best first; each line is reserved in the first with its units.
         ranked = candidates(layout, order.shop_id, order.receiver) if layout is not None else []
-        reserves = [
-            Reserve(
-                command_id=reserve_id(order.tenant, ln.line_id),
-                tenant=order.tenant,
-                sku=ln.sku,
-                origin=stamp.origin,
-                seq=stamp.seq(i),
-                ts=now,
-                order_id=order.order_id,
-                line_id=ln.line_id,
-                quantity=ln.quantity,
-                reply_to=new.inbox_key,
-                warehouses=ranked,
-            )
-            for i, ln in enumerate(lines)
-        ]
+        new.ranking = ranked
+        new.strategy = layout.allocation.strategy if layout is not None else "fullest"
+        if _allocates_by_stock(layout, lines, ranked):
+            new.quoted = True
+            new.quoting = sorted({ln.sku for ln in lines})
+            quotes = [
+                Quote(
+                    command_id=quote_id(order.tenant, order.order_id, sku),
+                    tenant=order.tenant,
+                    sku=sku,
+                    origin=stamp.origin,
+                    seq=stamp.seq(i),
+                    ts=now,
+                    order_id=order.order_id,
+                    reply_to=new.inbox_key,
+                    warehouses=ranked,
+                )
+                for i, sku in enumerate(new.quoting)
+            ]
+            return Step(new, True, outputs=[review, *quotes], note=outcome.value)
+        reserves = _reserves(new, lines, {}, stamp, now)
         return Step(new, True, outputs=[review, *reserves], note=outcome.value)
 
     def _reject_unapproved(
@@ -312,11 +328,12 @@ class OrderRules:
         outputs: list[Any] = []
         holds: list[HoldEntry] = []
         note = "update"
-        closing = {
-            line_id(order.order_id, ln.line_no)
+        closing_nos = {
+            ln.line_no
             for ln in order.lines
             if ln.status in CLOSED_LINE and state.channel_lines.get(str(ln.line_no)) == LineState.ACTIVE
         }
+        closing = {ln.line_id for ln in new.lines if ln.line_no in closing_nos}  # with its remainder lines
         live = {ln.line_id for ln in new.lines if ln.state is not SagaLineState.CANCELLED}
         if closing & live:
             if live <= closing:
@@ -397,6 +414,8 @@ class OrderRules:
             return Step(state, note="duplicate_result")
         if line.state is not SagaLineState.AWAITING:
             return Step(state, note="duplicate_result")
+        if line.remainder_of is not None and new.phase is Phase.ACCEPTED:
+            return self._remainder_answered(new, line, result, now)
         if new.phase is Phase.RESERVING:
             if result.status is LineStatus.RESERVED:
                 line.state, line.warehouse = SagaLineState.RESERVED, result.warehouse
@@ -414,6 +433,92 @@ class OrderRules:
             return Step(new, True, outputs=[release], note="late_reserved_released")
         line.state = SagaLineState.REFUSED
         return Step(new, True, note="late_refused")
+
+    # -- stock quotes (分仓 by stock) ----------------------------------------------------------------------
+    def on_quote(
+        self, state: OrderState | None, answer: StockQuote, stamp: Stamp, now: int, layout: Layout | None
+    ) -> Step:
+        """One SKU's availability; with the last one, allocate the order and reserve each line where chosen."""
+        if state is None or state.phase is not Phase.RESERVING or answer.sku not in state.quoting:
+            return Step(state, note="late_quote")  # decided meanwhile (cancelled), or a second copy
+        new = msgspec.structs.replace(
+            state,
+            quoting=[sku for sku in state.quoting if sku != answer.sku],
+            quotes={**state.quotes, answer.sku: dict(answer.available)},
+        )
+        if new.quoting:
+            return Step(new, True, note="quoted")
+        waiting = [ln for ln in new.lines if ln.state is SagaLineState.AWAITING]
+        chosen: dict[str, str] = {}
+        if layout is not None:
+            requests = [LineRequest(ln.line_id, ln.sku, ln.quantity) for ln in waiting]
+            allocation = allocate_ranked(layout, new.ranking, requests, new.quotes)
+            chosen = {line: parcel.warehouse for parcel in allocation.parcels for line in parcel.line_ids}
+        new.quotes = {}
+        return Step(new, True, outputs=_reserves(new, waiting, chosen, stamp, now), note="allocated")
+
+    # -- short picks --------------------------------------------------------------------------------------
+    def on_short(
+        self, state: OrderState | None, short: LineShort, stamp: Stamp, now: int, layout: Layout | None
+    ) -> Step:
+        """A line came up short in its warehouse: re-reserve the missing units elsewhere, or ship partial."""
+        found = _find(state, short.line_id) if state is not None else None
+        if state is None or found is None:
+            return Step(state, note="orphan_short")  # forgotten: the stock side has corrected the count already
+        i, line = found
+        if line.short_by is not None:
+            return Step(state, note="duplicate_short")
+        new = msgspec.structs.replace(state, lines=[msgspec.structs.replace(ln) for ln in state.lines])
+        line = new.lines[i]
+        line.short, line.short_by = short.missing, short.pick_list_id
+        if new.phase is not Phase.ACCEPTED or line.state is not SagaLineState.RESERVED:
+            return Step(
+                new,
+                True,
+                outputs=[_short_outcome(new, line, short.warehouse, "cancelled", None, now)],
+                note="short_after_cancel",
+            )
+        if layout is not None and layout.short_pick == "partial":
+            return Step(
+                new,
+                True,
+                outputs=[_short_outcome(new, line, short.warehouse, "policy", None, now)],
+                note="short_partial",
+            )
+        exclude = sorted({*line.exclude, short.warehouse})
+        remainder = SagaLine(
+            line_id=f"{line.line_id}{REMAINDER}",
+            line_no=line.line_no,
+            sku=line.sku,
+            quantity=short.missing,
+            remainder_of=line.line_id,
+            exclude=exclude,
+        )
+        new.lines.append(remainder)
+        reserve = _reserves(new, [remainder], {}, stamp, now)
+        return Step(new, True, outputs=reserve, note="short_reallocating")
+
+    def _remainder_answered(self, new: OrderState, line: SagaLine, result: LineResult, now: int) -> Step:
+        parent = _find(new, line.remainder_of or "")
+        short_at = parent[1].warehouse if parent is not None else None
+        if result.status is LineStatus.RESERVED:
+            line.state, line.warehouse = SagaLineState.RESERVED, result.warehouse
+            parcel = ParcelAccepted(
+                tenant=new.tenant,
+                order_id=new.order_id,
+                shop_id=new.shop_id,
+                warehouse=result.warehouse or "",
+                merge_key=_ship_group(new),
+                lines=[ShipmentLine(order_id=new.order_id, line_id=line.line_id, sku=line.sku, quantity=line.quantity)],
+                reply_to=new.inbox_key,
+                reallocated=True,
+                ts=now,
+            )
+            outcome = _short_outcome(new, parent[1] if parent else line, short_at, "reallocated", line, now)
+            return Step(new, True, outputs=[parcel, outcome], note="short_reallocated")
+        line.state = SagaLineState.REFUSED
+        outcome = _short_outcome(new, parent[1] if parent else line, short_at, "no_stock", None, now)
+        return Step(new, True, outputs=[outcome], note="short_partial")
 
     def _accept(self, state: OrderState, now: int) -> OrderState:
         return self._decide(state, state.version, DecisionStatus.ACCEPTED, None, "", now)
@@ -573,7 +678,9 @@ def _cancel_lines(state: OrderState, targets: set[str], stamp: Stamp, now: int) 
 
 def _amendments(state: OrderState, order: Order) -> list[str]:
     """``["order_amended"]`` when the snapshot's live lines differ from what was approved (SKU, quantity, lines)."""
-    approved = {ln.line_no: ln for ln in state.lines if ln.state is not SagaLineState.CANCELLED}
+    approved = {
+        ln.line_no: ln for ln in state.lines if ln.state is not SagaLineState.CANCELLED and ln.remainder_of is None
+    }
     live = {ln.line_no: ln for ln in order.lines if ln.status not in CLOSED_LINE}
     if set(live) != set(approved):
         return ["order_amended"]
@@ -637,11 +744,75 @@ def _accepted(state: OrderState, now: int) -> list[Any]:
                 ShipmentLine(order_id=state.order_id, line_id=ln.line_id, sku=ln.sku, quantity=ln.quantity)
                 for ln in lines
             ],
+            reply_to=state.inbox_key,
             ts=now,
         )
         for warehouse, lines in sorted(_by_warehouse(state).items())
     ]
-    return [_decision(state, _saga_lines(state, accepted_only=True)), *parcels]
+    allocation = OrderAllocation(
+        tenant=state.tenant,
+        order_id=state.order_id,
+        strategy=state.strategy,  # type: ignore[arg-type]
+        quoted=state.quoted,
+        ranking=state.ranking,
+        parcels=[AllocatedParcel(warehouse=p.warehouse, line_ids=[ln.line_id for ln in p.lines]) for p in parcels],
+        ts=now,
+    )
+    return [_decision(state, _saga_lines(state, accepted_only=True)), allocation, *parcels]
+
+
+def _allocates_by_stock(layout: Layout | None, lines: list[SagaLine], ranked: list[str]) -> bool:
+    """Quote first when the strategy needs every SKU's stock and there is a choice to make: several lines (a
+    single line goes to the first ranked warehouse with its units anyway) and several warehouses."""
+    if layout is None or layout.allocation.strategy == "region":
+        return False
+    return len(lines) > 1 and len(ranked) > 1
+
+
+def _reserves(
+    state: OrderState, lines: list[SagaLine], chosen: dict[str, str], stamp: Stamp, now: int
+) -> list[Reserve]:
+    """One reserve per line: in its chosen warehouse first, then by the ranking (the units may be gone), never in
+    a warehouse the line is excluded from (it came up short there)."""
+    return [
+        Reserve(
+            command_id=reserve_id(state.tenant, ln.line_id),
+            tenant=state.tenant,
+            sku=ln.sku,
+            origin=stamp.origin,
+            seq=stamp.seq(i),
+            ts=now,
+            order_id=state.order_id,
+            line_id=ln.line_id,
+            quantity=ln.quantity,
+            reply_to=state.inbox_key,
+            warehouses=_first(chosen.get(ln.line_id), [w for w in state.ranking if w not in ln.exclude]),
+            exclude=ln.exclude,
+        )
+        for i, ln in enumerate(lines)
+    ]
+
+
+def _first(warehouse: str | None, ranked: list[str]) -> list[str]:
+    return ranked if warehouse is None else [warehouse, *(w for w in ranked if w != warehouse)]
+
+
+def _short_outcome(
+    state: OrderState, line: SagaLine, warehouse: str | None, reason: str, remainder: SagaLine | None, now: int
+) -> ShortPickOutcome:
+    return ShortPickOutcome(
+        tenant=state.tenant,
+        order_id=state.order_id,
+        line_id=line.line_id,
+        sku=line.sku,
+        warehouse=warehouse or line.warehouse or "unknown",
+        missing=line.short or line.quantity,
+        outcome="reallocated" if remainder is not None else "partial",
+        reason=reason,  # type: ignore[arg-type]
+        remainder_line_id=remainder.line_id if remainder else None,
+        remainder_warehouse=remainder.warehouse if remainder else None,
+        ts=now,
+    )
 
 
 def _withdrawals(state: OrderState, lines: set[str], now: int) -> list[OrderWithdrawn]:

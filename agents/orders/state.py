@@ -52,6 +52,12 @@ class SagaLine(msgspec.Struct, kw_only=True):
     quantity: int
     state: SagaLineState = SagaLineState.AWAITING
     warehouse: str | None = None
+    #: a short pick took this many units out of the line (reported by ``short_by``, a pick list id)
+    short: int = 0
+    short_by: str | None = None
+    #: a remainder line: the units another line came up short, re-reserved away from ``exclude``
+    remainder_of: str | None = None
+    exclude: list[str] = msgspec.field(default_factory=list)
 
 
 class HoldKind(enum.StrEnum):
@@ -95,6 +101,13 @@ class OrderState(msgspec.Struct, kw_only=True):
     expires_at: int | None = None  # channel time after which it is forgotten (set once decided)
     #: tenant, shop, buyer and receiver digest (agents.fulfilment.merge.merge_key): what must match to merge
     ship_group: str = ""
+    #: the warehouses that may ship it, best first (分仓), as ranked at approval: a short pick re-reserves by it
+    ranking: list[str] = msgspec.field(default_factory=list)
+    strategy: str = "fullest"  # the allocation strategy at approval ("fullest": no layout)
+    quoted: bool = False  # allocated on the SKUs' quotes
+    #: 分仓 by stock (fewest-parcels, stock-first): SKUs whose quote is awaited, and the answers so far
+    quoting: list[str] = msgspec.field(default_factory=list)
+    quotes: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)
 
     @property
     def key(self) -> str:

@@ -24,10 +24,10 @@ from engine.runtime.work import Input, Logic, Output
 from engine.state.tables import changelog_name
 from engine.tenants import Tenants
 from schemas import wire
-from schemas.fulfilment import FulfilmentRecord, OrderWithdrawn, ParcelAccepted, WavePolicy
+from schemas.fulfilment import FulfilmentRecord, LineShort, OrderWithdrawn, ParcelAccepted, WavePolicy
 from schemas.inbox import InboxRecord
 from schemas.inventory import InventoryCommand
-from schemas.saga import LineResult
+from schemas.saga import LineResult, StockQuote
 from tests.pipeline.harness import Pipeline
 from tests.pipeline.test_reservation_pipeline import assert_invariants
 from workload.channels import channel_day
@@ -124,7 +124,7 @@ def test_replaying_each_stage_reproduces_what_the_engine_wrote(pipeline: Pipelin
 
     replayed, state = replay_both_ways(OrderLogic, orders, inbox, t.dead_letters)
     wrote: Counter = Counter()
-    for topic in (t.review_decisions, t.order_decisions, t.order_cancellations):
+    for topic in (t.review_decisions, t.order_decisions, t.order_cancellations, t.short_picks, t.allocations):
         wrote += Counter((m.topic, m.key, m.value) for m in read_topics(pipeline.bootstrap, [topic]))
     for m in read_topics(pipeline.bootstrap, [t.inventory_commands]):
         if wire.decode(m.value, InventoryCommand).origin.startswith("orders."):
@@ -146,7 +146,7 @@ def test_replaying_each_stage_reproduces_what_the_engine_wrote(pipeline: Pipelin
     replayed, state = replay_both_ways(InventoryLogic, inventory, commands, t.dead_letters)
     wrote = Counter((m.topic, m.key, m.value) for m in read_topics(pipeline.bootstrap, [t.stock_events]))
     for m in read_topics(pipeline.bootstrap, [t.order_inbox]):
-        if isinstance(wire.decode(m.value, InboxRecord), LineResult):
+        if isinstance(wire.decode(m.value, InboxRecord), LineResult | StockQuote):
             wrote[(m.topic, m.key, m.value)] += 1
     assert Counter({k: n for k, n in replayed.items() if k[0] != t.dead_letters}) == wrote
     for table in InventoryLogic.tables:
@@ -154,7 +154,7 @@ def test_replaying_each_stage_reproduces_what_the_engine_wrote(pipeline: Pipelin
 
     # -- the fulfilment stage, over what it had read when it stopped (ticks keep its inbox growing) -----------
     def fulfilment() -> FulfilmentLogic:
-        return FulfilmentLogic(t, s.partitions, s.order_retention_s * 1000)
+        return FulfilmentLogic(t, s.partitions, s.order_retention_s * 1000, epochs[t.fulfilment_inbox])
 
     read_up_to = {
         int(k.decode().rsplit("/", 1)[1]): wire.decode_state(v, Position).next_offset
@@ -163,8 +163,14 @@ def test_replaying_each_stage_reproduces_what_the_engine_wrote(pipeline: Pipelin
     parcels = [r for r in recorded(pipeline, [t.fulfilment_inbox]) if r.offset < read_up_to.get(r.partition, 0)]
     replayed, state = replay_both_ways(FulfilmentLogic, fulfilment, parcels, t.dead_letters)
     wrote = Counter()
-    for topic in (t.shipments, t.waves, t.pick_lists, t.withdrawals):
+    for topic in (t.shipments, t.waves, t.pick_lists, t.withdrawals, t.pick_outcomes):
         wrote += Counter((m.topic, m.key, m.value) for m in read_topics(pipeline.bootstrap, [topic]))
+    for m in read_topics(pipeline.bootstrap, [t.inventory_commands]):
+        if wire.decode(m.value, InventoryCommand).origin.startswith("fulfilment."):
+            wrote[(m.topic, m.key, m.value)] += 1
+    for m in read_topics(pipeline.bootstrap, [t.order_inbox]):
+        if isinstance(wire.decode(m.value, InboxRecord), LineShort):
+            wrote[(m.topic, m.key, m.value)] += 1
     assert any(k[0] == t.shipments for k in wrote), "no shipment was written: nothing to compare"
     assert Counter({k: n for k, n in replayed.items() if k[0] != t.dead_letters}) == wrote, _diff(replayed, wrote)
     for table in FulfilmentLogic.tables:

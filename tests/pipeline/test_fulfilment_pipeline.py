@@ -1,6 +1,7 @@
-"""Fulfilment on the real broker: from acceptance to waves and pick lists — a split order, a merge, a cancellation
-inside a merge window, a layout change while running — ending with every invariant (I1–I6, F1–F5) checked
-from the result topics against what was sent."""
+"""Fulfilment on the real broker: from acceptance to waves, pick lists and picked — a split order, a merge, a
+cancellation inside a merge window, a layout change while running, pick confirmations by topic and HTTP with a
+short pick re-allocated and one shipped partial — ending with every invariant (I1–I6, F1–F7) checked from the
+result topics against what was sent."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ import msgspec
 import pytest
 
 from agents.fulfilment.layout import generate_layout
+from agents.fulfilment.picking import report
 from agents.fulfilment.publish import publish_layouts
-from schemas.fulfilment import Layout, WavePolicy
+from schemas import wire
+from schemas.fulfilment import Layout, PickConfirmation, PickList, WavePolicy
 from schemas.inventory import Receive, receive_id
 from schemas.order import Address, Buyer, Channel, LineState, Order, OrderLine, OrderStatus, order_id
-from tests.pipeline.harness import Pipeline, wait_for
+from tests.pipeline.harness import Pipeline, http, wait_for
+from tests.pipeline.test_channels_pipeline import auth
 from tests.pipeline.test_reservation_pipeline import assert_invariants
+from workload.delivery import Credentials
 from workload.generator import DAY_START_MS, Workload, WorkloadSpec
 
 pytestmark = pytest.mark.pipeline
@@ -163,3 +168,78 @@ def test_orders_go_from_acceptance_to_pick_lists(pipeline: Pipeline) -> None:
     assert all(p.length_cm <= p.s_shape_cm for p in out.pick_lists)  # the optimal walk never loses to S-shape
     assert verdict.counts["merged_shipments"] >= 1 and verdict.counts["split_orders"] >= 1
     assert verdict.counts["waves"] >= 2 and verdict.counts["pick_lists"] >= verdict.counts["waves"]
+
+
+def test_picks_are_confirmed_and_short_picks_are_reallocated_or_shipped_partial(
+    pipeline: Pipeline, credentials: Credentials
+) -> None:
+    waves = WavePolicy(group_by=["carrier"], release_count=50, release_after_s=1)
+    layout = generate_layout("acme", ["WH-SH", "WH-BJ"], ["PK-A", "PK-B", "PK-C"], merge_window_s=1, waves=waves)
+    publish_layouts(pipeline.settings, [layout], "test-layouts")
+    stock = {("PK-A", "WH-SH"): 5, ("PK-A", "WH-BJ"): 5, ("PK-B", "WH-SH"): 10, ("PK-C", "WH-SH"): 10}
+    pipeline.send_commands(receipts("acme", stock))
+    pool = pipeline.start_workers(2)
+    now = DAY_START_MS + 12 * 3_600_000
+    moved = order(11, [("PK-A", 3), ("PK-C", 1)], SHANGHAI, "buyer-1", now)  # PK-A: 2 missing, WH-BJ has it
+    partial = order(12, [("PK-B", 2)], SHANGHAI, "buyer-2", now + 1)  # PK-B: none left elsewhere
+    whole = order(13, [("PK-C", 2)], SHANGHAI, "buyer-3", now + 2)
+    pipeline.send_orders([moved, partial, whole])
+    pipeline.wait_decisions(3, timeout_s=120, pool=pool)
+
+    def pick_lists(lines: set[str]) -> dict[str, PickList] | None:
+        found = {s.line_id: p for p in pipeline.outputs().pick_lists for s in p.stops}
+        return found if lines <= found.keys() else None
+
+    short_a, short_b = f"{moved.order_id}#1", f"{partial.order_id}#1"
+    first = wait_for(lambda: pick_lists({short_a, short_b, f"{whole.order_id}#1"}), 120, "the first pick lists")
+    lists = {p.pick_list_id: p for p in first.values()}
+    sent: list[PickConfirmation] = []
+    # An over-pick is refused whole (dead letter, refused outcome), before the real report of that list.
+    over = report(first[short_a], DAY_START_MS, {short_a: 4})
+    pipeline.send_bad(pipeline.topics.fulfilment_inbox, over.key, wire.encode(over))
+    for n, pick in enumerate(sorted(lists.values(), key=lambda p: p.pick_list_id)):
+        confirmation = report(pick, DAY_START_MS, {short_a: 1, short_b: 0})
+        sent.append(confirmation)
+        if n == 0:  # by topic (a scanner), twice: applied once
+            pipeline.send(pipeline.topics.fulfilment_inbox, [confirmation, confirmation])
+        else:  # by the HTTP API
+            body = wire.to_builtins(confirmation)
+            status, answer = http("POST", pipeline.api("/api/v1/acme/pick-confirmations"), body, auth(credentials))
+            assert status == 202, answer
+    status, answer = http(
+        "POST", pipeline.api("/api/v1/acme/pick-confirmations"), {"warehouse": "WH-SH"}, auth(credentials)
+    )
+    assert status == 422 and "pick_list_id" in answer["message"]  # not a confirmation: refused at the door
+    status, _ = http("POST", pipeline.api("/api/v1/acme/pick-confirmations"), {}, {"Authorization": "Bearer x"})
+    assert status == 401
+
+    remainder = f"{short_a}/r"
+    second = wait_for(lambda: pick_lists({remainder}), 120, "the re-reserved line's pick list")
+    again = report(second[remainder], DAY_START_MS)
+    sent.append(again)
+    status, _ = http(
+        "POST", pipeline.api("/api/v1/acme/pick-confirmations", 1), wire.to_builtins(again), auth(credentials)
+    )
+    assert status == 202
+    pipeline.inputs.picks.extend(sent)
+
+    def applied() -> bool:
+        out = pipeline.outputs()
+        done = {o.pick_list_id for o in out.pick_outcomes if o.status == "confirmed"}
+        return done >= {s.pick_list_id for s in sent} and len(out.short_picks) >= 2
+
+    wait_for(applied, 120, "every confirmation applied and both shorts answered")
+    pipeline.inputs.fulfilment_complete = True
+    verdict = assert_invariants(pipeline)
+    out = pipeline.outputs()
+
+    answers = {a.line_id: (a.outcome, a.reason, a.remainder_warehouse) for a in out.short_picks}
+    assert answers == {short_a: ("reallocated", "reallocated", "WH-BJ"), short_b: ("partial", "no_stock", None)}
+    (shipment,) = [s for s in out.shipments if any(ln.line_id == remainder for ln in s.lines)]
+    assert shipment.warehouse == "WH-BJ" and shipment.split_reason == "short_pick"
+    refused = [o for o in out.pick_outcomes if o.status == "refused"]
+    assert len(refused) == 1 and "over-pick" in refused[0].errors[0]
+    # The missing units left WH-SH's count and reservation together; the picked unit stays reserved to ship.
+    assert verdict.counts["final_levels"]["acme:PK-A"] == {"WH-SH": [3, 1], "WH-BJ": [5, 2]}
+    assert verdict.counts["final_levels"]["acme:PK-B"] == {"WH-SH": [8, 0]}
+    assert verdict.counts["short_lines"] == 2 and verdict.counts["picks_confirmed"] == len(sent)

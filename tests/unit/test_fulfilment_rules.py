@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import msgspec
+import orjson
 import pytest
 
 from agents.fulfilment.allocation import LineRequest, allocate, candidates
 from agents.fulfilment.layout import LayoutFileError, check_layout, generate_layout, load_layouts
 from agents.fulfilment.merge import MergeGroup, ParcelPlan, add_order, cancel_order, merge_key, next_due, release_due
-from agents.fulfilment.picking import confirm
+from agents.fulfilment.picking import confirm, report
 from agents.fulfilment.waves import LayoutError, WaveBook, add_shipment, bins_by_sku, pick_lists
 from agents.fulfilment.waves import release_due as release_waves
 from schemas.fulfilment import (
@@ -18,8 +19,6 @@ from schemas.fulfilment import (
     BinSpec,
     CarrierSpec,
     Layout,
-    PickConfirmation,
-    PickedLine,
     Shipment,
     ShipmentLine,
     WarehouseSpec,
@@ -274,25 +273,12 @@ def test_the_bin_nearest_the_front_is_the_pick_face() -> None:
 
 
 # -- pick confirmation ---------------------------------------------------------------------------------------
-def picked(pick, **overrides: int) -> PickConfirmation:  # type: ignore[no-untyped-def]
-    lines = [
-        PickedLine(
-            shipment_id=s.shipment_id,
-            line_id=s.line_id,
-            bin=s.bin,
-            picked=overrides.get(s.line_id.replace("/", "_"), s.quantity),
-        )
-        for s in pick.stops
-    ]
-    return PickConfirmation(tenant="acme", pick_list_id=pick.pick_list_id, lines=lines, ts=1)
-
-
 def test_a_full_pick_has_no_shorts_and_a_short_pick_names_the_missing_units() -> None:
     warehouse = wave_layout().warehouses[0]
     (pick,) = pick_lists("w1", "acme", warehouse, [shipment(1, ["sku-1-100", "sku-2-500"], quantity=2)], "optimal")
-    full = confirm(pick, picked(pick))
+    full = confirm(pick, report(pick, 1))
     assert full.ok and full.shorts == [] and sum(full.picked.values()) == 4
-    short = confirm(pick, picked(pick, o1_1=0))
+    short = confirm(pick, report(pick, 1, {"o1/1": 0}))
     assert short.ok
     assert [(s.line_id, s.missing, s.picked, s.bin) for s in short.shorts] == [("o1/1", 2, 0, "A2-500")]
 
@@ -300,11 +286,11 @@ def test_a_full_pick_has_no_shorts_and_a_short_pick_names_the_missing_units() ->
 def test_over_picks_unknown_stops_and_missing_stops_are_refused_whole() -> None:
     warehouse = wave_layout().warehouses[0]
     (pick,) = pick_lists("w1", "acme", warehouse, [shipment(1, ["sku-1-100", "sku-2-500"])], "optimal")
-    over = confirm(pick, picked(pick, o1_0=2))
+    over = confirm(pick, report(pick, 1, {"o1/0": 2}))
     assert not over.ok and "over-pick" in over.errors[0] and over.picked == {}
-    partial = msgspec.structs.replace(picked(pick), lines=picked(pick).lines[:1])
+    partial = msgspec.structs.replace(report(pick, 1), lines=report(pick, 1).lines[:1])
     assert any("is not confirmed" in e for e in confirm(pick, partial).errors)
-    stranger = msgspec.structs.replace(picked(pick), pick_list_id="w9.A.1")
+    stranger = msgspec.structs.replace(report(pick, 1), pick_list_id="w9.A.1")
     assert confirm(pick, stranger).errors
 
 
@@ -350,3 +336,23 @@ def test_the_generated_layout_slots_fast_movers_near_the_depot_and_checks_clean(
     assert set(bins) == set(skus)
     assert bins["sku-0000"].depth_cm < bins["sku-0700"].depth_cm or bins["sku-0700"].zone == "B"
     assert generate_layout("acme", ["WH-SH"], skus) == generate_layout("acme", ["WH-SH"], skus)
+
+
+def test_the_pick_confirmation_endpoint_refuses_what_is_not_a_confirmation_with_a_reason() -> None:
+    from agents.fulfilment.views import parse
+    from engine.http.edge import Problem
+
+    body = {"warehouse": "WH-SH", "pick_list_id": "wave.acme.WH-SH.1.A.1", "lines": [
+        {"shipment_id": "shp.1", "line_id": "o1#1", "bin": "WH-SH-A01-01-1", "picked": 2}]}  # fmt: skip
+    confirmation = parse(orjson.dumps(body), "acme", "token:abcd", 123)
+    assert (confirmation.key, confirmation.ts, confirmation.picker) == ("acme:WH-SH", 123, "token-abcd")
+    for raw, status, code in [
+        (b"not json", 400, "malformed_json"),
+        (b"[1]", 400, "malformed_json"),
+        (orjson.dumps({**body, "tenant": "blue"}), 422, "tenant_mismatch"),
+        (orjson.dumps({**body, "lines": []}), 422, "schema_violation"),
+        (orjson.dumps({**body, "lines": [{**body["lines"][0], "picked": -1}]}), 422, "schema_violation"),
+    ]:
+        with pytest.raises(Problem) as refused:
+            parse(raw, "acme", "token:abcd", 123)
+        assert (refused.value.status, refused.value.code) == (status, code), raw

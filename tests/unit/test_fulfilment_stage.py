@@ -7,19 +7,24 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import msgspec
 import pytest
 
 from agents.fulfilment.agent import FulfilmentLogic
 from agents.fulfilment.layout import generate_layout
+from agents.fulfilment.picking import report
 from engine.kafka.clients import Message, partition_for
 from engine.runtime.replay import Replay
 from engine.topics import Topics
 from schemas import wire
+from schemas.deadletter import DeadLetter, ReasonCode
 from schemas.fulfilment import (
     LayoutVersion,
+    LineShort,
     OrderWithdrawn,
     ParcelAccepted,
     PickList,
+    PickOutcome,
     Shipment,
     ShipmentLine,
     Tick,
@@ -27,6 +32,7 @@ from schemas.fulfilment import (
     WavePolicy,
     WithdrawalOutcome,
 )
+from schemas.inventory import ShortPick
 
 TOPICS = Topics("t")
 PARTITIONS = 4
@@ -48,7 +54,9 @@ class Inbox:
         )
 
 
-def parcel(n: int, ts: int, buyer: str | None = None, skus: tuple[str, ...] = ("SKU-001",)) -> ParcelAccepted:
+def parcel(
+    n: int, ts: int, buyer: str | None = None, skus: tuple[str, ...] = ("SKU-001",), qty: int = 1
+) -> ParcelAccepted:
     order_id = f"o{n}"
     return ParcelAccepted(
         tenant="acme",
@@ -57,8 +65,9 @@ def parcel(n: int, ts: int, buyer: str | None = None, skus: tuple[str, ...] = ("
         warehouse="WH-SH",
         merge_key=f"acme:s1:{buyer or order_id}:addr",
         lines=[
-            ShipmentLine(order_id=order_id, line_id=f"{order_id}#{i}", sku=s, quantity=1) for i, s in enumerate(skus)
+            ShipmentLine(order_id=order_id, line_id=f"{order_id}#{i}", sku=s, quantity=qty) for i, s in enumerate(skus)
         ],
+        reply_to=f"acme:s1:b-{buyer or order_id}",
         ts=ts,
     )
 
@@ -82,6 +91,10 @@ def run(inbox: Inbox, snapshot_at: int | None = None) -> dict[str, list]:
         TOPICS.waves: Wave,
         TOPICS.pick_lists: PickList,
         TOPICS.withdrawals: WithdrawalOutcome,
+        TOPICS.pick_outcomes: PickOutcome,
+        TOPICS.inventory_commands: ShortPick,
+        TOPICS.order_inbox: LineShort,
+        "t.dead-letters": DeadLetter,
     }
     found: dict[str, list] = {t: [] for t in kinds}
     for out in outputs:
@@ -152,3 +165,52 @@ def test_shipments_wait_for_a_layout_and_a_restart_point_changes_nothing() -> No
     assert all(s.carrier == "unassigned" for s in whole[TOPICS.shipments])  # no layout when they came
     for cut in (3, len(inbox.records) // 2, len(inbox.records) - 1):
         assert run(inbox, snapshot_at=cut) == whole
+
+
+def test_a_confirmed_short_pick_corrects_the_stock_and_tells_the_order_once_and_a_bad_one_changes_nothing() -> None:
+    inbox = Inbox()
+    inbox.add(LayoutVersion(layout=layout()), 0, key="acme")
+    inbox.add(parcel(1, 1_000, skus=("SKU-001", "SKU-002"), qty=3), 1_000)
+    inbox.add(parcel(2, 1_100), 1_100)
+    for t in range(2_000, 12_000, 1000):
+        inbox.add(Tick(ts=t), t, key=None)
+    picks = {s.line_id: p for p in run(inbox)[TOPICS.pick_lists] for s in p.stops}
+    short_list, other_list = picks["o1#1"], picks["o2#0"]
+    assert short_list is not other_list or len(short_list.stops) == 3
+    over = report(short_list, 20_000, {"o1#1": 4})  # more than asked: refused whole
+    unknown = msgspec.structs.replace(report(other_list, 20_000), pick_list_id="wave.acme.WH-SH.99.Z1.1")
+    good = report(short_list, 21_000, {"o1#1": 1})
+    for n, record in enumerate([over, unknown, good, good]):  # the good one twice: applied once
+        inbox.add(record, 20_000 + n * 1_000)
+    out = run(inbox)
+    letters = sorted(d.reason for d in out["t.dead-letters"])
+    assert letters == sorted([ReasonCode.PICK_REFUSED, ReasonCode.UNKNOWN_PICK_LIST])
+    refused, unknown_outcome, confirmed = out[TOPICS.pick_outcomes]
+    assert (refused.status, unknown_outcome.status, confirmed.status) == ("refused", "refused", "confirmed")
+    assert "over-pick" in refused.errors[0]
+    assert [(s.line_id, s.asked, s.picked) for s in confirmed.shorts] == [("o1#1", 3, 1)]
+    (command,) = out[TOPICS.inventory_commands]
+    assert (command.line_id, command.order_id, command.quantity, command.sku) == ("o1#1", "o1", 2, "SKU-002")
+    (told,) = out[TOPICS.order_inbox]
+    assert (told.line_id, told.missing, told.picked, told.reply_to) == ("o1#1", 2, 1, "acme:s1:b-o1")
+    for cut in (len(inbox.records) - 2, len(inbox.records) - 4):  # a restart in between changes nothing
+        assert run(inbox, snapshot_at=cut) == out
+
+
+def test_a_reallocated_parcel_joins_the_order_s_group_once_per_line() -> None:
+    inbox = Inbox()
+    inbox.add(LayoutVersion(layout=layout()), 0, key="acme")
+    inbox.add(parcel(1, 1_000, buyer="b"), 1_000)
+    again = msgspec.structs.replace(
+        parcel(1, 1_500, buyer="b", skus=("SKU-004",)),
+        lines=[ShipmentLine(order_id="o1", line_id="o1#7/r", sku="SKU-004", quantity=2)],
+        reallocated=True,
+    )
+    inbox.add(again, 1_500)
+    inbox.add(again, 1_600)  # a second copy adds nothing
+    inbox.add(parcel(1, 1_700, buyer="b"), 1_700)  # nor does the order's own parcel again
+    for t in range(2_000, 12_000, 1000):
+        inbox.add(Tick(ts=t), t, key=None)
+    (shipment,) = run(inbox)[TOPICS.shipments]
+    assert sorted(ln.line_id for ln in shipment.lines) == ["o1#0", "o1#7/r"]
+    assert shipment.reply_to == "acme:s1:b-b"

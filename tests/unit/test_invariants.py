@@ -10,6 +10,7 @@ import msgspec
 from invariants import Inputs, Outputs, check
 from schemas import wire
 from schemas.deadletter import DeadLetter, ReasonCode
+from schemas.fulfilment import AllocatedParcel, OrderAllocation
 from schemas.inventory import CommandKind, Receive, StockEvent, receive_id
 from schemas.order import Address, Buyer, Channel, LineState, Order, OrderLine, OrderStatus
 from schemas.review import CancellationKind, OrderCancellation, Outcome, ReviewDecision
@@ -90,7 +91,17 @@ def correct() -> tuple[Inputs, Outputs, History]:
     d = decision("web-s1-1", DecisionStatus.ACCEPTED, [("web-s1-1#1", "A", 2), ("web-s1-1#2", "B", 1)])
     out.decisions.append(d)
     out.decision_bytes[d.decision_id] = {wire.encode(d)}
+    out.allocations.append(allocation(d))
     return inputs, out, h
+
+
+def allocation(d: OrderDecision) -> OrderAllocation:
+    """The allocation record the order stage writes with an accepted decision."""
+    homes: dict[str, list[str]] = {}
+    for line in d.lines:
+        homes.setdefault(line.warehouse or "", []).append(line.line_id)
+    parcels = [AllocatedParcel(warehouse=wh, line_ids=ids) for wh, ids in homes.items()]
+    return OrderAllocation(tenant=d.tenant, order_id=d.order_id, strategy="fullest", parcels=parcels, ts=2)
 
 
 def violations(inputs: Inputs, out: Outputs) -> str:
@@ -156,14 +167,14 @@ def test_a_rejection_caused_by_the_engine_is_a_failure() -> None:
     inputs, out, h = correct()
     out.stock_events = h.events[:2]
     d = decision("web-s1-1", DecisionStatus.REJECTED, [], RejectReason.ENGINE_ERROR)
-    out.decisions, out.decision_bytes = [d], {d.decision_id: {wire.encode(d)}}
+    out.decisions, out.decision_bytes, out.allocations = [d], {d.decision_id: {wire.encode(d)}}, []
     verdict = check(inputs, out, 4)
     assert "rejected by the engine itself" in "\n".join(verdict.violations) and verdict.counts["engine_failures"] == 1
 
 
 def test_a_held_order_is_an_open_state_only_when_something_may_hold_it() -> None:
     inputs, out, h = correct()
-    out.decisions, out.decision_bytes, out.stock_events = [], {}, h.events[:2]
+    out.decisions, out.decision_bytes, out.stock_events, out.allocations = [], {}, h.events[:2], []
     held = ReviewDecision(review_id="r", tenant=T, order_id="web-s1-1", channel=Channel.WEB, outcome=Outcome.HELD, ts=1)
     out.reviews.append(held)
     assert "has no decision" in violations(inputs, out), "no rules, no platform hold: holding it is wrong"
@@ -173,7 +184,7 @@ def test_a_held_order_is_an_open_state_only_when_something_may_hold_it() -> None
 
 def test_unpaid_is_an_open_state_only_if_it_was_never_paid() -> None:
     inputs, out, h = correct()
-    out.decisions, out.decision_bytes, out.stock_events = [], {}, h.events[:2]
+    out.decisions, out.decision_bytes, out.stock_events, out.allocations = [], {}, h.events[:2], []
     out.reviews.append(
         ReviewDecision(
             review_id="r", tenant=T, order_id="web-s1-1", channel=Channel.WEB, outcome=Outcome.AWAITING_PAYMENT, ts=1
@@ -221,7 +232,7 @@ def test_two_writers_of_one_stock_version_are_caught() -> None:
 def test_a_rejected_order_holding_stock_and_a_cancel_without_a_channel_cancel_are_caught() -> None:
     inputs, out, _ = correct()
     d = decision("web-s1-1", DecisionStatus.CANCELLED, [], RejectReason.CANCELLED)
-    out.decisions, out.decision_bytes = [d], {d.decision_id: {wire.encode(d)}}
+    out.decisions, out.decision_bytes, out.allocations = [d], {d.decision_id: {wire.encode(d)}}, []
     found = violations(inputs, out)
     assert "was cancelled but still holds reservations" in found
     assert "its channel never cancelled it" in found
@@ -278,6 +289,7 @@ def _fulfilment_history() -> tuple[Inputs, Outputs]:
                 order_created_at=1, ingested_at=1, decided_at=2,
             )
         )  # fmt: skip
+    out.allocations.extend(allocation(d) for d in out.decisions)
     lines = [
         ShipmentLine(order_id=o.order_id, line_id=f"{o.order_id}#{ln.line_no}", sku=ln.sku, quantity=ln.quantity)
         for o in (one, two)
@@ -344,3 +356,84 @@ def test_a_shipment_from_another_warehouse_than_the_reservation_is_caught() -> N
     inputs, out = _fulfilment_history()
     out.shipments[0] = msgspec.structs.replace(out.shipments[0], warehouse="WH-2")
     assert any(v.startswith("F3") for v in _fulfilment_verdict(inputs, out))
+
+
+def test_an_allocation_missing_twice_or_naming_another_warehouse_is_caught() -> None:
+    inputs, out = _fulfilment_history()
+    out.allocations.pop()
+    assert any("with 0 different allocation record(s)" in v for v in _fulfilment_verdict(inputs, out))
+    inputs, out = _fulfilment_history()
+    out.allocations.append(msgspec.structs.replace(out.allocations[0], quoted=True))
+    assert any("with 2 different allocation record(s)" in v for v in _fulfilment_verdict(inputs, out))
+    inputs, out = _fulfilment_history()
+    parcel = out.allocations[0].parcels[0]
+    wrong = msgspec.structs.replace(parcel, warehouse="WH-2")
+    out.allocations[0] = msgspec.structs.replace(out.allocations[0], parcels=[wrong])
+    assert any(v.startswith("F3") and "allocated" in v for v in _fulfilment_verdict(inputs, out))
+
+
+# -- picking (F6, F7) ----------------------------------------------------------------------------------------
+def _short_history() -> tuple[Inputs, Outputs, History]:
+    """The order of ``correct()`` picked: A 1 of 2 (short 1, no other warehouse: partial), B 1 of 1."""
+    from schemas.fulfilment import PickConfirmation, PickedLine, PickedStop, PickOutcome, ShortPickOutcome
+
+    inputs, out, h = correct()
+    picked = {"web-s1-1#1": ("A", 2, 1), "web-s1-1#2": ("B", 1, 1)}
+    inputs.picks.append(
+        PickConfirmation(
+            tenant=T, warehouse="WH", pick_list_id="w1.A.1", ts=5,
+            lines=[PickedLine(shipment_id="shp.1", line_id=lid, bin="b", picked=p)
+                   for lid, (_, _, p) in picked.items()],
+        )
+    )  # fmt: skip
+    out.pick_outcomes.append(
+        PickOutcome(
+            tenant=T, warehouse="WH", pick_list_id="w1.A.1", status="confirmed", ts=5,
+            stops=[PickedStop(shipment_id="shp.1", line_id=lid, sku=sku, asked=a, picked=p)
+                   for lid, (sku, a, p) in picked.items()],
+        )
+    )  # fmt: skip
+    h.add("A", CommandKind.SHORT, -1, -1, "short.acme.web-s1-1#1", "web-s1-1#1")
+    out.short_picks.append(
+        ShortPickOutcome(
+            tenant=T, order_id="web-s1-1", line_id="web-s1-1#1", sku="A", warehouse="WH", missing=1,
+            outcome="partial", reason="no_stock", ts=6,
+        )
+    )  # fmt: skip
+    return inputs, out, h
+
+
+def test_a_short_pick_shipped_partial_passes_and_its_stock_adds_up() -> None:
+    inputs, out, _ = _short_history()
+    verdict = check(inputs, out, partitions=4)
+    assert verdict.ok, verdict.violations
+    assert verdict.counts["short_lines"] == 1 and verdict.counts["short_outcomes"] == {"partial": 1}
+
+
+def test_a_short_never_applied_or_applied_wrong_or_invented_is_caught() -> None:
+    inputs, out, h = _short_history()
+    h.events.pop()  # the stock was never corrected
+    found = violations(inputs, out)
+    assert "never corrected" in found and "reserved 2, the open lines of accepted orders need 1" in found
+    inputs, out, h = _short_history()
+    h.events[-1] = msgspec.structs.replace(h.events[-1], d_on_hand=-2, on_hand=3)
+    assert "F7: web-s1-1#1: short of 1, applied as on_hand -2" in violations(inputs, out)
+    inputs, out, h = _short_history()
+    inputs.picks[0] = msgspec.structs.replace(
+        inputs.picks[0], lines=[msgspec.structs.replace(ln, picked=ln.picked + 1) for ln in inputs.picks[0].lines]
+    )
+    found = violations(inputs, out)
+    assert "picked 2, the line has 1" in found  # B: an over-pick the engine should have refused
+    assert "but nobody reported it short" in found  # A was picked whole: its short is invented
+
+
+def test_a_pick_confirmation_lost_or_applied_twice_and_a_missing_remainder_are_caught() -> None:
+    inputs, out, _ = _short_history()
+    out.pick_outcomes.clear()
+    assert "was sent and never applied" in violations(inputs, out)
+    inputs, out, _ = _short_history()
+    out.pick_outcomes.append(out.pick_outcomes[0])
+    assert "was confirmed 2 times" in violations(inputs, out)
+    inputs, out, _ = _short_history()
+    out.short_picks[0] = msgspec.structs.replace(out.short_picks[0], outcome="reallocated", reason="reallocated")
+    assert "does not hold 1" in violations(inputs, out)

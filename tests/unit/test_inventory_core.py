@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.inventory.core import Level, LineReservation, LineState, SkuStock, apply, choose_warehouse
+from agents.inventory.core import Level, LineReservation, LineState, SkuStock, apply, choose_warehouse, quote
 from schemas.deadletter import ReasonCode
 from schemas.inventory import (
     Adjust,
     CommandKind,
     Issue,
+    Quote,
     Receive,
     Release,
     Reserve,
     Return,
+    ShortPick,
     adjust_id,
     issue_id,
     receive_id,
     release_id,
     reserve_id,
     return_id,
+    short_id,
 )
 from schemas.saga import LineStatus, RejectReason
 
@@ -83,6 +87,21 @@ def issue(line: str, seq: int, origin: str = "ship.0") -> Issue:
         ts=4,
         order_id=line.split("#")[0],
         line_id=line,
+    )
+
+
+def short(line: str, qty: int, seq: int, origin: str = "pick.0") -> ShortPick:
+    return ShortPick(
+        command_id=short_id(T, line),
+        tenant=T,
+        sku=SKU,
+        origin=origin,
+        seq=seq,
+        ts=5,
+        order_id=line.split("#")[0],
+        line_id=line,
+        quantity=qty,
+        pick_list_id="wave.t1.WH-A.1.Z.1",
     )
 
 
@@ -281,6 +300,65 @@ def _fields(cmd: Adjust) -> dict:
     return {f: getattr(cmd, f) for f in cmd.__struct_fields__}
 
 
+def test_a_short_pick_takes_the_missing_units_out_of_the_reservation_and_the_count_at_once() -> None:
+    stock = run(empty(), None, receive("WH-A", 10, 1)).stock
+    reserved = run(stock, None, reserve("o1#1", 4, 1))
+    out = run(reserved.stock, reserved.line, short("o1#1", 3, 1))
+    assert levels(out.stock) == {"WH-A": [7, 1]}  # available stays 6: nobody else can take the missing units
+    assert out.line.state is LineState.OPEN and out.line.quantity == 1
+    (event,) = out.events
+    assert (event.kind, event.d_on_hand, event.d_reserved, event.line_id) == (CommandKind.SHORT, -3, -3, "o1#1")
+    again = run(out.stock, out.line, short("o1#1", 3, 1))
+    assert again.note == "duplicate" and not again.events and not again.refused
+    shipped = run(out.stock, out.line, issue("o1#1", 1))
+    assert levels(shipped.stock) == {"WH-A": [6, 0]}  # the one unit picked leaves
+
+
+def test_a_line_shorted_of_everything_is_closed_and_more_than_it_holds_is_refused() -> None:
+    stock = run(empty(), None, receive("WH-A", 5, 1)).stock
+    reserved = run(stock, None, reserve("o1#1", 2, 1))
+    too_many = run(reserved.stock, reserved.line, short("o1#1", 3, 1))
+    assert too_many.refused[0] is ReasonCode.NOT_RESERVED and not too_many.events
+    whole = run(reserved.stock, reserved.line, short("o1#1", 2, 1))
+    assert whole.line.state is LineState.RELEASED and levels(whole.stock) == {"WH-A": [3, 0]}
+    assert run(whole.stock, whole.line, release("o1#1", 1)).events == []  # nothing left to release
+    never = run(stock, None, short("o2#1", 1, 2))
+    assert never.refused[0] is ReasonCode.NOT_RESERVED
+
+
+def test_a_short_after_the_line_was_released_still_corrects_the_count_but_never_below_reserved() -> None:
+    stock = run(empty(), None, receive("WH-A", 3, 1)).stock
+    first = run(stock, None, reserve("o1#1", 2, 1))
+    gone = run(first.stock, first.line, release("o1#1", 1))
+    other = run(gone.stock, None, reserve("o2#1", 3, 2))
+    refused = run(other.stock, gone.line, short("o1#1", 1, 1))
+    assert refused.refused[0] is ReasonCode.WOULD_OVERSELL and not refused.events
+    corrected = run(gone.stock, gone.line, short("o1#1", 1, 1))
+    assert corrected.note == "short_after_close" and levels(corrected.stock) == {"WH-A": [2, 0]}
+
+
+def test_a_reserve_never_takes_an_excluded_warehouse() -> None:
+    stock = run(run(empty(), None, receive("WH-A", 9, 1)).stock, None, receive("WH-B", 2, 2)).stock
+    cmd = msgspec.structs.replace(reserve("o1#1/r", 2, 1, warehouses=["WH-A", "WH-B"]), exclude=["WH-A"])
+    assert run(stock, None, cmd).line.warehouse == "WH-B"
+    none_left = msgspec.structs.replace(reserve("o2#1/r", 3, 2), exclude=["WH-A"])
+    assert run(stock, None, none_left).results[0].reason is RejectReason.INSUFFICIENT_STOCK
+
+
+def test_a_quote_answers_what_is_available_where_and_changes_nothing() -> None:
+    stock = run(run(empty(), None, receive("WH-A", 9, 1)).stock, None, receive("WH-B", 2, 2)).stock
+    stock = run(stock, None, reserve("o1#1", 4, 1)).stock  # the fullest: WH-A
+    ask = Quote(
+        command_id="quote.t1.o2.SKU-1", tenant=T, sku=SKU, origin="coord.o0", seq=1, ts=9, order_id="o2",
+        reply_to=REPLY, warehouses=["WH-B", "WH-A", "WH-C"],
+    )  # fmt: skip
+    answer = quote(stock, ask)
+    assert answer.available == {"WH-B": 2, "WH-A": 5, "WH-C": 0} and answer.key == REPLY
+    assert quote(stock, msgspec.structs.replace(ask, warehouses=[])).available == {"WH-A": 5, "WH-B": 2}
+    with pytest.raises(TypeError):
+        apply(stock, None, ask, RETENTION)
+
+
 # ---- property: any interleaving of commands, with redeliveries, keeps I1–I3 ----
 
 _line = st.sampled_from([f"o{i}#1" for i in range(6)])
@@ -289,6 +367,7 @@ _op = st.one_of(
     st.tuples(st.just("reserve"), _line, st.integers(1, 4)),
     st.tuples(st.just("release"), _line, st.just(0)),
     st.tuples(st.just("issue"), _line, st.just(0)),
+    st.tuples(st.just("short"), _line, st.integers(1, 3)),
     st.tuples(st.just("redeliver"), st.integers(0, 1000), st.just(0)),
 )
 
@@ -301,7 +380,7 @@ def test_random_command_streams_keep_the_invariants(ops: list[tuple]) -> None:
     redelivery that has a second effect shows up."""
     stock, lines = empty(), {}
     sent: list = []
-    seqs = {"loader": 0, "coord.o0": 0, "coord.r0": 0, "ship.0": 0}
+    seqs = {"loader": 0, "coord.o0": 0, "coord.r0": 0, "ship.0": 0, "pick.0": 0}
     unique_received: dict[str, int] = {}
     issued = 0
     reserve_effects: dict[str, int] = {}
@@ -323,6 +402,10 @@ def test_random_command_streams_keep_the_invariants(ops: list[tuple]) -> None:
             cmd = reserve(a, b, next_seq("coord.o0"))
         elif op == "release":
             cmd = release(a, next_seq("coord.r0"))
+        elif op == "short":
+            if any(getattr(c, "line_id", None) == a and isinstance(c, ShortPick) for c in sent):
+                continue  # a line is picked once
+            cmd = short(a, b, next_seq("pick.0"))
         else:
             cmd = issue(a, next_seq("ship.0"))
         sent.append(cmd)
@@ -334,7 +417,7 @@ def test_random_command_streams_keep_the_invariants(ops: list[tuple]) -> None:
         assert not (out.refused and out.refused[0] is ReasonCode.STALE_SEQUENCE), "a redelivery is not stale"
         for ev in out.events:
             assert ev.on_hand - ev.reserved >= 0 and ev.reserved >= 0  # I1 at every step
-            issued += -ev.d_on_hand if ev.kind is CommandKind.ISSUE else 0
+            issued += -ev.d_on_hand if ev.kind in (CommandKind.ISSUE, CommandKind.SHORT) else 0
             if ev.kind is CommandKind.RESERVE:
                 reserve_effects[ev.line_id] = reserve_effects.get(ev.line_id, 0) + 1
             if ev.kind in (CommandKind.RELEASE, CommandKind.ISSUE):

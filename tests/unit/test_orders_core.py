@@ -6,12 +6,22 @@ import msgspec
 import pytest
 
 from agents.fulfilment.merge import merge_key
-from agents.orders.core import SEQ_FANOUT, OrderRules, Stamp
+from agents.orders.core import OrderRules
 from agents.orders.rules import Facts, evaluate, velocity_windows
 from agents.orders.state import HoldKind, OrderState, Phase, SagaLineState
-from schemas.fulfilment import AllocationPolicy, Layout, OrderWithdrawn, ParcelAccepted, WarehouseSpec
+from engine.runtime.stamp import SEQ_FANOUT, Stamp
+from schemas.fulfilment import (
+    AllocationPolicy,
+    Layout,
+    LineShort,
+    OrderAllocation,
+    OrderWithdrawn,
+    ParcelAccepted,
+    ShortPickOutcome,
+    WarehouseSpec,
+)
 from schemas.inbox import OperatorAction
-from schemas.inventory import Release, Reserve
+from schemas.inventory import Quote, Release, Reserve
 from schemas.order import Address, Buyer, Channel, LineState, Order, OrderLine, OrderStatus, buyer_key
 from schemas.review import (
     Action,
@@ -30,7 +40,7 @@ from schemas.review import (
     UnitsOver,
     Velocity,
 )
-from schemas.saga import DecisionStatus, LineResult, LineStatus, OrderDecision, RejectReason
+from schemas.saga import DecisionStatus, LineResult, LineStatus, OrderDecision, RejectReason, StockQuote
 
 RETENTION = 7 * 86_400_000
 core = OrderRules(RETENTION)
@@ -258,8 +268,10 @@ def test_all_lines_reserved_accepts_once_with_the_time_of_the_last_answer() -> N
     one = answer(state, 1)
     assert one.order.phase is Phase.RESERVING and not one.outputs
     both = answer(one.order, 2)
-    decision, parcel = both.outputs
+    decision, allocation, parcel = both.outputs
     assert decision.status is DecisionStatus.ACCEPTED and decision.decided_at == NOW + 1
+    assert (allocation.strategy, allocation.quoted, allocation.ranking) == ("fullest", False, [])
+    assert [(p.warehouse, p.line_ids) for p in allocation.parcels] == [("WH-A", ["jd-s1-1#1", "jd-s1-1#2"])]
     assert [(d.line_id, d.warehouse) for d in decision.lines] == [("jd-s1-1#1", "WH-A"), ("jd-s1-1#2", "WH-A")]
     # Fulfilment gets the lines of the warehouse they were reserved in, with what a merge must match.
     assert isinstance(parcel, ParcelAccepted) and parcel.key == "acme:WH-A" and parcel.ts == NOW + 1
@@ -286,7 +298,7 @@ def test_a_layout_ranks_the_warehouses_each_line_may_be_reserved_in() -> None:
             WarehouseSpec(warehouse="WH-SH", regions=["上海市"], carriers=["sf"]),
             WarehouseSpec(warehouse="WH-BJ", regions=["北京"], carriers=["sf"]),
         ],
-        allocation=AllocationPolicy(warehouse_order=["WH-SH", "WH-BJ"]),
+        allocation=AllocationPolicy(strategy="region", warehouse_order=["WH-SH", "WH-BJ"]),
     )
     step = core.on_snapshot(None, None, None, order(), STAMP, NOW, watermark=1_000, layout=layout)
     reserves = [o for o in step.outputs if isinstance(o, Reserve)]
@@ -455,3 +467,148 @@ def _result_of(state: OrderState, line_no: int) -> LineResult:
 
 def _fields(record: object) -> dict:
     return {f: getattr(record, f) for f in record.__struct_fields__}
+
+
+# -- short picks ---------------------------------------------------------------------------------------------
+TWO_WAREHOUSES = Layout(
+    tenant="acme",
+    version=1,
+    warehouses=[
+        WarehouseSpec(warehouse="WH-A", regions=["北京"], carriers=["sf"]),
+        WarehouseSpec(warehouse="WH-B", regions=["上海市"], carriers=["sf"]),
+    ],
+    allocation=AllocationPolicy(strategy="region", warehouse_order=["WH-A", "WH-B"]),
+)
+
+
+def ranked_and_accepted() -> OrderState:
+    state = core.on_snapshot(None, None, None, order(), STAMP, NOW, watermark=1_000, layout=TWO_WAREHOUSES).order
+    return answer(answer(state, 1).order, 2).order
+
+
+def short_of(state: OrderState, line_no: int, missing: int, picked: int, layout: Layout | None = TWO_WAREHOUSES):
+    line = next(ln for ln in state.lines if ln.line_no == line_no and ln.remainder_of is None)
+    report = LineShort(
+        tenant="acme",
+        order_id=state.order_id,
+        line_id=line.line_id,
+        sku=line.sku,
+        warehouse=line.warehouse or "WH-A",
+        missing=missing,
+        picked=picked,
+        pick_list_id="wave.acme.WH-A.1.Z1.1",
+        reply_to=state.inbox_key,
+        ts=NOW,
+    )
+    return core.on_short(state, report, Stamp("orders.test.p0", 20), NOW + 5, layout)
+
+
+def test_a_short_line_is_re_reserved_away_from_the_warehouse_it_came_up_short_in() -> None:
+    state = ranked_and_accepted()
+    assert state.ranking == ["WH-A", "WH-B"]
+    step = short_of(state, 2, missing=1, picked=1)
+    (reserve,) = step.outputs
+    assert isinstance(reserve, Reserve) and step.note == "short_reallocating"
+    assert (reserve.line_id, reserve.quantity, reserve.warehouses, reserve.exclude) == (
+        "jd-s1-1#2/r",
+        1,
+        ["WH-B"],
+        ["WH-A"],
+    )
+    assert reserve.seq == 20 * SEQ_FANOUT and step.order.phase is Phase.ACCEPTED
+    assert short_of(step.order, 2, missing=1, picked=1).note == "duplicate_short"
+    placed = answer(step.order, 2, line_id="jd-s1-1#2/r", warehouse="WH-B", quantity=1)
+    parcel, outcome = placed.outputs
+    assert isinstance(parcel, ParcelAccepted) and parcel.reallocated and parcel.warehouse == "WH-B"
+    assert [(ln.line_id, ln.quantity) for ln in parcel.lines] == [("jd-s1-1#2/r", 1)]
+    assert parcel.reply_to == state.inbox_key and parcel.merge_key == state.ship_group
+    assert isinstance(outcome, ShortPickOutcome)
+    assert (outcome.outcome, outcome.reason, outcome.missing, outcome.warehouse, outcome.remainder_warehouse) == (
+        "reallocated",
+        "reallocated",
+        1,
+        "WH-A",
+        "WH-B",
+    )
+    # the re-reserved line goes with the order: a cancellation releases it and withdraws its parcel
+    cancelled = snap(placed.order, order(version=2_000, status=OrderStatus.CANCELLED))
+    released = sorted(o.line_id for o in cancelled.outputs if isinstance(o, Release))
+    assert released == ["jd-s1-1#1", "jd-s1-1#2", "jd-s1-1#2/r"]
+    assert sorted(o.warehouse for o in cancelled.outputs if isinstance(o, OrderWithdrawn)) == ["WH-A", "WH-B"]
+
+
+def test_a_short_line_ships_partial_when_no_other_warehouse_has_it_or_the_policy_says_so() -> None:
+    state = ranked_and_accepted()
+    step = short_of(state, 1, missing=1, picked=0)
+    refused = answer(step.order, 1, ok=False, line_id="jd-s1-1#1/r")
+    (outcome,) = refused.outputs
+    assert (outcome.outcome, outcome.reason, outcome.remainder_line_id) == ("partial", "no_stock", None)
+    partial = msgspec.structs.replace(TWO_WAREHOUSES, short_pick="partial")
+    by_policy = short_of(state, 1, missing=1, picked=0, layout=partial)
+    assert [(o.outcome, o.reason) for o in by_policy.outputs] == [("partial", "policy")]
+    assert not any(isinstance(o, Reserve) for o in by_policy.outputs)
+
+
+def test_a_refund_of_a_short_line_closes_its_remainder_and_an_amendment_check_ignores_it() -> None:
+    state = short_of(ranked_and_accepted(), 2, missing=1, picked=1).order
+    state = answer(state, 2, line_id="jd-s1-1#2/r", warehouse="WH-B", quantity=1).order
+    same = snap(state, order(version=1_500))
+    assert same.note == "update" and not same.outputs  # the remainder line is no amendment
+    lines = [order().lines[0], msgspec.structs.replace(order().lines[1], status=LineState.REFUNDING)]
+    refund = snap(state, order(version=2_000, lines=lines))
+    assert sorted(o.line_id for o in refund.outputs if isinstance(o, Release)) == ["jd-s1-1#2", "jd-s1-1#2/r"]
+
+
+def test_a_short_after_the_order_was_cancelled_is_answered_partial() -> None:
+    state = ranked_and_accepted()
+    cancelled = snap(state, order(version=2_000, status=OrderStatus.CANCELLED)).order
+    step = short_of(cancelled, 1, missing=1, picked=0)
+    assert [(o.outcome, o.reason) for o in step.outputs] == [("partial", "cancelled")]
+
+
+# -- allocation by stock (quotes) ----------------------------------------------------------------------------
+def quoted(state: OrderState, sku: str, available: dict[str, int], layout: Layout, offset: int = 30):
+    answer = StockQuote(
+        quote_id=f"quote.acme.{state.order_id}.{sku}",
+        tenant="acme",
+        order_id=state.order_id,
+        sku=sku,
+        available=available,
+        reply_to=state.inbox_key,
+        ts=NOW,
+    )
+    return core.on_quote(state, answer, Stamp("orders.test.p0", offset), NOW + 3, layout)
+
+
+def test_fewest_parcels_quotes_every_sku_then_reserves_the_whole_order_where_one_warehouse_can_ship_it() -> None:
+    layout = msgspec.structs.replace(TWO_WAREHOUSES, allocation=AllocationPolicy(warehouse_order=["WH-A", "WH-B"]))
+    step = core.on_snapshot(None, None, None, order(), STAMP, NOW, watermark=1_000, layout=layout)
+    quotes = [o for o in step.outputs if isinstance(o, Quote)]
+    assert [(q.sku, q.warehouses) for q in quotes] == [("A", ["WH-A", "WH-B"]), ("B", ["WH-A", "WH-B"])]
+    assert not any(isinstance(o, Reserve) for o in step.outputs) and step.order.quoting == ["A", "B"]
+    # WH-A (first by region) has A but not enough B; WH-B has both: one parcel instead of two.
+    first = quoted(step.order, "A", {"WH-A": 5, "WH-B": 1}, layout)
+    assert first.note == "quoted" and first.outputs == []
+    assert quoted(first.order, "A", {"WH-A": 5, "WH-B": 1}, layout).note == "late_quote"  # a second copy
+    last = quoted(first.order, "B", {"WH-A": 1, "WH-B": 9}, layout)
+    assert last.note == "allocated" and last.order.quoting == [] and last.order.quotes == {}
+    assert [(r.line_id, r.warehouses) for r in last.outputs] == [
+        ("jd-s1-1#1", ["WH-B", "WH-A"]),
+        ("jd-s1-1#2", ["WH-B", "WH-A"]),
+    ]
+    assert [r.seq for r in last.outputs] == [30 * SEQ_FANOUT, 30 * SEQ_FANOUT + 1]
+    done = answer(answer(last.order, 1, warehouse="WH-B").order, 2, warehouse="WH-B")
+    (allocation,) = [o for o in done.outputs if isinstance(o, OrderAllocation)]
+    assert (allocation.strategy, allocation.quoted) == ("fewest-parcels", True)
+    assert [(p.warehouse, p.line_ids) for p in allocation.parcels] == [("WH-B", ["jd-s1-1#1", "jd-s1-1#2"])]
+
+
+def test_a_quote_after_the_order_was_cancelled_reserves_nothing_and_one_line_never_quotes() -> None:
+    layout = msgspec.structs.replace(TWO_WAREHOUSES, allocation=AllocationPolicy(warehouse_order=["WH-A", "WH-B"]))
+    step = core.on_snapshot(None, None, None, order(), STAMP, NOW, watermark=1_000, layout=layout)
+    cancelled = snap(step.order, order(version=2_000, status=OrderStatus.CANCELLED))
+    assert cancelled.order.phase is Phase.CANCELLED and not any(isinstance(o, Release) for o in cancelled.outputs)
+    assert quoted(cancelled.order, "A", {"WH-A": 5}, layout).note == "late_quote"
+    single = order(lines=[OrderLine(line_no=1, sku="A", quantity=1, unit_price_fen=100)])
+    alone = core.on_snapshot(None, None, None, single, STAMP, NOW, watermark=1_000, layout=layout)
+    assert [type(o) for o in alone.outputs] == [ReviewDecision, Reserve]
