@@ -80,7 +80,7 @@ class Settings:
     order_retention_s: int = setting(
         "OMS_ORDER_RETENTION_S",
         "Order-side state is forgotten this long after the order's last channel update once it is decided "
-        "(channel time); a later update for it is ignored, not taken for a new order.",
+        "(channel time); a later update for it is dead-lettered (forgotten_order), not taken for a new order.",
         7 * 86400,
     )
     line_retention_s: int = setting(

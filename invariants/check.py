@@ -35,7 +35,7 @@ from invariants.inputs import Inputs, SentOrder
 from invariants.picking import Truth, check_picking, root_line
 from schemas import wire
 from schemas.deadletter import DeadLetter, ReasonCode
-from schemas.inbox import InboxRecord
+from schemas.inbox import InboxRecord, OrderSnapshot
 from schemas.inventory import Adjust, CommandKind, InventoryCommand, Receive, Return, StockEvent
 from schemas.order import LineState, OrderStatus
 from schemas.review import CancellationKind, Outcome, ReviewDecision
@@ -261,6 +261,13 @@ def _orders(
         e.line_id = line
         if e.order_id:
             by_order[f"{tenant}:{e.order_id}"].append(e)
+    forgotten = set()  # orders whose snapshot the engine dead-lettered as forgotten
+    for letter in out.dead_letters:
+        if letter.reason is ReasonCode.FORGOTTEN_ORDER:
+            with contextlib.suppress(wire.WireError):
+                record = wire.decode(letter.original_value, InboxRecord)
+                if isinstance(record, OrderSnapshot):
+                    forgotten.add(record.order.key)
     counts: Counter = Counter()
     reasons: Counter = Counter()
     open_states: Counter = Counter()
@@ -276,6 +283,8 @@ def _orders(
                 v.fail(
                     "I4", f"{key} was sent and has no decision (last review: {last.outcome.value if last else 'none'})"
                 )
+            elif state == "forgotten" and key not in forgotten:
+                v.fail("I4", f"{key} is older than the retention, yet was neither decided nor dead-lettered")
             else:
                 open_states[state] += 1
             if any(e.holding for e in holding.values()):
@@ -314,7 +323,8 @@ def _orders(
 def _open_state(inputs: Inputs, sent: SentOrder, review: ReviewDecision | None) -> str | None:
     """The open state an undecided order may be in, if the inputs allow it and the engine lists it."""
     if review is None:
-        return None
+        # Every snapshot older than the retention: dead-lettered as forgotten (I6 checks each letter).
+        return "forgotten" if all(inputs.forgotten(o) for o in sent.snapshots) else None
     if review.outcome is Outcome.AWAITING_PAYMENT and not sent.ever_paid():
         return "awaiting_payment"
     if review.outcome is Outcome.SHIPPED and any(
@@ -416,6 +426,14 @@ def _justified(inputs: Inputs, letter: DeadLetter, raw: bytes, partitions: int |
         return "is the engine's own failure, not bad input"
     if raw in inputs.bad_records:
         return None
+    if letter.reason is ReasonCode.FORGOTTEN_ORDER:
+        try:
+            snapshot = wire.decode(raw, InboxRecord)
+        except wire.WireError:
+            return "says forgotten_order, but holds no order snapshot"
+        if isinstance(snapshot, OrderSnapshot) and inputs.forgotten(snapshot.order):
+            return None
+        return "says forgotten_order, but the order is within the retention of what was sent"
     if letter.stage == "ingest":
         return "holds a channel payload that was not among the bad ones sent"
     if letter.reason is ReasonCode.MISROUTED:

@@ -84,6 +84,17 @@ class Inputs:
     fulfilment_complete: bool = False
     #: pick confirmations sent that match their pick lists: what a picker reported picked is the truth
     picks: list[PickConfirmation] = field(default_factory=list)
+    #: the engine's order retention (OMS_ORDER_RETENTION_S, in ms): a snapshot of an order created longer than this
+    #: before the latest channel time sent may be dead-lettered as forgotten instead of decided
+    order_retention_ms: int | None = None
+
+    def forgotten(self, order: Order) -> bool:
+        """Could the engine have forgotten ``order`` (created more than the retention before the newest time
+        any sent order carries — an upper bound of every partition's event time)?"""
+        if self.order_retention_ms is None:
+            return False
+        newest = max(max(o.version, o.created_at) for sent in self.orders.values() for o in sent.snapshots)
+        return order.created_at + self.order_retention_ms <= newest
 
     def add_orders(self, orders: Iterable[Order]) -> None:
         for order in orders:

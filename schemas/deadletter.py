@@ -24,6 +24,9 @@ class ReasonCode(enum.StrEnum):
     STALE_SEQUENCE = "stale_sequence"  # a command at or below its origin's high-water mark that was never applied
     UNKNOWN_PICK_LIST = "unknown_pick_list"  # a pick confirmation for a pick list this warehouse never released
     PICK_REFUSED = "pick_refused"  # a pick confirmation that does not match its pick list (over-pick, missing stop)
+    #: a snapshot of an order created more than the order retention before its partition's event time: decided
+    #: and forgotten long ago (a late update, a refund long after delivery), or synced far too late; not applied
+    FORGOTTEN_ORDER = "forgotten_order"
     PROCESSING_ERROR = "processing_error"  # a bug: the record is parked instead of stalling the partition
 
 

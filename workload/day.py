@@ -163,7 +163,7 @@ def main_job(base: Settings, opts: RunOptions) -> int:
             pool.start()
             pool.wait_ready([topics.order_inbox, topics.inventory_commands])
         console.print(f"[green]✓[/] {workers} workers own {settings.partitions} partitions of every topic")
-        inputs = Inputs(rules=bool(rules))
+        inputs = Inputs(rules=bool(rules), order_retention_ms=settings.order_retention_s * 1000)
         with console.status("Loading the product catalog and opening stock…"):
             publish_catalog(settings.redis, Keys(settings.topic_prefix), workload.catalog())
             stock = list(workload.opening_stock("stock-loader", 0, int(time.time() * 1000)))

@@ -43,6 +43,9 @@ from schemas.saga import LineResult, OrderDecision, StockQuote
 log = logging.getLogger("oms.orders")
 
 ORDERS, BUYERS, RULES, LAYOUTS = "orders", "buyers", "rules", "order-layouts"
+#: A channel's clock may run ahead of the log's (the record's time) by this much and move the partition's event
+#: time; beyond it, one order stamped far in the future would make every later order look forgotten.
+MAX_CHANNEL_LEAD_MS = 86_400_000
 
 
 class SagaProgress(NamedTuple):
@@ -125,7 +128,7 @@ class OrderLogic(Logic):
         now = record.timestamp_ms
         if isinstance(item, OrderSnapshot):
             order = item.order
-            work.advance(max(order.version, order.created_at))
+            work.advance(min(max(order.version, order.created_at), now + MAX_CHANNEL_LEAD_MS))
             state = work.get_as(ORDERS, order.key, OrderState)
             buyer = work.get_as(BUYERS, item.key, BuyerState)
             rules = work.get_as(RULES, rules_key(order.tenant, p), RulesState)
@@ -159,6 +162,9 @@ class OrderLogic(Logic):
         work.side_effects.extend(step.holds)
         if step.note:
             work.note(step.note)
+        if step.refused is not None:
+            tenant = item.order.tenant if isinstance(item, OrderSnapshot) else getattr(item, "tenant", None)
+            work.dead_letter(record, step.refused[0], step.refused[1], tenant)
 
     def expires_at(self, table: str, value: bytes) -> int | None:
         if table == ORDERS:

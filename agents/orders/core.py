@@ -49,6 +49,7 @@ from agents.orders.state import (
     SagaLineState,
 )
 from engine.runtime.stamp import Stamp
+from schemas.deadletter import ReasonCode
 from schemas.fulfilment import (
     AllocatedParcel,
     Layout,
@@ -110,6 +111,7 @@ class Step:
     outputs: list[Any] = field(default_factory=list)
     holds: list[HoldEntry] = field(default_factory=list)
     note: str = ""
+    refused: tuple[ReasonCode, str] | None = None  # a valid input that cannot be applied (dead-lettered, never lost)
 
 
 class OrderRules:
@@ -131,7 +133,14 @@ class OrderRules:
         layout: Layout | None = None,
     ) -> Step:
         if state is None and order.created_at + self.retention_ms <= watermark:
-            return Step(None, note="forgotten_order_update")  # decided and forgotten long ago: not a new order
+            # Decided and forgotten long ago, or a very late sync: either way no decision can be made on it now,
+            # and silently dropping it would lose a late refund or a genuinely new order.
+            detail = (
+                f"order {order.order_id} was created at {order.created_at}, more than the order retention "
+                f"({self.retention_ms // 1000} s) before its partition's event time {watermark}: it was decided and "
+                "forgotten, or reached the engine too late; not applied"
+            )
+            return Step(None, note="forgotten_order", refused=(ReasonCode.FORGOTTEN_ORDER, detail))
         if state is not None and order.version <= state.version:
             return Step(state, note="duplicate")
         closed = order.status is OrderStatus.CANCELLED or all(ln.status is LineState.CANCELLED for ln in order.lines)

@@ -38,6 +38,7 @@ class Pipeline:
 
     def __post_init__(self) -> None:
         self.topics = Topics(self.settings.topic_prefix)
+        self.inputs.order_retention_ms = self.settings.order_retention_s * 1000
         create_topics(
             self.settings.bootstrap, self.topics.all(), self.settings.partitions, configs=self.topics.configs()
         )

@@ -437,3 +437,23 @@ def test_a_pick_confirmation_lost_or_applied_twice_and_a_missing_remainder_are_c
     inputs, out, _ = _short_history()
     out.short_picks[0] = msgspec.structs.replace(out.short_picks[0], outcome="reallocated", reason="reallocated")
     assert "does not hold 1" in violations(inputs, out)
+
+
+def test_an_order_older_than_the_retention_must_be_dead_lettered_as_forgotten_never_dropped() -> None:
+    from schemas.inbox import OrderSnapshot
+
+    inputs, out, _ = correct()
+    old = order("web-s1-7", created_at=0, version=0)  # the day's other order is at time 1
+    inputs.add_orders([old])
+    inputs.order_retention_ms = 1
+    assert "acme:web-s1-7 is older than the retention, yet was neither decided nor dead-lettered" in violations(
+        inputs, out
+    )
+    letter = _letter(wire.encode(OrderSnapshot(order=old)), ReasonCode.FORGOTTEN_ORDER)
+    out.dead_letters.append(msgspec.structs.replace(letter, stage="orders"))
+    verdict = check(inputs, out, partitions=4)
+    assert verdict.ok, verdict.violations
+    assert verdict.counts["open"] == {"forgotten": 1}
+    inputs.order_retention_ms = 2  # within the retention: the engine had no reason to forget it
+    found = violations(inputs, out)
+    assert "but the order is within the retention" in found and "web-s1-7 was sent and has no decision" in found

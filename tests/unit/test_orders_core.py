@@ -10,6 +10,7 @@ from agents.orders.core import OrderRules
 from agents.orders.rules import Facts, evaluate, velocity_windows
 from agents.orders.state import HoldKind, OrderState, Phase, SagaLineState
 from engine.runtime.stamp import SEQ_FANOUT, Stamp
+from schemas.deadletter import ReasonCode
 from schemas.fulfilment import (
     AllocationPolicy,
     Layout,
@@ -431,7 +432,8 @@ def test_a_decided_order_is_forgotten_after_the_retention_and_its_late_update_is
         NOW,
         watermark=done.version + RETENTION + 5,
     )
-    assert late.note == "forgotten_order_update" and not late.outputs and late.order is None
+    assert late.note == "forgotten_order" and not late.outputs and late.order is None
+    assert late.refused is not None and late.refused[0] is ReasonCode.FORGOTTEN_ORDER  # dead-lettered, not lost
 
 
 def test_state_round_trips_and_the_core_does_not_mutate_its_input() -> None:

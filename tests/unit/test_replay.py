@@ -96,3 +96,32 @@ def test_each_stage_replays_the_same_from_a_restart_point() -> None:
         tail = _signature(resumed.run(log, batch=31))
         assert sorted(head + tail) == sorted(expected)
         assert resumed.state.tables() == whole.state.tables()
+
+
+def test_an_order_from_a_channel_clock_far_ahead_does_not_make_later_orders_look_forgotten() -> None:
+    """Event time follows channel time only up to a day ahead of the log's own time; a newer order after one
+    stamped a month ahead is decided, and an order really older than the retention is dead-lettered."""
+    import msgspec
+
+    from schemas.deadletter import DeadLetter, ReasonCode
+
+    workload = Workload(WorkloadSpec(orders=3, seed=7))
+    first, second, third = list(workload.orders())[:3]
+    now, day = int(time.time() * 1000), 86_400_000
+    buyer = first.buyer
+    ahead = msgspec.structs.replace(first, created_at=now + 30 * day, version=now + 30 * day)
+    normal = msgspec.structs.replace(second, buyer=buyer, shop_id=first.shop_id, created_at=now - 3_600_000,
+                                     version=now - 3_600_000)  # fmt: skip
+    ancient = msgspec.structs.replace(third, buyer=buyer, shop_id=first.shop_id, created_at=now - 30 * day,
+                                      version=now - 30 * day)  # fmt: skip
+    log: list[Input] = []
+    offsets: dict = {}
+    for order in (ahead, normal, ancient):
+        snapshot = OrderSnapshot(order=order)
+        _append(log, TOPICS.order_inbox, snapshot.key, wire.encode(snapshot), now, offsets)
+    assert len({r.partition for r in log}) == 1
+    outputs = Replay(OrderLogic(TOPICS, PARTITIONS, 7 * day, "e1"), TOPICS.dead_letters).run(log)
+    letters = [wire.decode(o.value, DeadLetter) for o in outputs if o.topic == TOPICS.dead_letters]
+    assert [(d.reason, d.source_offset) for d in letters] == [(ReasonCode.FORGOTTEN_ORDER, log[2].offset)]
+    decided = {o.key for o in outputs if o.topic == TOPICS.review_decisions}
+    assert f"{normal.tenant}:{normal.order_id}".encode() in decided
