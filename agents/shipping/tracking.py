@@ -1,0 +1,113 @@
+"""Carrier tracking (物流轨迹) per waybill, as a state machine that only moves forward (pure).
+
+Carriers report scans late, twice and out of order. The state keeps the furthest progress reached —
+created → picked up → in transit → out for delivery → delivered — and whether an exception (异常) is open on top
+of it. An event is applied as:
+
+* a **duplicate** (its carrier event id was seen): nothing;
+* **after final**: the parcel was delivered or returned; the event is kept in the history, the state stays;
+* **progress** beyond the current stage: the stage moves there; an open exception older than the scan is closed
+  (the parcel moves again: ``recovered``); delivered is final;
+* **late**: a stage at or before the current one (or an exception older than the last progress): history only;
+* an **exception** newer than the last progress opens one; **returned to sender** is final from any stage before
+  delivery.
+
+So whatever order the events come in, the stage never goes backwards, and the same events in any order end in
+the same stage (unless a carrier reports both delivered and returned: the first of the two stands). Time is the
+carrier's ``occurred_at`` for ordering scans; ``now`` (the record's time) stamps the updates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from schemas.shipping import CarrierEvent, TrackingStatus, TrackingUpdate
+
+PROGRESS = {
+    TrackingStatus.CREATED: 0,
+    TrackingStatus.PICKED_UP: 1,
+    TrackingStatus.IN_TRANSIT: 2,
+    TrackingStatus.OUT_FOR_DELIVERY: 3,
+    TrackingStatus.DELIVERED: 4,
+}
+FINAL = frozenset({TrackingStatus.DELIVERED, TrackingStatus.RETURNED})
+#: Carrier event ids remembered per waybill (for duplicates) and history entries kept.
+RECENT_EVENTS = 64
+
+
+@dataclass
+class Tracking:
+    tenant: str
+    carrier: str
+    waybill: str
+    status: TrackingStatus = TrackingStatus.CREATED
+    progress_at: int = 0  # carrier time of the scan that set ``status``
+    exception_at: int | None = None  # an exception open since (carrier time)
+    history: list[tuple[int, str, str]] = field(default_factory=list)  # (occurred_at, status, event id), in time
+    seen: list[str] = field(default_factory=list)
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL
+
+    def copy(self) -> Tracking:
+        return Tracking(
+            self.tenant,
+            self.carrier,
+            self.waybill,
+            self.status,
+            self.progress_at,
+            self.exception_at,
+            list(self.history),
+            list(self.seen),
+        )
+
+
+@dataclass
+class Applied:
+    tracking: Tracking
+    update: TrackingUpdate | None  # the visible state changed
+    note: str  # duplicate, after_final, late, progress, exception, recovered, final
+
+
+def apply_event(state: Tracking | None, event: CarrierEvent, now: int) -> Applied:
+    """Apply one carrier event to its waybill's tracking. Pure: ``state`` is not modified."""
+    base = state or Tracking(event.tenant, event.carrier, event.waybill)
+    if event.event_id in base.seen:
+        return Applied(base, None, "duplicate")
+    new = base.copy()
+    new.seen = [*new.seen, event.event_id][-RECENT_EVENTS:]
+    new.history = sorted([*new.history, (event.occurred_at, event.status.value, event.event_id)])[-RECENT_EVENTS:]
+    if new.final:
+        return Applied(new, None, "after_final")
+    if event.status is TrackingStatus.RETURNED:
+        new.status, new.progress_at, new.exception_at = TrackingStatus.RETURNED, event.occurred_at, None
+        return Applied(new, _update(new, event, "final", now), "final")
+    if event.status is TrackingStatus.EXCEPTION:
+        if new.exception_at is not None or event.occurred_at < new.progress_at:
+            return Applied(new, None, "late")  # already open, or older than the last move
+        new.exception_at = event.occurred_at
+        return Applied(new, _update(new, event, "exception", now), "exception")
+    rank, current = PROGRESS[event.status], PROGRESS[new.status]
+    recovers = new.exception_at is not None and event.occurred_at >= new.exception_at
+    if rank > current or (rank == current and recovers and rank > 0):
+        new.status, new.progress_at = event.status, max(new.progress_at, event.occurred_at)
+        if recovers:
+            new.exception_at = None
+        reason = "final" if new.final else "recovered" if recovers else "progress"
+        return Applied(new, _update(new, event, reason, now), reason)
+    return Applied(new, None, "late")
+
+
+def _update(state: Tracking, event: CarrierEvent, reason: str, now: int) -> TrackingUpdate:
+    return TrackingUpdate(
+        tenant=state.tenant,
+        carrier=state.carrier,
+        waybill=state.waybill,
+        status=state.status,
+        exception=state.exception_at is not None,
+        final=state.final,
+        occurred_at=event.occurred_at,
+        reason=reason,  # type: ignore[arg-type]
+        ts=now,
+    )

@@ -1,0 +1,145 @@
+"""Shipping rules without servers: the tracking state machine (late and duplicated scans never move a parcel
+backwards) and carrier choice (shop preference, rules, the cheapest rate, the default), on worked examples."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agents.shipping.carriers import NoCarrier, choose_carrier, price, rate_for
+from agents.shipping.tracking import PROGRESS, Tracking, apply_event
+from schemas.shipping import CarrierEvent, CarrierRate, CarrierRule, ShippingPolicy, TrackingStatus
+
+S = TrackingStatus
+
+
+def scan(n: int, status: TrackingStatus, at: int) -> CarrierEvent:
+    return CarrierEvent(tenant="acme", carrier="sf", waybill="SF100", event_id=f"e{n}", status=status, occurred_at=at)
+
+
+def run(*events: CarrierEvent) -> tuple[Tracking | None, list[str], list]:
+    state, notes, updates = None, [], []
+    for event in events:
+        applied = apply_event(state, event, now=9_000)
+        state = applied.tracking
+        notes.append(applied.note)
+        if applied.update is not None:
+            updates.append((applied.update.status, applied.update.exception, applied.update.reason))
+    return state, notes, updates
+
+
+# -- tracking ------------------------------------------------------------------------------------------------
+def test_scans_in_order_move_the_parcel_to_delivered_and_nothing_moves_it_after() -> None:
+    state, notes, updates = run(
+        scan(1, S.PICKED_UP, 100),
+        scan(2, S.IN_TRANSIT, 200),
+        scan(3, S.OUT_FOR_DELIVERY, 300),
+        scan(4, S.DELIVERED, 400),
+        scan(5, S.RETURNED, 500),
+    )
+    assert notes == ["progress", "progress", "progress", "final", "after_final"]
+    assert state.status is S.DELIVERED and state.final and len(state.history) == 5
+    assert updates[-1] == (S.DELIVERED, False, "final")
+
+
+def test_late_and_duplicated_scans_never_move_the_parcel_backwards() -> None:
+    state, notes, updates = run(
+        scan(1, S.OUT_FOR_DELIVERY, 300),
+        scan(2, S.PICKED_UP, 100),  # late
+        scan(1, S.OUT_FOR_DELIVERY, 300),  # the same event again
+        scan(3, S.IN_TRANSIT, 200),  # late
+    )
+    assert notes == ["progress", "late", "duplicate", "late"]
+    assert state.status is S.OUT_FOR_DELIVERY and updates == [(S.OUT_FOR_DELIVERY, False, "progress")]
+    assert [h[1] for h in state.history] == ["picked_up", "in_transit", "out_for_delivery"]  # kept, in time order
+
+
+def test_an_exception_stays_open_until_the_parcel_moves_again_and_an_old_one_is_late() -> None:
+    _, notes, updates = run(
+        scan(1, S.IN_TRANSIT, 200),
+        scan(2, S.EXCEPTION, 250),
+        scan(3, S.EXCEPTION, 260),  # still open: nothing new to say
+        scan(4, S.IN_TRANSIT, 270),  # the same stage scanned again after it: moving again
+        scan(5, S.EXCEPTION, 150),  # older than the last move
+    )
+    assert notes == ["progress", "exception", "late", "recovered", "late"]
+    assert updates == [
+        (S.IN_TRANSIT, False, "progress"),
+        (S.IN_TRANSIT, True, "exception"),
+        (S.IN_TRANSIT, False, "recovered"),
+    ]
+    state, notes, _ = run(scan(1, S.IN_TRANSIT, 200), scan(2, S.EXCEPTION, 250), scan(3, S.RETURNED, 300))
+    assert notes[-1] == "final" and state.status is S.RETURNED and state.exception_at is None
+
+
+def test_apply_does_not_change_its_input() -> None:
+    state = run(scan(1, S.IN_TRANSIT, 200))[0]
+    before = state.copy()
+    apply_event(state, scan(2, S.DELIVERED, 300), 1)
+    assert state == before
+
+
+_progress = [s for s in PROGRESS]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_progress), st.integers(0, 1000)), min_size=1, max_size=12), st.randoms())
+def test_any_order_of_the_same_scans_ends_in_the_same_stage_and_never_goes_back(
+    scans: list[tuple[TrackingStatus, int]], rnd: object
+) -> None:
+    events = [scan(i, status, at) for i, (status, at) in enumerate(scans)]
+    events += events[: len(events) // 2]  # redeliveries
+    shuffled = list(events)
+    rnd.shuffle(shuffled)  # type: ignore[attr-defined]
+    ends = []
+    for order in (events, shuffled):
+        state, rank = None, -1
+        for event in order:
+            state = apply_event(state, event, 1).tracking
+            assert PROGRESS[state.status] >= rank  # never backwards
+            rank = PROGRESS[state.status]
+        ends.append(state.status)
+    assert ends[0] == ends[1] == max((s for s, _ in scans), key=PROGRESS.__getitem__)
+
+
+# -- carrier choice ------------------------------------------------------------------------------------------
+RATES = [
+    CarrierRate(carrier="yto", region="*", first_fen=500, step_fen=200),
+    CarrierRate(carrier="sf", region="*", first_fen=1200, step_fen=500),
+    CarrierRate(carrier="sf", region="上海市", first_fen=800, step_fen=300),  # SF is cheap in Shanghai
+    CarrierRate(carrier="yto", region="新疆维吾尔自治区", first_fen=2000, step_fen=1500, max_g=20_000),
+]
+
+
+def test_price_is_first_weight_then_each_started_step() -> None:
+    rate = CarrierRate(carrier="sf", first_g=1000, first_fen=1200, step_g=500, step_fen=300)
+    assert [price(rate, g) for g in (0, 1000, 1001, 1500, 1501)] == [1200, 1200, 1500, 1500, 1800]
+    assert rate_for(RATES, "sf", "上海市", "上海市").first_fen == 800
+    assert rate_for(RATES, "sf", "北京市", "北京市").region == "*" and rate_for(RATES, "zto", "x", "y") is None
+
+
+def test_the_cheapest_carrier_for_the_region_and_weight_wins_with_its_cost() -> None:
+    policy = ShippingPolicy(rates=RATES)
+    assert choose_carrier(policy, ["sf", "yto"], "s1", "北京市", "北京市", 800) == choose_carrier(
+        policy, ["yto", "sf"], "s1", "北京市", "北京市", 800
+    )
+    beijing = choose_carrier(policy, ["sf", "yto"], "s1", "北京市", "北京市", 2500)
+    assert (beijing.carrier, beijing.reason, beijing.cost_fen) == ("yto", "cheapest", 900)
+    shanghai = choose_carrier(policy, ["sf", "yto"], "s1", "上海市", "上海市", 900)
+    assert (shanghai.carrier, shanghai.cost_fen) == ("yto", 500)
+    heavy = choose_carrier(policy, ["sf", "yto"], "s1", "新疆维吾尔自治区", "乌鲁木齐市", 25_000)
+    assert heavy.carrier == "sf"  # yto does not take 25 kg to Xinjiang
+
+
+def test_shop_preference_then_rules_then_default() -> None:
+    rule = CarrierRule(rule_id="fragile-north", carrier="sf", regions=["北京市"], min_g=3000)
+    policy = ShippingPolicy(shop_carriers={"vip": ["jd", "sf"]}, rules=[rule], rates=RATES)
+    assert choose_carrier(policy, ["yto", "sf"], "vip", "北京市", "北京市", 100).reason == "shop"  # jd not here
+    by_rule = choose_carrier(policy, ["yto", "sf"], "s1", "北京市", "北京市", 3000)
+    assert (by_rule.carrier, by_rule.reason, by_rule.cost_fen) == ("sf", "rule:fragile-north", 2200)
+    assert choose_carrier(policy, ["yto", "sf"], "s1", "北京市", "北京市", 2999).reason == "cheapest"
+    unpriced = choose_carrier(ShippingPolicy(), ["ems", "sf"], "s1", "北京市", "北京市", 100)
+    assert (unpriced.carrier, unpriced.reason, unpriced.cost_fen) == ("ems", "default", None)
+    with pytest.raises(NoCarrier):
+        choose_carrier(policy, [], "s1", "北京市", "北京市", 100)
