@@ -143,3 +143,53 @@ def test_shop_preference_then_rules_then_default() -> None:
     assert (unpriced.carrier, unpriced.reason, unpriced.cost_fen) == ("ems", "default", None)
     with pytest.raises(NoCarrier):
         choose_carrier(policy, [], "s1", "北京市", "北京市", 100)
+
+
+# -- labels --------------------------------------------------------------------------------------------------
+def _pdf_strings(raw: bytes) -> list[str]:
+    """The text a PDF page shows: its literal strings with PDF escapes undone, UCS-2 in the CID font."""
+    import re
+
+    cid = re.search(rb"/BaseFont /STSong-Light /DescendantFonts.*?/Name /(F\d+)", raw, flags=re.S)
+    out = []
+    for font, literal in re.findall(rb"/(F\d+) [\d.]+ Tf(?:(?!Tf)[^(])*\(((?:\\.|[^\\)])*)\) Tj", raw, flags=re.S):
+        data, i = bytearray(), 0
+        while i < len(literal):
+            if literal[i : i + 1] == b"\\":
+                octal = re.match(rb"[0-7]{1,3}", literal[i + 1 : i + 4])
+                if octal:
+                    data.append(int(octal.group(), 8))
+                    i += 1 + len(octal.group())
+                    continue
+                data += literal[i + 1 : i + 2]
+                i += 2
+                continue
+            data.append(literal[i])
+            i += 1
+        out.append(data.decode("utf-16-be" if cid and font == cid.group(1) else "latin-1"))
+    return out
+
+
+def test_a_label_shows_the_waybill_and_the_sender_and_masks_the_receiver_and_is_the_same_every_time() -> None:
+    from agents.shipping.labels import Label, mask_name, mask_phone, masked_address, render
+    from schemas.order import Address
+
+    receiver = Address(name="李四", phone="13900001234", province="北京市", city="北京市", district="朝阳区",
+                       street="建国路 88 号")  # fmt: skip
+    label = Label("sf", "SF1234567890", "oms 上海仓", "021-55550000", "上海市 浦东新区 仓库路 1 号", receiver,
+                  ("tmall-s1-1", "tmall-s1-2"), "1/2")  # fmt: skip
+    pdf = render(label)
+    assert pdf.startswith(b"%PDF-") and pdf == render(label)  # deterministic: a reprint is the same document
+    text = "\n".join(_pdf_strings(pdf))
+    for shown in ("SF1234567890", "SF  1/2", "李*", "139****1234", "北京市 北京市 朝阳区 ***", "021-55550000",
+                  "tmall-s1-1, tmall-s1-2"):  # fmt: skip
+        assert shown in text, shown
+    for hidden in ("李四", "13900001234", "建国路"):
+        assert hidden not in text, hidden
+    assert (mask_name("欧阳娜娜"), mask_name(""), mask_phone("+86 139-0000-1234"), mask_phone("12345")) == (
+        "欧***",
+        "",
+        "861******1234",
+        "*****",
+    )
+    assert masked_address(Address(name="x", province="上海市")) == "上海市 ***"
