@@ -193,3 +193,77 @@ def test_a_label_shows_the_waybill_and_the_sender_and_masks_the_receiver_and_is_
         "*****",
     )
     assert masked_address(Address(name="x", province="上海市")) == "上海市 ***"
+
+
+# -- e-waybills ----------------------------------------------------------------------------------------------
+def _parcels(n: int, carrier: str = "sf", warehouse: str = "WH-SH") -> list:
+    from agents.shipping.waybills import Party, WaybillRequest
+    from schemas.order import Address
+
+    sender = Party("oms 上海仓", "021-55550000", "上海市 浦东新区 仓库路 1 号")
+    to = Address(name="李四", phone="13900001234", province="北京市", city="北京市", street="建国路 88 号")
+    return [
+        WaybillRequest(f"p{i}.{warehouse}", carrier, warehouse, sender, to, 500 + i, (f"o{i}",), (("SKU-1", 1),))
+        for i in range(n)
+    ]
+
+
+def test_waybills_are_unique_and_a_parcel_asked_for_twice_keeps_its_number() -> None:
+    from agents.shipping.waybills import SimulatedCarrier, request_all
+
+    carrier = SimulatedCarrier()
+    first, retries = request_all(carrier, _parcels(25) + _parcels(7, warehouse="WH-BJ"))
+    numbers = [r.waybill for r in first]
+    assert retries == 0 and None not in numbers and len(set(numbers)) == 32
+    assert carrier.calls == 3 + 1  # batches of at most 10 per carrier and warehouse
+    again, _ = request_all(carrier, _parcels(25))
+    assert [r.waybill for r in again] == numbers[:25]  # the same parcels: the same numbers, none issued twice
+    assert len(carrier.issued) == 32
+
+
+def test_a_lost_answer_or_a_refused_call_is_retried_without_a_second_number() -> None:
+    from agents.shipping.waybills import SimulatedCarrier, request_all
+
+    lossy = SimulatedCarrier(timeout_every=2)  # every second call issues, then its answer is lost
+    results, retries = request_all(lossy, _parcels(30))
+    assert retries == 2 and lossy.calls == 5  # calls 2 and 4 lost their answers and were asked again
+    assert all(r.waybill for r in results) and len(lossy.issued) == 30
+    assert len({r.waybill for r in results}) == 30
+    refusing = SimulatedCarrier(fail_every=1)  # down for good
+    results, retries = request_all(refusing, _parcels(3), attempts=3)
+    assert retries == 2 and {r.error for r in results} == {"unavailable"} and refusing.issued == {}
+
+
+def test_a_range_that_runs_out_says_so_per_parcel() -> None:
+    from agents.shipping.waybills import SimulatedCarrier, request_all
+
+    results, _ = request_all(SimulatedCarrier(range_size=4), _parcels(6))
+    assert [r.error for r in results] == [None] * 4 + ["range_exhausted"] * 2
+
+
+def test_the_cainiao_adapter_sends_the_documented_fields_in_batches_of_ten_and_reads_modules() -> None:
+    from agents.shipping.waybills import CAINIAO_METHOD, CainiaoAdapter, SimulatedCarrier, request_all
+
+    carrier, calls = SimulatedCarrier(), []
+
+    def transport(method: str, params: dict) -> dict:
+        calls.append((method, params))
+        return carrier.cainiao(method, params)
+
+    adapter = CainiaoAdapter(transport, user_id=7)
+    results, _ = request_all(adapter, _parcels(12))
+    assert all(r.waybill and r.print_data for r in results) and len({r.waybill for r in results}) == 12
+    assert [len(p["param_waybill_cloud_print_apply_new_request"]["trade_order_info_dtos"]) for _, p in calls] == [
+        10,
+        2,
+    ]
+    method, params = calls[0]
+    body = params["param_waybill_cloud_print_apply_new_request"]
+    dto = body["trade_order_info_dtos"][0]
+    assert method == CAINIAO_METHOD and body["cp_code"] == "sf" and body["sender"]["mobile"] == "021-55550000"
+    assert set(dto) == {"object_id", "order_info", "package_info", "recipient", "template_url", "user_id"}
+    assert dto["package_info"] == {"id": "p0.WH-SH", "items": [{"name": "SKU-1", "count": 1}], "weight": 500}
+    assert "139****1234" in results[0].print_data  # what gets printed is masked
+    refused = CainiaoAdapter(lambda m, p: {"error_response": {"code": 7, "msg": "isv.invalid"}}, user_id=7)
+    results, retries = request_all(refused, _parcels(1), attempts=2)
+    assert retries == 1 and results[0].error == "unavailable"
