@@ -9,7 +9,7 @@ units: no extra round) and ``fewest-parcels`` (a multi-line order quotes every S
 where the fewest parcels ship it). Orders are sent at once, and a run ends when every shipment is in a wave.
 Reported per mode: decisions per second, shipments per second over the whole run, when the last wave was
 written after the last decision, orders split and parcels per order — and the ratio of the two modes, measured
-in the same session. Every run's invariants (I1–I6, F1–F7, complete) must hold. Rewrites its BENCHMARKS.md
+in the same session. Every run's invariants (I1–I6, F1–F8, complete) must hold. Rewrites its BENCHMARKS.md
 section.
 """
 

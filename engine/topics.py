@@ -17,6 +17,7 @@ from schemas.fulfilment import (
     PickList,
     PickOutcome,
     Shipment,
+    ShipmentPicked,
     ShortPickOutcome,
     Wave,
     WithdrawalOutcome,
@@ -182,6 +183,15 @@ SPECS: tuple[TopicSpec, ...] = (
         "Pick confirmations as applied: confirmed (picked and short units per stop) or refused (and why).",
     ),
     _spec(
+        "picked_shipments",
+        "picked-shipments",
+        "tenant:shipment_id",
+        ShipmentPicked,
+        "shipment-picked.v1",
+        True,
+        "Shipments whose every pick list was confirmed: the picked units per line, ready for packing.",
+    ),
+    _spec(
         "short_picks",
         "short-picks",
         "tenant:order_id",
@@ -238,6 +248,7 @@ class Topics:
     waves: str
     pick_lists: str
     pick_outcomes: str
+    picked_shipments: str
     short_picks: str
     withdrawals: str
     dead_letters: str

@@ -17,7 +17,7 @@
 * **I6 Bad input.** Every dead letter is justified by its own bytes (they do not decode, or are misrouted) or by
   the sender's intent; every record crafted to be bad was dead-lettered.
 
-Then the fulfilment invariants F1–F5 (invariants.fulfilment) and the picking invariants F6–F7
+Then the fulfilment invariants F1–F5 (invariants.fulfilment) and the picking invariants F6–F8
 (invariants.picking).
 """
 

@@ -16,6 +16,7 @@ from schemas.fulfilment import (
     PickList,
     PickOutcome,
     Shipment,
+    ShipmentPicked,
     ShortPickOutcome,
     Wave,
     WithdrawalOutcome,
@@ -41,6 +42,7 @@ class Outputs:
     pick_outcomes: list[PickOutcome] = field(default_factory=list)
     short_picks: list[ShortPickOutcome] = field(default_factory=list)
     allocations: list[OrderAllocation] = field(default_factory=list)
+    picked_shipments: list[ShipmentPicked] = field(default_factory=list)
     undecodable: Counter = field(default_factory=Counter)  # result topic -> records that fail their schema
 
 
@@ -60,6 +62,7 @@ def collect(bootstrap: str, topics: Topics, timeout_s: float = 120.0) -> Outputs
         topics.pick_outcomes: (PickOutcome, out.pick_outcomes),
         topics.short_picks: (ShortPickOutcome, out.short_picks),
         topics.allocations: (OrderAllocation, out.allocations),
+        topics.picked_shipments: (ShipmentPicked, out.picked_shipments),
     }
     for msg in read_topics(bootstrap, list(sinks), timeout_s=timeout_s):
         typ, sink = sinks[msg.topic]

@@ -1,4 +1,4 @@
-"""Picking invariants (F6, F7) and the truth about picked lines that the other checks share (pure).
+"""Picking invariants (F6–F8) and the truth about picked lines that the other checks share (pure).
 
 The pickers' confirmations are inputs: what a picker reported picked is the truth, as the orders' lines are. So
 every line's units follow from the inputs alone: a line of an order has the units its channel sent; a remainder
@@ -11,6 +11,8 @@ line (``<line>/r``, the units a short pick left to re-reserve) has its line's un
   the count of the warehouse it was reserved in (one ``short`` stock event), and nothing else was ever shorted;
   its order side answered once: ``reallocated`` — the remainder line reserved exactly the missing units in
   another warehouse — or ``partial``, with no remainder holding stock. (I1 still holds: a short never oversells.)
+* **F8 Picked shipments.** A shipment is reported picked exactly once, as soon as every one of its lines was
+  confirmed, and then with exactly the units the pickers reported per line.
 """
 
 from __future__ import annotations
@@ -159,7 +161,26 @@ def check_picking(inputs: Inputs, out: Any, truth: Truth, applied: dict[str, Sto
             v.fail("F7", f"{key[1]} ships partial, yet {key[1]}{REMAINDER} reserved stock")
     for key in answers.keys() - short_lines.keys():
         v.fail("F7", f"{key[1]}: the order side answered a short pick nobody reported")
+    shipments = {(s.tenant, s.shipment_id): s for s in out.shipments}
+    reported = Counter((p.tenant, p.shipment_id) for p in out.picked_shipments)
+    for done in out.picked_shipments:
+        ref = (done.tenant, done.shipment_id)
+        shipment = shipments.get(ref)
+        if shipment is None:
+            v.fail("F8", f"{done.shipment_id} was reported picked, but never released")
+            continue
+        want = {(ln.line_id, ln.quantity, truth.picked.get((done.tenant, ln.line_id))) for ln in shipment.lines}
+        got = {(ln.line_id, ln.asked, ln.picked) for ln in done.lines}
+        if got != want:
+            v.fail("F8", f"{done.shipment_id} was reported picked as {sorted(got)}, the pickers said {sorted(want)}")
+    for ref, n in reported.items():
+        if n > 1:
+            v.fail("F8", f"{ref[1]} was reported picked {n} times")
+    for ref, shipment in shipments.items():
+        if ref not in reported and all((ref[0], ln.line_id) in truth.picked for ln in shipment.lines):
+            v.fail("F8", f"every line of {ref[1]} was confirmed, yet it was never reported picked")
     v.counts.update(
+        shipments_picked=len(reported),
         picks_confirmed=len(confirmed),
         short_lines=len(short_lines),
         short_outcomes=dict(outcomes),

@@ -256,6 +256,34 @@ class PickOutcome(Record, kw_only=True):
         return [s for s in self.stops if s.picked < s.asked]
 
 
+class PickedShipmentLine(Record, kw_only=True):
+    order_id: Ident
+    line_id: Ident
+    sku: Ident
+    asked: Quantity
+    picked: Annotated[int, Meta(ge=0, le=10_000)]
+
+
+class ShipmentPicked(Record, kw_only=True):
+    """Every pick list a shipment is on was confirmed (拣货完成): what is in the carts for packing, per line — fewer
+    units than asked after a short pick, none for a line picked 0 (its units are re-allocated or shipped partial,
+    see ``short-picks``). Key: ``tenant:shipment_id``."""
+
+    schema_version: int = 1
+    tenant: Tenant
+    shipment_id: Ident
+    warehouse: Ident
+    carrier: Ident
+    order_ids: list[Ident]
+    lines: list[PickedShipmentLine]
+    pick_list_ids: list[Ident]
+    ts: EpochMs
+
+    @property
+    def key(self) -> str:
+        return f"{self.tenant}:{self.shipment_id}"
+
+
 class ShortPickOutcome(Record, kw_only=True):
     """How the order side resolved a short pick of one line (缺货处理): the missing units were ``reallocated`` to
     another warehouse (a new line ``remainder_line_id`` ships from ``remainder_warehouse``), or the line ships

@@ -546,6 +546,7 @@ def picking_summary(picking: PickingDay | None, counts: dict[str, Any]) -> dict[
         "rounds": picking.rounds,
         "short_lines": picking.short_lines,
         "short_outcomes": counts.get("short_outcomes", {}),
+        "shipments_picked": counts.get("shipments_picked", 0),
     }
 
 
@@ -633,7 +634,8 @@ def _picking_row(p: dict[str, Any]) -> str:
         return "not run (fulfilment did not settle)"
     outcomes = p.get("short_outcomes", {})
     return (
-        f"{p['pick_lists_confirmed']:,} pick lists confirmed in {p['rounds']} round(s) · {p['short_lines']:,} lines "
+        f"{p['pick_lists_confirmed']:,} pick lists confirmed in {p['rounds']} round(s) · "
+        f"{p.get('shipments_picked', 0):,} shipments picked · {p['short_lines']:,} lines "
         f"short: {outcomes.get('reallocated', 0):,} re-allocated to another warehouse, {outcomes.get('partial', 0):,} "
         "shipped partial"
     )

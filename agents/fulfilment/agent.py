@@ -44,10 +44,12 @@ from schemas.fulfilment import (
     OrderWithdrawn,
     ParcelAccepted,
     PickConfirmation,
+    PickedShipmentLine,
     PickedStop,
     PickList,
     PickOutcome,
     Shipment,
+    ShipmentPicked,
     Tick,
     WithdrawalOutcome,
 )
@@ -55,7 +57,8 @@ from schemas.inventory import ShortPick, short_id
 
 log = logging.getLogger("oms.fulfilment")
 
-LAYOUTS, MERGES, DUE, WAREHOUSES, PICKS = "fulfilment-layouts", "merges", "merge-due", "warehouses", "pick-tasks"
+LAYOUTS, MERGES, DUE, WAREHOUSES = "fulfilment-layouts", "merges", "merge-due", "warehouses"
+PICKS, PICKING = "pick-tasks", "shipment-picking"
 UNASSIGNED_CARRIER = "unassigned"  # a warehouse with no layout yet: its waves wait for one
 
 
@@ -82,13 +85,24 @@ class PickTask:
     confirmed: PickConfirmation | None = None
 
 
+@dataclass
+class ShipmentPicking:
+    """A released shipment until every pick list it is on is confirmed; then it is picked (拣货完成)."""
+
+    shipment: Shipment
+    lists: list[str]  # the pick lists it is on
+    pending: list[str]  # those not confirmed yet
+    picked: dict[str, int]  # line id -> units picked so far
+    expires_at: int
+
+
 def layout_key(tenant: str, partition: int) -> str:
     return f"{tenant}:layout@p{partition}"
 
 
 class FulfilmentLogic(Logic):
     name = "fulfilment"
-    tables = (LAYOUTS, MERGES, DUE, WAREHOUSES, PICKS)
+    tables = (LAYOUTS, MERGES, DUE, WAREHOUSES, PICKS, PICKING)
 
     def __init__(self, topics: Topics, partitions: int, retention_ms: int, inbox_epoch: str = "") -> None:
         self.inputs = (topics.fulfilment_inbox,)
@@ -241,9 +255,16 @@ class FulfilmentLogic(Logic):
         released += waves.release_due(state.book, layout, now)
         for wave, pick_lists in released:
             work.emit(self.topics.waves, wave.key, wave)
+            lists_of: dict[str, set[str]] = {}
             for pick_list in pick_lists:
                 work.emit(self.topics.pick_lists, pick_list.key, pick_list)
                 self._open_pick(work, pick_list, known, now)
+                for stop in pick_list.stops:
+                    lists_of.setdefault(stop.shipment_id, set()).add(pick_list.pick_list_id)
+            for shipment_id in wave.shipment_ids:
+                lists = sorted(lists_of.get(shipment_id, ()))
+                picking = ShipmentPicking(known[shipment_id], lists, lists, {}, now + self.retention_ms)
+                work.put(PICKING, f"{state.tenant}:{shipment_id}", wire.encode(picking), expires_at=picking.expires_at)
             work.note("waves")
             work.note("pick_lists", len(pick_lists))
 
@@ -296,6 +317,7 @@ class FulfilmentLogic(Logic):
             PickOutcome(**common, status="confirmed", stops=stops, picker=item.picker, ts=now),
         )
         work.note("picks_confirmed")
+        self._shipments_picked(work, item, stops, now)
         for i, short in enumerate(outcome.shorts):
             order_id = task.orders[f"{short.shipment_id}|{short.line_id}"]
             command = ShortPick(
@@ -325,6 +347,45 @@ class FulfilmentLogic(Logic):
                 )
                 work.emit(self.topics.order_inbox, report.key, report)
             work.note("short_picks")
+
+    def _shipments_picked(self, work: PartitionWork, item: PickConfirmation, stops: list[PickedStop], now: int) -> None:
+        """A shipment whose last pick list this was is picked: what its carts hold goes to packing."""
+        by_shipment: dict[str, list[PickedStop]] = {}
+        for stop in stops:
+            by_shipment.setdefault(stop.shipment_id, []).append(stop)
+        for shipment_id, picked in sorted(by_shipment.items()):
+            key = f"{item.tenant}:{shipment_id}"
+            record = work.get_as(PICKING, key, ShipmentPicking)
+            if record is None:
+                continue  # released before this table existed, or forgotten after the retention
+            record.pending = [p for p in record.pending if p != item.pick_list_id]
+            record.picked.update({stop.line_id: stop.picked for stop in picked})
+            if record.pending:
+                work.put(PICKING, key, wire.encode(record), expires_at=record.expires_at)
+                continue
+            shipment = record.shipment
+            done = ShipmentPicked(
+                tenant=shipment.tenant,
+                shipment_id=shipment.shipment_id,
+                warehouse=shipment.warehouse,
+                carrier=shipment.carrier,
+                order_ids=list(shipment.order_ids),
+                lines=[
+                    PickedShipmentLine(
+                        order_id=ln.order_id,
+                        line_id=ln.line_id,
+                        sku=ln.sku,
+                        asked=ln.quantity,
+                        picked=record.picked.get(ln.line_id, 0),
+                    )
+                    for ln in shipment.lines
+                ],
+                pick_list_ids=record.lists,
+                ts=now,
+            )
+            work.emit(self.topics.picked_shipments, done.key, done)
+            work.delete(PICKING, key)
+            work.note("shipments_picked")
 
     def _refuse(
         self, work: PartitionWork, record: Input, item: PickConfirmation, reason: ReasonCode, errors: list[str]
@@ -383,6 +444,8 @@ class FulfilmentLogic(Logic):
             return wire.decode_state(value, merge.MergeGroup).expires_at
         if table == PICKS:
             return wire.decode_state(value, PickTask).expires_at
+        if table == PICKING:
+            return wire.decode_state(value, ShipmentPicking).expires_at
         return None
 
 

@@ -163,7 +163,7 @@ def test_replaying_each_stage_reproduces_what_the_engine_wrote(pipeline: Pipelin
     parcels = [r for r in recorded(pipeline, [t.fulfilment_inbox]) if r.offset < read_up_to.get(r.partition, 0)]
     replayed, state = replay_both_ways(FulfilmentLogic, fulfilment, parcels, t.dead_letters)
     wrote = Counter()
-    for topic in (t.shipments, t.waves, t.pick_lists, t.withdrawals, t.pick_outcomes):
+    for topic in (t.shipments, t.waves, t.pick_lists, t.withdrawals, t.pick_outcomes, t.picked_shipments):
         wrote += Counter((m.topic, m.key, m.value) for m in read_topics(pipeline.bootstrap, [topic]))
     for m in read_topics(pipeline.bootstrap, [t.inventory_commands]):
         if wire.decode(m.value, InventoryCommand).origin.startswith("fulfilment."):

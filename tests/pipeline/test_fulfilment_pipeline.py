@@ -1,6 +1,6 @@
 """Fulfilment on the real broker: from acceptance to waves, pick lists and picked — a split order, a merge, a
 cancellation inside a merge window, a layout change while running, pick confirmations by topic and HTTP with a
-short pick re-allocated and one shipped partial — ending with every invariant (I1–I6, F1–F7) checked from the
+short pick re-allocated and one shipped partial — ending with every invariant (I1–I6, F1–F8) checked from the
 result topics against what was sent."""
 
 from __future__ import annotations
@@ -243,3 +243,6 @@ def test_picks_are_confirmed_and_short_picks_are_reallocated_or_shipped_partial(
     assert verdict.counts["final_levels"]["acme:PK-A"] == {"WH-SH": [3, 1], "WH-BJ": [5, 2]}
     assert verdict.counts["final_levels"]["acme:PK-B"] == {"WH-SH": [8, 0]}
     assert verdict.counts["short_lines"] == 2 and verdict.counts["picks_confirmed"] == len(sent)
+    assert verdict.counts["shipments_picked"] == len(out.shipments)  # every shipment picked, once (F8)
+    (moved_picked,) = [p for p in out.picked_shipments if short_a in {ln.line_id for ln in p.lines}]
+    assert {ln.line_id: (ln.asked, ln.picked) for ln in moved_picked.lines}[short_a] == (3, 1)

@@ -27,6 +27,7 @@ from schemas.fulfilment import (
     PickOutcome,
     Shipment,
     ShipmentLine,
+    ShipmentPicked,
     Tick,
     Wave,
     WavePolicy,
@@ -94,6 +95,7 @@ def run(inbox: Inbox, snapshot_at: int | None = None) -> dict[str, list]:
         TOPICS.pick_outcomes: PickOutcome,
         TOPICS.inventory_commands: ShortPick,
         TOPICS.order_inbox: LineShort,
+        TOPICS.picked_shipments: ShipmentPicked,
         "t.dead-letters": DeadLetter,
     }
     found: dict[str, list] = {t: [] for t in kinds}
@@ -193,6 +195,14 @@ def test_a_confirmed_short_pick_corrects_the_stock_and_tells_the_order_once_and_
     assert (command.line_id, command.order_id, command.quantity, command.sku) == ("o1#1", "o1", 2, "SKU-002")
     (told,) = out[TOPICS.order_inbox]
     assert (told.line_id, told.missing, told.picked, told.reply_to) == ("o1#1", 2, 1, "acme:s1:b-o1")
+    # Shipments all of whose stops were on the confirmed list are picked, with what was picked per line.
+    on_list = {s.shipment_id for s in short_list.stops}
+    elsewhere = {s.shipment_id for p in picks.values() if p is not short_list for s in p.stops}
+    picked = {p.shipment_id: p for p in out[TOPICS.picked_shipments]}
+    assert set(picked) == on_list - elsewhere and picked
+    o1 = next(p for p in picked.values() if "o1" in p.order_ids)
+    assert {(ln.line_id, ln.asked, ln.picked) for ln in o1.lines} == {("o1#0", 3, 3), ("o1#1", 3, 1)}
+    assert o1.pick_list_ids == [short_list.pick_list_id]
     for cut in (len(inbox.records) - 2, len(inbox.records) - 4):  # a restart in between changes nothing
         assert run(inbox, snapshot_at=cut) == out
 

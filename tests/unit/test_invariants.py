@@ -457,3 +457,37 @@ def test_an_order_older_than_the_retention_must_be_dead_lettered_as_forgotten_ne
     inputs.order_retention_ms = 2  # within the retention: the engine had no reason to forget it
     found = violations(inputs, out)
     assert "but the order is within the retention" in found and "web-s1-7 was sent and has no decision" in found
+
+
+def test_a_shipment_is_reported_picked_once_with_what_the_pickers_said() -> None:
+    from invariants.check import Verdict
+    from invariants.picking import Truth, check_picking
+    from schemas.fulfilment import PickConfirmation, PickedLine, PickedShipmentLine, ShipmentPicked
+
+    inputs, out = _fulfilment_history()
+    shipment = out.shipments[0]
+    inputs.picks.append(
+        PickConfirmation(tenant=T, warehouse="WH", pick_list_id="w1.A.1", ts=5, lines=[
+            PickedLine(shipment_id="shp.1", line_id=ln.line_id, bin=f"b-{ln.sku}", picked=ln.quantity)
+            for ln in shipment.lines])
+    )  # fmt: skip
+
+    def f8(out: Outputs) -> list[str]:
+        verdict = Verdict()
+        check_picking(inputs, out, Truth(inputs), {}, verdict)
+        return [x for x in verdict.violations if x.startswith("F8")]
+
+    assert f8(out) == ["F8: every line of shp.1 was confirmed, yet it was never reported picked"]
+    lines = [
+        PickedShipmentLine(order_id=ln.order_id, line_id=ln.line_id, sku=ln.sku, asked=ln.quantity, picked=ln.quantity)
+        for ln in shipment.lines
+    ]
+    done = ShipmentPicked(tenant=T, shipment_id="shp.1", warehouse="WH", carrier="sf", order_ids=shipment.order_ids,
+                          lines=lines, pick_list_ids=["w1.A.1"], ts=6)  # fmt: skip
+    out.picked_shipments.append(done)
+    assert f8(out) == []
+    out.picked_shipments.append(done)
+    assert f8(out) == ["F8: shp.1 was reported picked 2 times"]
+    wrong = msgspec.structs.replace(done, lines=[msgspec.structs.replace(lines[0], picked=0), *lines[1:]])
+    out.picked_shipments[:] = [wrong]
+    assert f8(out)[0].startswith("F8: shp.1 was reported picked as")
