@@ -78,7 +78,7 @@ def check(inputs: Inputs, out: Outputs, partitions: int | None = None) -> Verdic
     effects = _line_effects(applied, v)
     truth = Truth(inputs)
     _orders(inputs, out, effects, truth, v)
-    _dead_letters(inputs, out, v, partitions)
+    _dead_letters(inputs, out, v, partitions, inputs.forgotten_before())
     check_fulfilment(inputs, out, v, truth, applied)
     check_picking(inputs, out, truth, applied, v)
     return v
@@ -261,6 +261,7 @@ def _orders(
         e.line_id = line
         if e.order_id:
             by_order[f"{tenant}:{e.order_id}"].append(e)
+    forgotten_before = inputs.forgotten_before()
     forgotten = set()  # orders whose snapshot the engine dead-lettered as forgotten
     for letter in out.dead_letters:
         if letter.reason is ReasonCode.FORGOTTEN_ORDER:
@@ -277,7 +278,7 @@ def _orders(
         d = decisions.get(key)
         holding = {e.line_id: e for e in by_order.get(key, [])}
         if d is None:
-            state = _open_state(inputs, sent, last_review.get(key))
+            state = _open_state(inputs, sent, last_review.get(key), forgotten_before)
             if state is None:
                 last = last_review.get(key)
                 v.fail(
@@ -320,11 +321,14 @@ def _orders(
     )
 
 
-def _open_state(inputs: Inputs, sent: SentOrder, review: ReviewDecision | None) -> str | None:
+def _open_state(
+    inputs: Inputs, sent: SentOrder, review: ReviewDecision | None, forgotten_before: int | None
+) -> str | None:
     """The open state an undecided order may be in, if the inputs allow it and the engine lists it."""
     if review is None:
         # Every snapshot older than the retention: dead-lettered as forgotten (I6 checks each letter).
-        return "forgotten" if all(inputs.forgotten(o) for o in sent.snapshots) else None
+        old = forgotten_before is not None and all(o.created_at <= forgotten_before for o in sent.snapshots)
+        return "forgotten" if old else None
     if review.outcome is Outcome.AWAITING_PAYMENT and not sent.ever_paid():
         return "awaiting_payment"
     if review.outcome is Outcome.SHIPPED and any(
@@ -406,12 +410,14 @@ def _reserved_totals(v: Verdict, held_units: dict[tuple[str, str, str], int]) ->
 
 
 # -- dead letters --------------------------------------------------------------------------------------------
-def _dead_letters(inputs: Inputs, out: Outputs, v: Verdict, partitions: int | None) -> None:
+def _dead_letters(
+    inputs: Inputs, out: Outputs, v: Verdict, partitions: int | None, forgotten_before: int | None
+) -> None:
     lettered = set()
     for letter in out.dead_letters:
         raw = letter.original_value
         lettered.add(raw)
-        why = _justified(inputs, letter, raw, partitions)
+        why = _justified(inputs, letter, raw, partitions, forgotten_before)
         if why is not None:
             v.fail("I6", f"dead letter {letter.dead_letter_id} ({letter.reason.value}, stage {letter.stage}) {why}")
     for raw in inputs.bad_records:
@@ -420,7 +426,9 @@ def _dead_letters(inputs: Inputs, out: Outputs, v: Verdict, partitions: int | No
     v.counts["dead_letters"] = dict(Counter(d.reason.value for d in out.dead_letters))
 
 
-def _justified(inputs: Inputs, letter: DeadLetter, raw: bytes, partitions: int | None) -> str | None:
+def _justified(
+    inputs: Inputs, letter: DeadLetter, raw: bytes, partitions: int | None, forgotten_before: int | None
+) -> str | None:
     """None when the dead letter is justified by its input; otherwise why not."""
     if letter.reason in ENGINE_DEAD_LETTERS:
         return "is the engine's own failure, not bad input"
@@ -431,7 +439,8 @@ def _justified(inputs: Inputs, letter: DeadLetter, raw: bytes, partitions: int |
             snapshot = wire.decode(raw, InboxRecord)
         except wire.WireError:
             return "says forgotten_order, but holds no order snapshot"
-        if isinstance(snapshot, OrderSnapshot) and inputs.forgotten(snapshot.order):
+        old = forgotten_before is not None and isinstance(snapshot, OrderSnapshot)
+        if old and snapshot.order.created_at <= forgotten_before:
             return None
         return "says forgotten_order, but the order is within the retention of what was sent"
     if letter.stage == "ingest":

@@ -88,13 +88,13 @@ class Inputs:
     #: before the latest channel time sent may be dead-lettered as forgotten instead of decided
     order_retention_ms: int | None = None
 
-    def forgotten(self, order: Order) -> bool:
-        """Could the engine have forgotten ``order`` (created more than the retention before the newest time
-        any sent order carries — an upper bound of every partition's event time)?"""
-        if self.order_retention_ms is None:
-            return False
+    def forgotten_before(self) -> int | None:
+        """Orders created at or before this time may have been forgotten by the engine (the retention before the
+        newest time any sent order carries — an upper bound of every partition's event time); None: none may."""
+        if self.order_retention_ms is None or not self.orders:
+            return None
         newest = max(max(o.version, o.created_at) for sent in self.orders.values() for o in sent.snapshots)
-        return order.created_at + self.order_retention_ms <= newest
+        return newest - self.order_retention_ms
 
     def add_orders(self, orders: Iterable[Order]) -> None:
         for order in orders:

@@ -76,11 +76,9 @@ class WarehouseState:
 @dataclass
 class PickTask:
     """A released pick list until it is confirmed (and for the retention after, to answer a confirmation sent
-    twice), with what a short of each stop needs: the order (``shipment|line`` → order id) and its inbox key."""
+    twice). What a short of a stop needs — its order and inbox key — is in the stop's shipment-picking record."""
 
     pick_list: PickList
-    orders: dict[str, str]
-    reply_to: dict[str, str]  # shipment id -> the order side's inbox key
     expires_at: int
     confirmed: PickConfirmation | None = None
 
@@ -258,7 +256,8 @@ class FulfilmentLogic(Logic):
             lists_of: dict[str, set[str]] = {}
             for pick_list in pick_lists:
                 work.emit(self.topics.pick_lists, pick_list.key, pick_list)
-                self._open_pick(work, pick_list, known, now)
+                task = PickTask(pick_list, expires_at=now + self.retention_ms)
+                work.put(PICKS, pick_list.key, wire.encode(task), expires_at=task.expires_at)
                 for stop in pick_list.stops:
                     lists_of.setdefault(stop.shipment_id, set()).add(pick_list.pick_list_id)
             for shipment_id in wave.shipment_ids:
@@ -269,18 +268,6 @@ class FulfilmentLogic(Logic):
             work.note("pick_lists", len(pick_lists))
 
     # -- picking ------------------------------------------------------------------------------------------
-    def _open_pick(self, work: PartitionWork, pick_list: PickList, shipments: dict[str, Shipment], now: int) -> None:
-        orders, reply_to = {}, {}
-        for stop in pick_list.stops:
-            shipment = shipments[stop.shipment_id]
-            orders[f"{stop.shipment_id}|{stop.line_id}"] = next(
-                ln.order_id for ln in shipment.lines if ln.line_id == stop.line_id
-            )
-            if shipment.reply_to:
-                reply_to[stop.shipment_id] = shipment.reply_to
-        task = PickTask(pick_list, orders, reply_to, expires_at=now + self.retention_ms)
-        work.put(PICKS, pick_list.key, wire.encode(task), expires_at=task.expires_at)
-
     def _confirm(self, work: PartitionWork, record: Input, item: PickConfirmation, stamp: Stamp) -> None:
         key, now = f"{item.tenant}:{item.pick_list_id}", record.timestamp_ms
         task = work.get_as(PICKS, key, PickTask)
@@ -317,9 +304,10 @@ class FulfilmentLogic(Logic):
             PickOutcome(**common, status="confirmed", stops=stops, picker=item.picker, ts=now),
         )
         work.note("picks_confirmed")
-        self._shipments_picked(work, item, stops, now)
+        shipments = self._shipments_picked(work, item, stops, now)
         for i, short in enumerate(outcome.shorts):
-            order_id = task.orders[f"{short.shipment_id}|{short.line_id}"]
+            shipment = shipments[short.shipment_id]
+            order_id = next(ln.order_id for ln in shipment.lines if ln.line_id == short.line_id)
             command = ShortPick(
                 command_id=short_id(item.tenant, short.line_id),
                 tenant=item.tenant,
@@ -333,7 +321,7 @@ class FulfilmentLogic(Logic):
                 pick_list_id=item.pick_list_id,
             )
             work.emit(self.topics.inventory_commands, command.key, command)
-            reply_to = task.reply_to.get(short.shipment_id)
+            reply_to = shipment.reply_to
             if reply_to:
                 report = LineShort(
                     **common,
@@ -348,8 +336,12 @@ class FulfilmentLogic(Logic):
                 work.emit(self.topics.order_inbox, report.key, report)
             work.note("short_picks")
 
-    def _shipments_picked(self, work: PartitionWork, item: PickConfirmation, stops: list[PickedStop], now: int) -> None:
-        """A shipment whose last pick list this was is picked: what its carts hold goes to packing."""
+    def _shipments_picked(
+        self, work: PartitionWork, item: PickConfirmation, stops: list[PickedStop], now: int
+    ) -> dict[str, Shipment]:
+        """A shipment whose last pick list this was is picked: what its carts hold goes to packing. Returns the
+        shipments of the confirmed stops."""
+        found: dict[str, Shipment] = {}
         by_shipment: dict[str, list[PickedStop]] = {}
         for stop in stops:
             by_shipment.setdefault(stop.shipment_id, []).append(stop)
@@ -357,7 +349,8 @@ class FulfilmentLogic(Logic):
             key = f"{item.tenant}:{shipment_id}"
             record = work.get_as(PICKING, key, ShipmentPicking)
             if record is None:
-                continue  # released before this table existed, or forgotten after the retention
+                continue  # forgotten after the retention (a pick list confirmed as late as that)
+            found[shipment_id] = record.shipment
             record.pending = [p for p in record.pending if p != item.pick_list_id]
             record.picked.update({stop.line_id: stop.picked for stop in picked})
             if record.pending:
@@ -386,6 +379,7 @@ class FulfilmentLogic(Logic):
             work.emit(self.topics.picked_shipments, done.key, done)
             work.delete(PICKING, key)
             work.note("shipments_picked")
+        return found
 
     def _refuse(
         self, work: PartitionWork, record: Input, item: PickConfirmation, reason: ReasonCode, errors: list[str]
