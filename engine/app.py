@@ -21,6 +21,9 @@ from engine.topics import Topics
 
 log = logging.getLogger("oms")
 
+#: How long a recovery may stay overtaken by a newer generation before the worker asks for a rebalance.
+REJOIN_AFTER_S = 20.0
+
 
 @dataclass
 class Context:
@@ -142,17 +145,31 @@ class RecoveryWatchdog:
         self.stall_s = stall_s
         self.progress: tuple[Any, ...] | None = None
         self.since = 0.0
+        self.rejoined = False
 
     def check(self, now: float) -> None:
         if self.stall_s <= 0:
             return
         recovery = self.app.tables.recovery
+        # Faust ends a recovery whose generation was overtaken without resuming anything, counting on the next
+        # assignment to start another; when that never reaches the recovery, every partition stays paused.
+        overtaken = (
+            recovery._generation_id != self.app.consumer_generation_id and not recovery.signal_recovery_start.is_set()
+        )
         recovering = bool(active_partitions(self.app)) and (
-            bool(self.app.in_recovery) or not recovery.completed.is_set()
+            bool(self.app.in_recovery) or not recovery.completed.is_set() or overtaken
         )
         if not recovering:
-            self.progress = None
+            self.progress, self.rejoined = None, False
             return
+        if overtaken and not self.rejoined and self.progress is not None and now - self.since >= REJOIN_AFTER_S:
+            log.warning(
+                "recovery of generation %s ended after generation %s began, and none followed: asking for a rebalance",
+                recovery._generation_id,
+                self.app.consumer_generation_id,
+            )
+            self.rejoined = True
+            request_rejoin(self.app)
         # Offsets are None for a partition whose reading has not started.
         mark = (
             self.app.consumer_generation_id,
@@ -172,6 +189,14 @@ class RecoveryWatchdog:
             )
             logging.shutdown()
             os._exit(75)
+
+
+def request_rejoin(app: faust.App) -> None:
+    """Ask the group coordinator for a rebalance (from the consumer's own thread, where aiokafka runs)."""
+    thread = app.consumer._thread  # type: ignore[attr-defined]
+    coordinator = getattr(getattr(thread, "_consumer", None), "_coordinator", None)
+    if coordinator is not None:
+        thread.thread_loop.call_soon_threadsafe(coordinator.request_rejoin)
 
 
 def context(app: faust.App) -> Context:

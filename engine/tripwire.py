@@ -41,6 +41,18 @@ EXPECTED: dict[str, tuple[str, str]] = {
         "replaced: a dropped record must end its partition's read epoch",
         "4b168d84882a70d6",
     ),
+    "mode.utils.queues:FlowControlEvent.resume": (
+        "resuming empties the stream queues through self.clear(), which the transport wraps to end read epochs",
+        "4dcdc1253fd0dcb4",
+    ),
+    "faust.tables.recovery:Recovery.on_recovery_completed": (
+        "streams are sought, then the flow resumed (queues emptied); an overtaken generation resumes nothing",
+        "6ef567acf072e46d",
+    ),
+    "faust.transport.consumer:Consumer.on_buffer_full": (
+        "a full stream buffer takes its partition out of the active set; the stage watchdog puts it back",
+        "c8961679e0bcdce5",
+    ),
     "faust.transport.consumer:Consumer.force_commit": (
         "replaced: the group commit takes the stages' positions",
         "cc094614d22c70fb",

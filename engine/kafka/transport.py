@@ -10,7 +10,8 @@ What changes, and why:
   the offset it sought to, and every record is stamped, in the consumer's own thread, with the epoch it was
   fetched in. A record of an older epoch is stale; a record whose epoch began at an unknown or too-late
   offset is not trusted. Within an epoch aiokafka delivers in offset order from the seek target, so a stage
-  may accept gaps there: they are transaction markers and aborted records (engine.runtime.admission).
+  may accept gaps there: they are transaction markers and aborted records (engine.runtime.admission). Faust
+  also empties its stream queues when flow resumes, after its own seek: that too ends the read epochs.
 * **Offsets are the stages'.** A stage's input position is part of its state, written in the same
   transaction as its outputs. Faust's own acking is off for stage inputs; the periodic commit here commits the
   positions the stages report (for lag tooling and for where a partition starts reading after a rebalance).
@@ -176,6 +177,26 @@ class Consumer(base.Consumer):
         self.position_sources: list[PositionSource] = []
         super().__init__(*args, **kwargs)
         self._read_offset = _NoReadFilter()
+        flow = self.app.flow_control
+        clear = flow.clear
+
+        def clear_and_forget() -> None:
+            clear()
+            self._forget_queued()
+
+        flow.clear = clear_and_forget  # type: ignore[method-assign]
+
+    def _forget_queued(self) -> None:
+        """Faust empties every stream's queue whenever its flow resumes (in recovery, *after* seeking the
+        partitions) and on revocation: records already handed over vanish, and the next ones would look like a
+        gap of transaction markers. End the read epoch of every assigned partition instead, so that the next
+        record read is not trusted and its stage seeks back to its position: nothing is skipped."""
+        try:
+            assignment = self.assignment()
+        except Exception:  # not started, or stopping
+            return
+        for tp in assignment:
+            self.ledger.begin(tp, None)
 
     def _new_consumer_thread(self) -> base.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)

@@ -31,7 +31,7 @@ import faust
 import msgspec
 from faust.types import TP, EventT, StreamT
 
-from engine.app import context
+from engine.app import context, request_rejoin
 from engine.kafka.transactions import Aborted, Fenced, TxnProducer, transactional_id
 from engine.runtime.admission import Cursor, Verdict, judge
 from engine.runtime.faults import Fault
@@ -218,10 +218,7 @@ class Stage:
         if producer is not None:
             asyncio.get_running_loop().run_in_executor(self._executor, producer.close)
         # Ask for a rebalance: if nobody else owns the partition, it comes back here with restored tables.
-        thread = self.app.consumer._thread  # type: ignore[attr-defined]
-        coordinator = getattr(getattr(thread, "_consumer", None), "_coordinator", None)
-        if coordinator is not None:
-            thread.thread_loop.call_soon_threadsafe(coordinator.request_rejoin)
+        request_rejoin(self.app)
 
     def durable_positions(self) -> dict[TP, int]:
         return dict(self.durable)
@@ -443,26 +440,32 @@ class Stage:
         """A partition with records beyond the position that has not moved for ``stall_s`` is read again from
         the position (aiokafka has been seen to stop fetching a partition after a rebalance). A re-read that
         was not needed costs nothing: the records the state covers are skipped."""
-        if self.app.in_recovery:
+        if self.app.in_recovery or not self.app.tables.recovery.completed.is_set():
             return
         consumer = self.app.consumer
         now = time.monotonic()
         stalled = {}
-        for tp, cursor in list(self.cursors.items()):
-            if tp.partition not in self.producers:
-                continue
+        # Every input partition owned, whether or not a record of it ever arrived: a partition Faust never
+        # delivers from has no cursor yet, and would otherwise never be seen as stuck.
+        for tp in [TP(topic, p) for p in sorted(self.producers) for topic in self.inputs]:
+            cursor = self.cursors.get(tp)
+            if cursor is not None:
+                position = cursor.position
+            else:  # not cached: a cursor is made by the first batch, from the restored state
+                stored = self._stored_position(tp)
+                position = stored.next_offset if stored is not None else 0
             try:
                 # The last stable offset: records of a transaction still open upstream are not late, just unread.
                 stable = consumer._thread._ensure_consumer().last_stable_offset(tp)  # type: ignore[attr-defined]
             except Exception:
                 continue
             # Beyond the position there are always transaction markers: a few offsets mean nothing.
-            if stable is None or stable <= cursor.position + 2:
+            if stable is None or stable <= position + 2:
                 self._progress.pop(tp, None)
                 continue
-            offset, since = self._progress.get(tp, (cursor.position, now))
-            if offset != cursor.position or tp not in self._progress:
-                self._progress[tp] = (cursor.position, now)
+            offset, since = self._progress.get(tp, (position, now))
+            if offset != position or tp not in self._progress:
+                self._progress[tp] = (position, now)
                 self._rereads.pop(tp, None)
                 continue
             if now - since >= stall_s and self._rereads.get(tp, 0) >= MAX_REREADS:
@@ -474,7 +477,7 @@ class Stage:
                     self.name,
                     tp.topic,
                     tp.partition,
-                    cursor.position,
+                    position,
                     stable,
                     MAX_REREADS,
                 )
@@ -483,17 +486,33 @@ class Stage:
             if now - since >= stall_s:
                 self._rereads[tp] = self._rereads.get(tp, 0) + 1
                 log.warning(
-                    "%s: %s/%d has not moved from %d for %.0fs (stable end %d): reading it again",
+                    "%s: %s/%d has not moved from %d for %.0fs (stable end %d; %s): reading it again",
                     self.name,
                     tp.topic,
                     tp.partition,
-                    cursor.position,
+                    position,
                     now - since,
                     stable,
+                    unblock(consumer, tp),
                 )
-                self._progress[tp] = (cursor.position, now)
-                stalled[tp] = cursor.position
+                self._progress[tp] = (position, now)
+                stalled[tp] = position
         await self._seek_back(stalled)  # not under ``busy`` (see run)
+
+
+def unblock(consumer: Any, tp: TP) -> str:
+    """Why Faust's consumer holds back ``tp`` (recovery done, the partition ours), and the repair. Faust keeps a
+    set of "active" partitions, leaving out the paused ones and those whose stream buffer was full; a rebalance
+    that lands between "buffer full" and "buffer drained" leaves the partition out for good (its records are
+    fetched, then dropped). Putting it back is what Faust itself does when the buffer drains."""
+    active = consumer._get_active_partitions()
+    paused, buffered = consumer._paused_partitions, consumer._buffered_partitions
+    found = f"active={tp in active} paused={tp in paused} buffered={tp in buffered}"
+    if tp not in active or tp in paused:
+        buffered.discard(tp)
+        consumer.resume_partitions({tp})
+        found += ": resumed"
+    return found
 
 
 def _offset_recorder(delivered: dict[str, int], table: str) -> Any:

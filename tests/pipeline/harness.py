@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import time
 from collections.abc import Iterable
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.kafka.admin import create_topics, delete_topics
+from engine.kafka.admin import admin, create_topics, delete_topics
 from engine.kafka.clients import Sender, read_topics
 from engine.settings import Settings
 from engine.supervisor import WorkerPool
@@ -172,6 +173,31 @@ class Pipeline:
         """The invariants from the result topics, against the inputs as sent, once the pipeline is idle."""
         self.wait_idle(restart=restart)
         return check(self.inputs, self.outputs(), self.settings.partitions)
+
+    def history(self, needles: Iterable[str], limit: int = 400) -> list[str]:
+        """Every record (all topics, in partition order) whose key or value names one of ``needles``: what a
+        failed check prints, so that a failure seen once in CI can be understood from its log."""
+        wanted = [n.encode() for n in needles]
+        found: list[str] = []
+        if not wanted:
+            return found
+        existing = admin(self.bootstrap, quiet=True).list_topics(timeout=10).topics
+        changelogs = sorted(
+            t for t in existing if t.startswith(self.settings.app_id + "-") and t.endswith("-changelog")
+        )
+        for m in read_topics(self.bootstrap, [*self.topics.all(), *changelogs]):
+            raw = (m.key() or b"") + b" " + (m.value() or b"")
+            if any(n in raw for n in wanted):
+                found.append(f"{m.topic()}/{m.partition()}@{m.offset()} key={m.key()!r} {(m.value() or b'')[:600]!r}")
+                if len(found) >= limit:
+                    break
+        return found
+
+    def explain(self, verdict: Verdict) -> str:
+        """The violations, then the history of each order they name."""
+        orders = sorted({o for v in verdict.violations for o in re.findall(r"[a-z]+:([\w-]+-\d{8,}\w*)", v)})
+        lines = [*verdict.violations[:20], f"--- history of {orders[:5]} ---", *self.history(orders[:5])]
+        return "\n".join(lines)
 
     def stats(self, pool: WorkerPool, index: int, stage: str) -> dict:
         found = pool.stats(index) or {}

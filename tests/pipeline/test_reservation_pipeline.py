@@ -37,7 +37,7 @@ pytestmark = pytest.mark.pipeline
 
 def assert_invariants(p: Pipeline, restart: bool = True) -> Verdict:
     verdict = p.verdict(restart)
-    assert verdict.ok, verdict.summary()
+    assert verdict.ok, p.explain(verdict)
     assert verdict.oversold_units == 0
     assert verdict.counts["engine_failures"] == 0
     return verdict

@@ -306,10 +306,16 @@ def test_the_recovery_watchdog_exits_only_when_recovery_stops_moving(monkeypatch
     monkeypatch.setattr(app_module.os, "_exit", exits.append)
     monkeypatch.setattr(app_module, "active_partitions", lambda app: {"t/0"})
     completed = SimpleNamespace(is_set=lambda: False)
+    signal = SimpleNamespace(is_set=lambda: False)
     recovery = SimpleNamespace(
-        completed=completed, active_offsets=Counter(), standby_offsets=Counter(), active_remaining=dict
+        completed=completed,
+        active_offsets=Counter(),
+        standby_offsets=Counter(),
+        active_remaining=dict,
+        signal_recovery_start=signal,
     )
     fake = SimpleNamespace(in_recovery=True, consumer_generation_id=3, tables=SimpleNamespace(recovery=recovery))
+    recovery._generation_id = 3
     watchdog = app_module.RecoveryWatchdog(fake, stall_s=60)  # type: ignore[arg-type]
     recovery.active_offsets["t/0"] = None  # Faust's mark for "not started reading"
     watchdog.check(0.0)
@@ -317,7 +323,7 @@ def test_the_recovery_watchdog_exits_only_when_recovery_stops_moving(monkeypatch
     watchdog.check(50.0)
     watchdog.check(100.0)
     assert exits == []  # 50 s without progress so far
-    fake.consumer_generation_id = 4  # a new rebalance is progress too
+    fake.consumer_generation_id = recovery._generation_id = 4  # a new rebalance is progress too
     watchdog.check(140.0)
     watchdog.check(199.0)
     assert exits == []
@@ -326,4 +332,49 @@ def test_the_recovery_watchdog_exits_only_when_recovery_stops_moving(monkeypatch
     fake.in_recovery = False
     recovery.completed = SimpleNamespace(is_set=lambda: True)
     watchdog.check(1000.0)  # ready: never fires
+    assert exits == [75]
+
+
+def test_the_recovery_watchdog_asks_for_a_rebalance_when_a_newer_generation_never_recovers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Faust ends the recovery of generation 3 once generation 4 has begun, resuming nothing; if generation 4
+    never reaches the recovery, the worker asks for a rebalance, then exits."""
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from engine import app as app_module
+
+    exits: list[int] = []
+    rejoins: list[object] = []
+    monkeypatch.setattr(app_module.os, "_exit", exits.append)
+    monkeypatch.setattr(app_module, "active_partitions", lambda app: {"t/0"})
+    monkeypatch.setattr(app_module, "request_rejoin", rejoins.append)
+    signal = SimpleNamespace(set=False)
+    signal.is_set = lambda: signal.set
+    recovery = SimpleNamespace(
+        completed=SimpleNamespace(is_set=lambda: True),
+        active_offsets=Counter(),
+        standby_offsets=Counter(),
+        active_remaining=dict,
+        signal_recovery_start=signal,
+        _generation_id=3,
+    )
+    fake = SimpleNamespace(in_recovery=False, consumer_generation_id=3, tables=SimpleNamespace(recovery=recovery))
+    watchdog = app_module.RecoveryWatchdog(fake, stall_s=60)  # type: ignore[arg-type]
+    watchdog.check(0.0)
+    fake.consumer_generation_id = 4
+    signal.set = True  # generation 4 reached the recovery: it runs again, nothing to do
+    watchdog.check(5.0)
+    watchdog.check(100.0)
+    assert rejoins == [] and exits == []
+    signal.set = False  # ... it did not: overtaken
+    watchdog.check(110.0)
+    watchdog.check(129.0)
+    assert rejoins == []
+    watchdog.check(131.0)
+    assert rejoins == [fake] and exits == []
+    watchdog.check(150.0)
+    assert rejoins == [fake] and exits == []  # asked once
+    watchdog.check(171.0)
     assert exits == [75]
