@@ -13,6 +13,7 @@ import msgspec
 from msgspec import Meta
 
 from schemas.common import EpochMs, Ident, Key, Quantity, Record, Tenant, Text
+from schemas.order import Address
 
 Centimetres = Annotated[int, Meta(ge=0, le=1_000_000, description="A distance in whole centimetres")]
 Count = Annotated[int, Meta(ge=1, le=100_000)]
@@ -159,6 +160,7 @@ class Shipment(Record, kw_only=True):
     #: The order side's inbox key of its orders (one buyer: merges never cross buyers): where fulfilment
     #: reports a short pick of one of its lines.
     reply_to: Key | None = None
+    receiver: Address | None = None
     ts: EpochMs
 
     @property
@@ -277,6 +279,8 @@ class ShipmentPicked(Record, kw_only=True):
     order_ids: list[Ident]
     lines: list[PickedShipmentLine]
     pick_list_ids: list[Ident]
+    shop_id: Ident | None = None
+    receiver: Address | None = None  # one per shipment: only orders to the same receiver merge
     ts: EpochMs
 
     @property
@@ -331,6 +335,7 @@ class ParcelAccepted(Record, tag="parcel", tag_field="kind", kw_only=True):
     shop_id: Ident
     warehouse: Ident
     merge_key: Annotated[str, Meta(min_length=1, max_length=400)]
+    receiver: Address | None = None  # the same for every order of a merge key
     lines: Annotated[list[ShipmentLine], Meta(min_length=1)]
     reply_to: Key | None = None  # the order's inbox key (short picks are reported there)
     reallocated: bool = False

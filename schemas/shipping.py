@@ -12,8 +12,9 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from schemas.common import EpochMs, Ident, Record, Tenant, Text
+from schemas.common import EpochMs, Ident, Key, Record, Tenant, Text
 from schemas.fulfilment import RegionName
+from schemas.order import Address
 
 Grams = Annotated[int, Meta(ge=0, le=1_000_000, description="A weight in grams")]
 FenAmount = Annotated[int, Meta(ge=0, le=100_000_000, description="Money in integer fen (分)")]
@@ -43,13 +44,146 @@ class CarrierRule(Record, kw_only=True):
     shops: list[Ident] = msgspec.field(default_factory=list)  # empty: every shop
 
 
+class ItemSize(Record, kw_only=True):
+    """One unit of a SKU as packing sees it (from the catalog)."""
+
+    weight_g: Annotated[int, Meta(ge=1, le=1_000_000)]
+    volume_cm3: Annotated[int, Meta(ge=0, le=10_000_000)] = 0
+
+
 class ShippingPolicy(Record, kw_only=True):
-    """How a tenant picks a carrier per parcel: the shop's preference, then the first matching rule, then the
-    cheapest rate that takes the weight, then the warehouse's default carrier."""
+    """How a tenant packs and ships (agents.shipping): unit sizes and parcel limits for packing; per parcel the
+    carrier — the shop's preference, then the first matching rule, then the cheapest rate that takes the weight,
+    then the warehouse's default carrier; how often a waybill is asked for before the parcel is given up."""
 
     shop_carriers: dict[str, list[Ident]] = msgspec.field(default_factory=dict)
     rules: list[CarrierRule] = msgspec.field(default_factory=list)
     rates: list[CarrierRate] = msgspec.field(default_factory=list)
+    sku_sizes: dict[str, ItemSize] = msgspec.field(default_factory=dict)
+    default_size: ItemSize = msgspec.field(default_factory=lambda: ItemSize(weight_g=500, volume_cm3=2_000))
+    max_parcel_g: Annotated[int, Meta(ge=1, le=1_000_000)] = 20_000
+    max_parcel_cm3: Annotated[int, Meta(ge=1, le=10_000_000)] = 100_000
+    waybill_attempts: Annotated[int, Meta(ge=1, le=20)] = 3
+
+
+class PackedLine(Record, kw_only=True):
+    order_id: Ident
+    line_id: Ident
+    sku: Ident
+    units: Annotated[int, Meta(ge=1, le=10_000)]
+
+
+class WaybillWanted(Record, tag="waybill_wanted", tag_field="kind", kw_only=True):
+    """Ask a carrier for the waybill number of one parcel (电子面单取号). Key: ``tenant:carrier:warehouse`` (the
+    carrier gateway batches per carrier and warehouse). ``parcel_id`` is the carrier's idempotency key: asking
+    again, in any attempt, gets the number issued the first time."""
+
+    v: int = 1
+    request_id: Ident  # <parcel>#<attempt>
+    tenant: Tenant
+    shipment_id: Ident
+    parcel_id: Ident
+    carrier: Ident
+    warehouse: Ident
+    attempt: Annotated[int, Meta(ge=1, le=20)]
+    weight_g: Grams
+    receiver: Address
+    order_ids: list[Ident]
+    lines: list[PackedLine]
+    reply_to: Key  # the shipment's key in the shipping inbox
+    ts: EpochMs
+
+    @property
+    def key(self) -> str:
+        return f"{self.tenant}:{self.carrier}:{self.warehouse}"
+
+
+class WaybillAnswer(Record, tag="waybill_answer", tag_field="kind", kw_only=True):
+    """The carrier's answer for one parcel: a number, or why not. ``error`` kinds: ``timeout`` and
+    ``unavailable`` (ask the same carrier again), ``range_exhausted`` and ``rejected: …`` (that carrier will not
+    give one). Key: ``reply_to`` of the request (``tenant:shipment_id``)."""
+
+    v: int = 1
+    request_id: Ident
+    tenant: Tenant
+    shipment_id: Ident
+    parcel_id: Ident
+    carrier: Ident
+    attempt: Annotated[int, Meta(ge=1, le=20)]
+    waybill: Ident | None = None
+    error: Text | None = None
+    ts: EpochMs
+
+    @property
+    def key(self) -> str:
+        return f"{self.tenant}:{self.shipment_id}"
+
+
+class ShippedParcel(Record, kw_only=True):
+    parcel_id: Ident
+    carrier: Ident
+    carrier_reason: Annotated[str, Meta(max_length=120)]  # shop, rule:<id>, cheapest, default, fallback
+    cost_fen: FenAmount | None = None
+    waybill: Ident
+    weight_g: Grams
+    volume_cm3: Annotated[int, Meta(ge=0, le=100_000_000)]
+    oversize: bool = False
+    lines: list[PackedLine]
+
+
+class ShipmentShipped(Record, kw_only=True):
+    """A shipment left the warehouse (发货): its parcels, each with its carrier and waybill. Key:
+    ``tenant:shipment_id``."""
+
+    schema_version: int = 1
+    tenant: Tenant
+    shipment_id: Ident
+    warehouse: Ident
+    shop_id: Ident
+    order_ids: list[Ident]
+    parcels: list[ShippedParcel]
+    ts: EpochMs
+
+    @property
+    def key(self) -> str:
+        return f"{self.tenant}:{self.shipment_id}"
+
+
+class ShipmentFailed(Record, kw_only=True):
+    """No carrier would give a waybill for a parcel of the shipment after every attempt: it waits for an operator
+    (its stock stays reserved). Key: ``tenant:shipment_id``."""
+
+    schema_version: int = 1
+    tenant: Tenant
+    shipment_id: Ident
+    warehouse: Ident
+    parcel_id: Ident
+    attempts: int
+    errors: list[Text]
+    ts: EpochMs
+
+    @property
+    def key(self) -> str:
+        return f"{self.tenant}:{self.shipment_id}"
+
+
+class GoodsIssued(Record, kw_only=True):
+    """Goods left a warehouse for one order (销售出库), what finance books revenue and cost on: the order's lines
+    in the shipment and the units issued. Key: ``tenant:order_id``."""
+
+    schema_version: int = 1
+    issue_id: Ident  # <shipment>.<order>: one per order and shipment
+    tenant: Tenant
+    order_id: Ident
+    shipment_id: Ident
+    warehouse: Ident
+    lines: list[PackedLine]
+    waybills: list[Ident]
+    ts: EpochMs
+
+    @property
+    def key(self) -> str:
+        return f"{self.tenant}:{self.order_id}"
 
 
 class TrackingStatus(enum.StrEnum):

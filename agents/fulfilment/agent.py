@@ -172,6 +172,7 @@ class FulfilmentLogic(Logic):
         group_key = self._merge_key(parcel.tenant, parcel.warehouse, parcel.merge_key)
         group = work.get_as(MERGES, group_key, merge.MergeGroup) or merge.MergeGroup(parcel.tenant, parcel.shop_id)
         group.reply_to = group.reply_to or parcel.reply_to
+        group.receiver = group.receiver or parcel.receiver
         before = {w.shipment_id for w in group.waiting}
         merge.add_order(group, parcel.order_id, plans, parcel.ts, parcel.reallocated)
         window = layout.merge_window_s if layout else DEFAULT_MERGE_WINDOW_S
@@ -374,6 +375,8 @@ class FulfilmentLogic(Logic):
                     for ln in shipment.lines
                 ],
                 pick_list_ids=record.lists,
+                shop_id=shipment.shop_id,
+                receiver=shipment.receiver,
                 ts=now,
             )
             work.emit(self.topics.picked_shipments, done.key, done)

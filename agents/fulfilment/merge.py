@@ -62,6 +62,7 @@ class MergeGroup:
     released: dict[str, list[str]] = field(default_factory=dict)  # order id -> its shipment ids
     expires_at: int | None = None  # record time after which a group with nothing waiting is forgotten
     reply_to: str | None = None  # the buyer's order inbox key (one buyer per group): where shorts are reported
+    receiver: Address | None = None  # one receiver per group (part of the merge key)
     remainders: list[str] = field(default_factory=list)  # re-reserved lines added (after a short pick elsewhere)
 
 
@@ -167,6 +168,7 @@ def release_due(group: MergeGroup, ts: int, window_s: int) -> list[Shipment]:
                 order_ids=list(waiting.order_ids),
                 split_reason=waiting.split_reason,
                 reply_to=group.reply_to,
+                receiver=group.receiver,
                 ts=ts,
             )
         )

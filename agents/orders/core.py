@@ -255,6 +255,7 @@ class OrderRules:
             lines=lines,
             channel_lines={str(ln.line_no): ln.status for ln in order.lines},
             ship_group=merge_key(order.tenant, order.shop_id, buyer_key(order), order.receiver),
+            receiver=order.receiver,
         )
         # 分仓: the warehouses that may ship, best first; each line is reserved in the first with its units.
         ranked = candidates(layout, order.shop_id, order.receiver) if layout is not None else []
@@ -749,6 +750,7 @@ def _accepted(state: OrderState, now: int) -> list[Any]:
             shop_id=state.shop_id,
             warehouse=warehouse,
             merge_key=_ship_group(state),
+            receiver=state.receiver,
             lines=[
                 ShipmentLine(order_id=state.order_id, line_id=ln.line_id, sku=ln.sku, quantity=ln.quantity)
                 for ln in lines

@@ -13,8 +13,8 @@ import enum
 
 import msgspec
 
+from schemas.order import Address, Order
 from schemas.order import LineState as ChannelLineState
-from schemas.order import Order
 from schemas.review import RuleSet
 from schemas.saga import RejectReason
 
@@ -101,6 +101,7 @@ class OrderState(msgspec.Struct, kw_only=True):
     expires_at: int | None = None  # channel time after which it is forgotten (set once decided)
     #: tenant, shop, buyer and receiver digest (agents.fulfilment.merge.merge_key): what must match to merge
     ship_group: str = ""
+    receiver: Address | None = None  # where it ships (kept from approval: the snapshot is dropped then)
     #: the warehouses that may ship it, best first (分仓), as ranked at approval: a short pick re-reserves by it
     ranking: list[str] = msgspec.field(default_factory=list)
     strategy: str = "fullest"  # the allocation strategy at approval ("fullest": no layout)

@@ -482,10 +482,16 @@ def test_a_shipment_is_reported_picked_once_with_what_the_pickers_said() -> None
         PickedShipmentLine(order_id=ln.order_id, line_id=ln.line_id, sku=ln.sku, asked=ln.quantity, picked=ln.quantity)
         for ln in shipment.lines
     ]
+    sent = inputs.orders[f"{T}:{shipment.order_ids[0]}"].latest()
     done = ShipmentPicked(tenant=T, shipment_id="shp.1", warehouse="WH", carrier="sf", order_ids=shipment.order_ids,
-                          lines=lines, pick_list_ids=["w1.A.1"], ts=6)  # fmt: skip
+                          lines=lines, pick_list_ids=["w1.A.1"], shop_id=sent.shop_id, receiver=sent.receiver,
+                          ts=6)  # fmt: skip
     out.picked_shipments.append(done)
     assert f8(out) == []
+    elsewhere = msgspec.structs.replace(sent.receiver, city="别处")
+    out.picked_shipments[:] = [msgspec.structs.replace(done, receiver=elsewhere)]
+    assert f8(out)[0].startswith("F8: shp.1 goes to") and "not where its orders go" in f8(out)[0]
+    out.picked_shipments[:] = [done]
     out.picked_shipments.append(done)
     assert f8(out) == ["F8: shp.1 was reported picked 2 times"]
     wrong = msgspec.structs.replace(done, lines=[msgspec.structs.replace(lines[0], picked=0), *lines[1:]])

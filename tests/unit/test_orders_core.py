@@ -278,6 +278,7 @@ def test_all_lines_reserved_accepts_once_with_the_time_of_the_last_answer() -> N
     assert isinstance(parcel, ParcelAccepted) and parcel.key == "acme:WH-A" and parcel.ts == NOW + 1
     assert [ln.line_id for ln in parcel.lines] == ["jd-s1-1#1", "jd-s1-1#2"]
     assert parcel.merge_key == merge_key("acme", "s1", buyer_key(order()), order().receiver)
+    assert parcel.receiver == order().receiver  # shipping packs and labels for it
     assert answer(both.order, 2).note == "duplicate_result"
 
 
