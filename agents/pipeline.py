@@ -6,13 +6,18 @@ HTTP API, webhooks ───────────┴─► order inbox ─►
                                        │                 └─► fulfilment inbox ─► fulfilment ─► shipments, waves,
                                        │     pick confirmations ─┘ (per warehouse)  (merge, waves,   pick lists,
                                        │                                             picking)        pick outcomes
-                                       ├──────────── short picks ◄──────────────────────┘  (+ short-pick commands)
+                                       ├──────────── short picks ◄──────────────────────┤  (+ short-pick commands)
+                                       │                               picked shipments ▼
+                                       │            shipping inbox ─► shipping (pack, carriers, waybills) ─► shipped,
+                                       │             ▲ waybill answers        │ waybill requests          goods issued
+                                       │             └── carrier gateway ◄────┘ (+ issue commands to the inventory)
                                        └──────────────────── line results ◄─────────────────────────┘
 """
 
 from __future__ import annotations
 
 import faust
+import redis
 
 from agents.fulfilment import agent as fulfilment
 from agents.fulfilment import views as fulfilment_views
@@ -22,6 +27,8 @@ from agents.inventory import agent as inventory
 from agents.orders import agent as orders
 from agents.orders import views as order_views
 from agents.orders.registry import Registry
+from agents.shipping import agent as shipping
+from agents.shipping.gateway import CarrierGateway, LocalCarrier
 from engine.app import context
 from engine.app import create_app as create_base_app
 from engine.http.edge import Edge
@@ -51,4 +58,23 @@ def create_app(settings: Settings, worker_index: int = 0, topic_epochs: dict[str
     inventory.install(app, catalog, sync)
     fulfilment.install(app)
     fulfilment_views.install(app, edge)
+    shipping.install(app)
+    carrier = LocalCarrier(
+        redis.Redis.from_url(settings.redis, socket_timeout=2.0),
+        settings.topic_prefix,
+        settings.carrier_range,
+        settings.carrier_fail_every,
+        settings.carrier_timeout_every,
+    )
+    gateway = CarrierGateway(settings, topics, carrier)
+
+    @app.task
+    async def start_gateway() -> None:
+        """The carrier gateway runs beside the agents (its own thread and consumer group)."""
+        gateway.start()
+
+    @app.on_before_shutdown.connect
+    async def stop_gateway(app: faust.App, **_: object) -> None:
+        gateway.stopping.set()
+
     return app

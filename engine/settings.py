@@ -77,6 +77,21 @@ class Settings:
         "starts it again (a stalled rebalance costs a restart, never the partitions it holds). 0: never.",
         180.0,
     )
+    carrier_fail_every: int = setting(
+        "OMS_CARRIER_FAIL_EVERY",
+        "The simulated carrier (main job, tests) refuses every n-th call of a carrier as unavailable; 0: never.",
+        0,
+    )
+    carrier_timeout_every: int = setting(
+        "OMS_CARRIER_TIMEOUT_EVERY",
+        "The simulated carrier issues the numbers of every n-th call and then loses its answer; 0: never.",
+        0,
+    )
+    carrier_range: int = setting(
+        "OMS_CARRIER_RANGE",
+        "Waybill numbers the simulated carrier has per carrier and warehouse before it runs out.",
+        1_000_000,
+    )
     order_retention_s: int = setting(
         "OMS_ORDER_RETENTION_S",
         "Order-side state is forgotten this long after the order's last channel update once it is decided "

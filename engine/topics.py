@@ -27,6 +27,7 @@ from schemas.inventory import InventoryCommand, StockEvent
 from schemas.order import Channel
 from schemas.review import OrderCancellation, ReviewDecision, RuleSet
 from schemas.saga import OrderDecision
+from schemas.shipping import GoodsIssued, ShipmentFailed, ShipmentShipped, ShippingRecord, WaybillWanted
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,53 @@ SPECS: tuple[TopicSpec, ...] = (
         "What became of a cancelled accepted order in fulfilment: left its waiting shipment, or too late (拦截).",
     ),
     _spec(
+        "shipping_inbox",
+        "shipping-inbox",
+        "tenant:shipment_id",
+        ShippingRecord,
+        "shipping-inbox.v1",
+        True,
+        "Everything that changes one shipment's shipping, in one order: the picked shipment, the carriers' waybill "
+        "answers, and shipping policy versions (one copy per partition).",
+    ),
+    _spec(
+        "waybill_requests",
+        "waybill-requests",
+        "tenant:carrier:warehouse",
+        WaybillWanted,
+        "waybill-wanted.v1",
+        True,
+        "Waybill numbers wanted, one per parcel and attempt, for the carrier gateway (batched per carrier and "
+        "warehouse; the parcel id is the carrier's idempotency key).",
+    ),
+    _spec(
+        "shipped",
+        "shipments-shipped",
+        "tenant:shipment_id",
+        ShipmentShipped,
+        "shipment-shipped.v1",
+        True,
+        "Shipments that left their warehouse (发货): parcels with their carrier (and why), cost and waybill.",
+    ),
+    _spec(
+        "shipping_failures",
+        "shipping-failures",
+        "tenant:shipment_id",
+        ShipmentFailed,
+        "shipment-failed.v1",
+        True,
+        "Shipments no carrier would give a waybill for, after every attempt (their stock stays reserved).",
+    ),
+    _spec(
+        "goods_issued",
+        "goods-issued",
+        "tenant:order_id",
+        GoodsIssued,
+        "goods-issued.v1",
+        True,
+        "Goods that left a warehouse per order and shipment (销售出库): what finance books revenue and cost on.",
+    ),
+    _spec(
         "dead_letters",
         "dead-letters",
         "original key",
@@ -251,6 +299,11 @@ class Topics:
     picked_shipments: str
     short_picks: str
     withdrawals: str
+    shipping_inbox: str
+    waybill_requests: str
+    shipped: str
+    shipping_failures: str
+    goods_issued: str
     dead_letters: str
 
     def all(self) -> list[str]:

@@ -33,6 +33,7 @@ from invariants.collect import Outputs
 from invariants.fulfilment import check_fulfilment
 from invariants.inputs import Inputs, SentOrder
 from invariants.picking import Truth, check_picking, root_line
+from invariants.shipping import check_shipping, shipped_lines
 from schemas import wire
 from schemas.deadletter import DeadLetter, ReasonCode
 from schemas.inbox import InboxRecord, OrderSnapshot
@@ -81,6 +82,7 @@ def check(inputs: Inputs, out: Outputs, partitions: int | None = None) -> Verdic
     _dead_letters(inputs, out, v, partitions, inputs.forgotten_before())
     check_fulfilment(inputs, out, v, truth, applied)
     check_picking(inputs, out, truth, applied, v)
+    check_shipping(out, truth, applied, v)
     return v
 
 
@@ -198,6 +200,7 @@ class LineEffects:
     reserved: int = 0
     released: int = 0
     issued: int = 0
+    issued_after_release: int = 0
     shorted: int = 0  # units a short pick took out
     sku: str = ""
     quantity: int = 0
@@ -222,11 +225,15 @@ def _line_effects(applied: dict[str, StockEvent], v: Verdict) -> dict[tuple[str,
             e.sku, e.quantity, e.warehouse, e.order_id = ev.sku, ev.d_reserved, ev.warehouse, ev.order_id
         elif ev.kind is CommandKind.RELEASE:
             e.released += 1
+        elif ev.kind is CommandKind.ISSUE and ev.d_reserved == 0:
+            e.issued_after_release += 1  # the goods left after a too-late cancellation: the count follows them
         elif ev.kind is CommandKind.ISSUE:
             e.issued += 1
         elif ev.kind is CommandKind.SHORT:
             e.shorted -= ev.d_reserved
     for (tenant, line), e in effects.items():
+        if e.issued_after_release and not (e.released == 1 and e.issued == 0 and e.issued_after_release == 1):
+            v.fail("I3", f"{tenant}:{line}: issued {e.issued_after_release}x after release, released {e.released}x")
         if e.reserved > 1 or e.released + e.issued > 1 or e.released + e.issued > e.reserved:
             v.fail("I3", f"{tenant}:{line}: reserved {e.reserved}x, released {e.released}x, issued {e.issued}x")
     return effects
@@ -262,6 +269,7 @@ def _orders(
         if e.order_id:
             by_order[f"{tenant}:{e.order_id}"].append(e)
     forgotten_before = inputs.forgotten_before()
+    shipped = shipped_lines(out)  # issued: they hold nothing any more (S3 checks them against the pickers)
     forgotten = set()  # orders whose snapshot the engine dead-lettered as forgotten
     for letter in out.dead_letters:
         if letter.reason is ReasonCode.FORGOTTEN_ORDER:
@@ -298,7 +306,7 @@ def _orders(
             engine_failures += 1
             v.fail("I4", f"{key} was rejected by the engine itself ({d.reason.value}): {d.detail[:120]}")
         if d.status is DecisionStatus.ACCEPTED:
-            _accepted(sent, d, holding, cancelled_by_record.get(key, set()), held_units, truth, v)
+            _accepted(sent, d, holding, cancelled_by_record.get(key, set()), held_units, truth, shipped, v)
         else:
             still = sorted(line for line, e in holding.items() if e.holding)
             if still:
@@ -356,6 +364,7 @@ def _accepted(
     cancelled_lines: set[str] | None,
     held_units: dict[tuple[str, str, str], int],
     truth: Truth,
+    shipped: dict[tuple[str, str], int],
     v: Verdict,
 ) -> None:
     key = sent.key
@@ -381,7 +390,14 @@ def _accepted(
     if not whole_cancelled:
         for line in reserved:
             want = truth.line(sent.tenant, line)
-            if want is not None and root_line(line) in lines and root_line(line) not in closed and want.kept > 0:
+            shipping = (sent.tenant, line) in shipped
+            if (
+                want is not None
+                and root_line(line) in lines
+                and root_line(line) not in closed
+                and want.kept > 0
+                and not shipping
+            ):
                 kept[line] = want.kept
     still = {line for line, e in holding.items() if e.holding}
     if still != set(kept):

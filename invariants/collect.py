@@ -24,6 +24,7 @@ from schemas.fulfilment import (
 from schemas.inventory import InventoryCommand, StockEvent
 from schemas.review import OrderCancellation, ReviewDecision
 from schemas.saga import OrderDecision
+from schemas.shipping import GoodsIssued, ShipmentFailed, ShipmentShipped, ShippingRecord, WaybillAnswer
 
 
 @dataclass
@@ -43,6 +44,10 @@ class Outputs:
     short_picks: list[ShortPickOutcome] = field(default_factory=list)
     allocations: list[OrderAllocation] = field(default_factory=list)
     picked_shipments: list[ShipmentPicked] = field(default_factory=list)
+    shipped: list[ShipmentShipped] = field(default_factory=list)
+    shipping_failures: list[ShipmentFailed] = field(default_factory=list)
+    goods_issued: list[GoodsIssued] = field(default_factory=list)
+    waybill_answers: list[WaybillAnswer] = field(default_factory=list)  # the carrier's word, from the shipping inbox
     undecodable: Counter = field(default_factory=Counter)  # result topic -> records that fail their schema
 
 
@@ -63,14 +68,20 @@ def collect(bootstrap: str, topics: Topics, timeout_s: float = 120.0) -> Outputs
         topics.short_picks: (ShortPickOutcome, out.short_picks),
         topics.allocations: (OrderAllocation, out.allocations),
         topics.picked_shipments: (ShipmentPicked, out.picked_shipments),
+        topics.shipped: (ShipmentShipped, out.shipped),
+        topics.shipping_failures: (ShipmentFailed, out.shipping_failures),
+        topics.goods_issued: (GoodsIssued, out.goods_issued),
+        topics.shipping_inbox: (ShippingRecord, out.waybill_answers),
     }
     for msg in read_topics(bootstrap, list(sinks), timeout_s=timeout_s):
         typ, sink = sinks[msg.topic]
         try:
             record = wire.decode(msg.value, typ)
         except wire.WireError:
-            if msg.topic != topics.inventory_commands:  # an input topic may hold bad records on purpose
+            if msg.topic not in (topics.inventory_commands, topics.shipping_inbox):  # inputs may hold bad records
                 out.undecodable[msg.topic] += 1
+            continue
+        if msg.topic == topics.shipping_inbox and not isinstance(record, WaybillAnswer):
             continue
         sink.append(record)
         if typ is OrderDecision:

@@ -27,6 +27,8 @@ class ReasonCode(enum.StrEnum):
     #: a snapshot of an order created more than the order retention before its partition's event time: decided
     #: and forgotten long ago (a late update, a refund long after delivery), or synced far too late; not applied
     FORGOTTEN_ORDER = "forgotten_order"
+    MISSING_RECEIVER = "missing_receiver"  # a picked shipment with no receiver: nothing to address it to
+    NO_CARRIER = "no_carrier"  # a picked shipment from a warehouse with no carrier in the layout
     PROCESSING_ERROR = "processing_error"  # a bug: the record is parked instead of stalling the partition
 
 

@@ -266,7 +266,7 @@ class PickedShipmentLine(Record, kw_only=True):
     picked: Annotated[int, Meta(ge=0, le=10_000)]
 
 
-class ShipmentPicked(Record, kw_only=True):
+class ShipmentPicked(Record, tag="picked", tag_field="kind", kw_only=True):
     """Every pick list a shipment is on was confirmed (拣货完成): what is in the carts for packing, per line — fewer
     units than asked after a short pick, none for a line picked 0 (its units are re-allocated or shipped partial,
     see ``short-picks``). Key: ``tenant:shipment_id``."""
@@ -281,6 +281,7 @@ class ShipmentPicked(Record, kw_only=True):
     pick_list_ids: list[Ident]
     shop_id: Ident | None = None
     receiver: Address | None = None  # one per shipment: only orders to the same receiver merge
+    carriers: list[Ident] = msgspec.field(default_factory=list)  # the warehouse's carriers (layout), default first
     ts: EpochMs
 
     @property

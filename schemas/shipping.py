@@ -13,7 +13,7 @@ import msgspec
 from msgspec import Meta
 
 from schemas.common import EpochMs, Ident, Key, Record, Tenant, Text
-from schemas.fulfilment import RegionName
+from schemas.fulfilment import RegionName, ShipmentPicked
 from schemas.order import Address
 
 Grams = Annotated[int, Meta(ge=0, le=1_000_000, description="A weight in grams")]
@@ -234,3 +234,21 @@ class TrackingUpdate(Record, kw_only=True):
     @property
     def key(self) -> str:
         return f"{self.tenant}:{self.waybill}"
+
+
+class ShippingPolicyVersion(Record, tag="shipping_policy", tag_field="kind", kw_only=True):
+    """A tenant's shipping policy, one copy per partition of the shipping inbox (key: the tenant): each
+    partition sees each version at one point of its log."""
+
+    v: int = 1
+    tenant: Tenant
+    version: Annotated[int, Meta(ge=0)]
+    policy: ShippingPolicy
+
+    @property
+    def key(self) -> str:
+        return self.tenant
+
+
+#: The shipping inbox (key ``tenant:shipment_id``; policies one copy per partition).
+ShippingRecord = ShipmentPicked | WaybillAnswer | ShippingPolicyVersion

@@ -30,6 +30,7 @@ from rich.table import Table
 from agents.fulfilment.layout import generate_layout, load_layouts
 from agents.fulfilment.publish import publish_layouts
 from agents.orders.publish import load_rules_file, publish_rules
+from agents.shipping.publish import demo_policy, publish_policies
 from deploy.local.servers import LocalServerError, LocalServers
 from engine.kafka.admin import KafkaUnavailable, create_topics, delete_topics, wait_for_broker
 from engine.kafka.clients import DeliveryFailed, Message, end_offsets, tail, unprocessed
@@ -43,6 +44,7 @@ from schemas import wire
 from schemas.fulfilment import Layout, WavePolicy
 from schemas.review import Action, OperatorActionKind, Outcome, ReviewDecision
 from schemas.saga import DecisionStatus, OrderDecision
+from schemas.shipping import ShippingPolicyVersion
 from workload.channels import channel_day
 from workload.delivery import Credentials, DeliveryStats, deliver, resolve_holds
 from workload.generator import Workload, WorkloadSpec
@@ -137,6 +139,8 @@ def main_job(base: Settings, opts: RunOptions) -> int:
         topic_prefix=f"{base.topic_prefix}.{run_id}",
         app_id=f"{base.app_id}-{run_id}",
         tenants_file=str(creds.path),
+        # a day's carrier refuses a call now and then (retries show in the report; OMS_CARRIER_FAIL_EVERY: how often)
+        carrier_fail_every=base.carrier_fail_every or CARRIER_FAIL_EVERY,
     )
     workers = max(2, opts.workers or settings.workers)
     log_file = _log_to_file(Path(settings.state_dir) / "logs" / f"{settings.app_id}-main.log")
@@ -159,6 +163,11 @@ def main_job(base: Settings, opts: RunOptions) -> int:
         publish_rules(settings, rules, "rules-publisher")
         layouts = run_layouts(settings, workload)
         publish_layouts(settings, layouts, "layout-publisher")
+        policies = {
+            tenant: ShippingPolicyVersion(tenant=tenant, version=1, policy=demo_policy(sorted(skus)))
+            for tenant, skus in workload.catalog().items()
+        }
+        publish_policies(settings, policies, "shipping-policy-publisher")
         with console.status(f"Starting {workers} engine workers…"):
             pool.start()
             pool.wait_ready([topics.order_inbox, topics.inventory_commands])
@@ -223,6 +232,7 @@ def main_job(base: Settings, opts: RunOptions) -> int:
         )
         summary["stuck_sagas"] = stuck
         summary["picking"] = picking_summary(picking, verdict.counts)
+        summary["shipping"] = shipping_summary(outputs, verdict.counts)
         # where the day's time went: sending it, deciding every order not held, the operator pass on the holds
         summary["phases_s"] = {k: round(v, 1) for k, v in phases.items()}
         print_report(summary, console)
@@ -286,9 +296,13 @@ def wait_fulfilment(settings: Settings, topics: Topics, layouts: list[Layout], p
     return False
 
 
+#: The main job's simulated carrier refuses every n-th call unless OMS_CARRIER_FAIL_EVERY says otherwise.
+CARRIER_FAIL_EVERY = 97
+
+
 def engine_inputs(topics: Topics) -> list[str]:
-    """Every topic an engine stage consumes (for the idle check)."""
-    return [*topics.raw.values(), topics.order_inbox, topics.inventory_commands]
+    """Every topic an engine stage consumes (for the idle check; the fulfilment inbox has ticks, never idle)."""
+    return [*topics.raw.values(), topics.order_inbox, topics.inventory_commands, topics.shipping_inbox]
 
 
 class DayMonitor(threading.Thread):
@@ -435,6 +449,8 @@ def wait_idle(settings: Settings, inputs: list[str], pool: WorkerPool | None = N
         if pool is not None:
             pool.supervise()
         left = unprocessed(settings.bootstrap, settings.app_id, inputs)
+        if Topics(settings.topic_prefix).shipping_inbox in inputs:  # then waybills asked for are answered too
+            left |= unprocessed(settings.bootstrap, f"{settings.app_id}-carrier-gateway", [gateway_topic(settings)])
         if not left:
             quiet_since = quiet_since or time.monotonic()
             if time.monotonic() - quiet_since >= 2 * settings.commit_interval_s:
@@ -443,6 +459,10 @@ def wait_idle(settings: Settings, inputs: list[str], pool: WorkerPool | None = N
             quiet_since = None
         time.sleep(0.5)
     raise RunFailed(f"engine still has unprocessed input after {timeout_s:.0f}s: {left}")
+
+
+def gateway_topic(settings: Settings) -> str:
+    return Topics(settings.topic_prefix).waybill_requests
 
 
 def stuck_sagas(pool: WorkerPool) -> int:
@@ -550,6 +570,21 @@ def picking_summary(picking: PickingDay | None, counts: dict[str, Any]) -> dict[
     }
 
 
+def shipping_summary(outputs: Any, counts: dict[str, Any]) -> dict[str, Any]:
+    """Shipments shipped and failed, parcels, waybills per carrier and what the carrier answers cost (from the
+    result topics and the verdict's counts)."""
+    errors = Counter((a.error or "").split(":")[0] for a in outputs.waybill_answers if not a.waybill)
+    return {
+        "shipped": counts.get("shipments_shipped", 0),
+        "failed": counts.get("shipments_failed", 0),
+        "parcels": counts.get("parcels", 0),
+        "waybills_by_carrier": counts.get("waybills_by_carrier", {}),
+        "waybill_answers": len(outputs.waybill_answers),
+        "carrier_errors": dict(errors),
+        "goods_issued": len(outputs.goods_issued),
+    }
+
+
 def fulfilment_summary(outputs: Any, complete: bool) -> dict[str, Any]:
     """Shipments, merges, splits, waves and the pick paths' walking, from the result topics."""
     parcels: Counter = Counter()
@@ -609,6 +644,7 @@ def print_report(s: dict[str, Any], console: Console) -> None:
         ("stock events", f"{s['stock_events']:,}"),
         ("fulfilment", _fulfilment_row(s["fulfilment"])),
         ("picking", _picking_row(s.get("picking", {}))),
+        ("shipping", _shipping_row(s.get("shipping", {}))),
         ("oversold units", f"{s['oversold_units']}"),
         ("invariants", "[green]ok[/]" if s["invariants"] == "ok" else "[red]VIOLATED[/]"),
     ]
@@ -638,6 +674,18 @@ def _picking_row(p: dict[str, Any]) -> str:
         f"{p.get('shipments_picked', 0):,} shipments picked · {p['short_lines']:,} lines "
         f"short: {outcomes.get('reallocated', 0):,} re-allocated to another warehouse, {outcomes.get('partial', 0):,} "
         "shipped partial"
+    )
+
+
+def _shipping_row(p: dict[str, Any]) -> str:
+    if not p.get("shipped") and not p.get("failed"):
+        return "nothing shipped"
+    return (
+        f"{p['shipped']:,} shipments shipped in {p['parcels']:,} parcels ("
+        + _kv(p.get("waybills_by_carrier", {}))
+        + f") · {p['failed']:,} failed · {p['waybill_answers']:,} carrier answers, errors: "
+        + (_kv(p.get("carrier_errors", {})) or "none")
+        + f" · {p['goods_issued']:,} goods-issued records"
     )
 
 

@@ -305,7 +305,7 @@ class FulfilmentLogic(Logic):
             PickOutcome(**common, status="confirmed", stops=stops, picker=item.picker, ts=now),
         )
         work.note("picks_confirmed")
-        shipments = self._shipments_picked(work, item, stops, now)
+        shipments = self._shipments_picked(work, item, stops, now, record.partition)
         for i, short in enumerate(outcome.shorts):
             shipment = shipments[short.shipment_id]
             order_id = next(ln.order_id for ln in shipment.lines if ln.line_id == short.line_id)
@@ -337,8 +337,14 @@ class FulfilmentLogic(Logic):
                 work.emit(self.topics.order_inbox, report.key, report)
             work.note("short_picks")
 
+    def _carriers(self, work: PartitionWork, tenant: str, warehouse: str, partition: int) -> list[str]:
+        """The warehouse's carriers as the layout names them now (default first): a fact for shipping."""
+        layout = self.layout(work, tenant, partition)
+        spec = next((w for w in layout.warehouses if w.warehouse == warehouse), None) if layout else None
+        return list(spec.carriers) if spec is not None else []
+
     def _shipments_picked(
-        self, work: PartitionWork, item: PickConfirmation, stops: list[PickedStop], now: int
+        self, work: PartitionWork, item: PickConfirmation, stops: list[PickedStop], now: int, partition: int
     ) -> dict[str, Shipment]:
         """A shipment whose last pick list this was is picked: what its carts hold goes to packing. Returns the
         shipments of the confirmed stops."""
@@ -377,9 +383,11 @@ class FulfilmentLogic(Logic):
                 pick_list_ids=record.lists,
                 shop_id=shipment.shop_id,
                 receiver=shipment.receiver,
+                carriers=self._carriers(work, shipment.tenant, shipment.warehouse, partition),
                 ts=now,
             )
             work.emit(self.topics.picked_shipments, done.key, done)
+            work.emit(self.topics.shipping_inbox, done.key, done)  # to packing and waybills
             work.delete(PICKING, key)
             work.note("shipments_picked")
         return found

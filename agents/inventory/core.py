@@ -10,8 +10,9 @@ State per SKU (key ``tenant:sku``), small and bounded:
 Each order line has its own record (key ``tenant:sku:line_id``): open while it holds a reservation (预占),
 then released or issued (shipped); or refused, when there was no stock for it. A short pick (拣货缺货) takes the
 missing units out of the line and out of the count at once; a line left with nothing is closed as released.
-A closed line is kept ``line_retention`` (command time) so that a replayed reserve for it is answered as the
-first time instead of reserving again, then forgotten.
+An issue for a line released meanwhile (its order cancelled too late to stop the parcel) takes the goods off the
+count all the same. A closed line is kept ``line_retention`` (command time) so that a replayed reserve for it is
+answered as the first time instead of reserving again, then forgotten.
 
 Commands of one origin apply in ``seq`` order. A command at or below its origin's high-water mark is a
 redelivery when it matches what was applied (the line's record, or a remembered document id): it has no
@@ -178,7 +179,9 @@ def apply(stock: SkuStock, line: LineReservation | None, cmd: InventoryCommand, 
     elif isinstance(cmd, Release):
         _release(new, line, cmd, out)
     elif isinstance(cmd, Issue):
-        if line is None or line.state is not LineState.OPEN:
+        if line is not None and line.state is LineState.RELEASED and line.warehouse and line.quantity:
+            _issue_after_release(new, line, cmd, out)
+        elif line is None or line.state is not LineState.OPEN:
             out.refused = (ReasonCode.NOT_RESERVED, f"line {cmd.line_id} holds no reservation")
         else:
             q = line.quantity
@@ -296,6 +299,20 @@ def _short(new: SkuStock, line: LineReservation | None, cmd: ShortPick, out: Out
         state=LineState.OPEN if left else LineState.RELEASED,
         closed_at=None if left else cmd.ts,
     )
+    out.line_changed = True
+
+
+def _issue_after_release(new: SkuStock, line: LineReservation, cmd: Issue, out: Outcome) -> None:
+    """The line was released (its order cancelled too late to stop the parcel, 拦截失败) and its goods left all the
+    same: the count follows the goods, unless that would leave less on hand than is reserved for others."""
+    warehouse = line.warehouse or ""
+    level = new.levels.get(warehouse)
+    if level is None or level.on_hand - line.quantity < level.reserved:
+        out.refused = (ReasonCode.WOULD_OVERSELL, f"{cmd.line_id} shipped {line.quantity} after it was released")
+        return
+    out.note = "issue_after_release"
+    _change(new, warehouse, -line.quantity, 0, cmd, out, line.order_id)
+    out.line = msgspec.structs.replace(line, state=LineState.ISSUED, closed_at=cmd.ts)
     out.line_changed = True
 
 

@@ -519,6 +519,7 @@ class OrderRules:
                 shop_id=new.shop_id,
                 warehouse=result.warehouse or "",
                 merge_key=_ship_group(new),
+                receiver=new.receiver,
                 lines=[ShipmentLine(order_id=new.order_id, line_id=line.line_id, sku=line.sku, quantity=line.quantity)],
                 reply_to=new.inbox_key,
                 reallocated=True,

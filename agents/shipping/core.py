@@ -86,6 +86,7 @@ class ShipmentState(msgspec.Struct, kw_only=True):
     parcels: list[ParcelState]
     picked_at: int
     shipped_at: int | None = None
+    closed_at: int | None = None  # shipped or failed: kept a retention after for late answers, then forgotten
 
     @property
     def key(self) -> str:
@@ -218,7 +219,7 @@ def _wanted(state: ShipmentState, parcel: ParcelState, now: int) -> WaybillWante
 
 
 def _fail(state: ShipmentState, parcel: ParcelState, now: int) -> Step:
-    state.phase = Phase.FAILED
+    state.phase, state.closed_at = Phase.FAILED, now
     failed = ShipmentFailed(
         tenant=state.tenant,
         shipment_id=state.shipment_id,
@@ -234,7 +235,7 @@ def _fail(state: ShipmentState, parcel: ParcelState, now: int) -> Step:
 def _ship(state: ShipmentState, stamp: Stamp, now: int) -> Step:
     """Every parcel has its waybill: the goods leave. One ``issue`` per line (a line split over parcels is one
     reservation), one goods-issued record per order."""
-    state.phase, state.shipped_at = Phase.SHIPPED, now
+    state.phase, state.shipped_at, state.closed_at = Phase.SHIPPED, now, now
     units: dict[str, PackedLine] = {}
     waybills: dict[str, list[str]] = {}
     for parcel in state.parcels:

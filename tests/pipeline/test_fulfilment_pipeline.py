@@ -170,15 +170,17 @@ def test_orders_go_from_acceptance_to_pick_lists(pipeline: Pipeline) -> None:
     assert verdict.counts["waves"] >= 2 and verdict.counts["pick_lists"] >= verdict.counts["waves"]
 
 
-def test_picks_are_confirmed_and_short_picks_are_reallocated_or_shipped_partial(
+def test_picks_are_confirmed_short_picks_resolved_and_picked_shipments_ship_through_a_failing_carrier(
     pipeline: Pipeline, credentials: Credentials
 ) -> None:
+    """Picking with shorts (re-allocated, partial), then shipping: packed, carriers chosen, waybills asked of a
+    carrier that refuses every other call (asked again), issued stock, goods issued per order."""
     waves = WavePolicy(group_by=["carrier"], release_count=50, release_after_s=1)
     layout = generate_layout("acme", ["WH-SH", "WH-BJ"], ["PK-A", "PK-B", "PK-C"], merge_window_s=1, waves=waves)
     publish_layouts(pipeline.settings, [layout], "test-layouts")
     stock = {("PK-A", "WH-SH"): 5, ("PK-A", "WH-BJ"): 5, ("PK-B", "WH-SH"): 10, ("PK-C", "WH-SH"): 10}
     pipeline.send_commands(receipts("acme", stock))
-    pool = pipeline.start_workers(2)
+    pool = pipeline.start_workers(2, carrier_fail_every=2)
     now = DAY_START_MS + 12 * 3_600_000
     moved = order(11, [("PK-A", 3), ("PK-C", 1)], SHANGHAI, "buyer-1", now)  # PK-A: 2 missing, WH-BJ has it
     partial = order(12, [("PK-B", 2)], SHANGHAI, "buyer-2", now + 1)  # PK-B: none left elsewhere
@@ -229,6 +231,12 @@ def test_picks_are_confirmed_and_short_picks_are_reallocated_or_shipped_partial(
         return done >= {s.pick_list_id for s in sent} and len(out.short_picks) >= 2
 
     wait_for(applied, 120, "every confirmation applied and both shorts answered")
+
+    def shipped() -> bool:  # everything picked left (S2 then checks it is all, once)
+        out = pipeline.outputs()
+        return len(out.shipped) >= sum(1 for p in out.picked_shipments if any(ln.picked for ln in p.lines))
+
+    wait_for(shipped, 120, "the picked shipments shipped")
     pipeline.inputs.fulfilment_complete = True
     verdict = assert_invariants(pipeline)
     out = pipeline.outputs()
@@ -239,10 +247,22 @@ def test_picks_are_confirmed_and_short_picks_are_reallocated_or_shipped_partial(
     assert shipment.warehouse == "WH-BJ" and shipment.split_reason == "short_pick"
     refused = [o for o in out.pick_outcomes if o.status == "refused"]
     assert len(refused) == 1 and "over-pick" in refused[0].errors[0]
-    # The missing units left WH-SH's count and reservation together; the picked unit stays reserved to ship.
-    assert verdict.counts["final_levels"]["acme:PK-A"] == {"WH-SH": [3, 1], "WH-BJ": [5, 2]}
+    # The missing units left WH-SH's count and reservation together; what was picked shipped (issued).
+    assert verdict.counts["final_levels"]["acme:PK-A"] == {"WH-SH": [2, 0], "WH-BJ": [3, 0]}
     assert verdict.counts["final_levels"]["acme:PK-B"] == {"WH-SH": [8, 0]}
+    assert verdict.counts["final_levels"]["acme:PK-C"] == {"WH-SH": [7, 0]}
     assert verdict.counts["short_lines"] == 2 and verdict.counts["picks_confirmed"] == len(sent)
     assert verdict.counts["shipments_picked"] == len(out.shipments)  # every shipment picked, once (F8)
     (moved_picked,) = [p for p in out.picked_shipments if short_a in {ln.line_id for ln in p.lines}]
     assert {ln.line_id: (ln.asked, ln.picked) for ln in moved_picked.lines}[short_a] == (3, 1)
+    # Shipping: the carrier refused calls and they were asked again (the fault fired and overlapped the work);
+    # every picked shipment shipped with unique numbers (S1–S4 in the verdict).
+    refused_calls = [a for a in out.waybill_answers if a.error == "unavailable"]
+    assert refused_calls, "the carrier never refused a call: the retry path was not exercised"
+    assert verdict.counts["shipments_shipped"] == len(out.shipped) >= 2 and verdict.counts["shipments_failed"] == 0
+    waybills = [p.waybill for s in out.shipped for p in s.parcels]
+    assert len(waybills) == len(set(waybills)) == verdict.counts["parcels"]
+    goods = {(g.order_id, ln.line_id): ln.units for g in out.goods_issued for ln in g.lines}
+    assert goods[(moved.order_id, short_a)] == 1 and goods[(moved.order_id, remainder)] == 2
+    assert goods[(whole.order_id, f"{whole.order_id}#1")] == 2
+    assert not any(order_id == partial.order_id for order_id, _ in goods)  # nothing of it was picked

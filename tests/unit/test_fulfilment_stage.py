@@ -96,6 +96,7 @@ def run(inbox: Inbox, snapshot_at: int | None = None) -> dict[str, list]:
         TOPICS.inventory_commands: ShortPick,
         TOPICS.order_inbox: LineShort,
         TOPICS.picked_shipments: ShipmentPicked,
+        TOPICS.shipping_inbox: ShipmentPicked,
         "t.dead-letters": DeadLetter,
     }
     found: dict[str, list] = {t: [] for t in kinds}

@@ -383,6 +383,7 @@ def test_random_command_streams_keep_the_invariants(ops: list[tuple]) -> None:
     seqs = {"loader": 0, "coord.o0": 0, "coord.r0": 0, "ship.0": 0, "pick.0": 0}
     unique_received: dict[str, int] = {}
     issued = 0
+    late_issues: dict[str, int] = {}
     reserve_effects: dict[str, int] = {}
     close_effects: dict[str, int] = {}
 
@@ -420,8 +421,10 @@ def test_random_command_streams_keep_the_invariants(ops: list[tuple]) -> None:
             issued += -ev.d_on_hand if ev.kind in (CommandKind.ISSUE, CommandKind.SHORT) else 0
             if ev.kind is CommandKind.RESERVE:
                 reserve_effects[ev.line_id] = reserve_effects.get(ev.line_id, 0) + 1
-            if ev.kind in (CommandKind.RELEASE, CommandKind.ISSUE):
+            if ev.kind is CommandKind.RELEASE or (ev.kind is CommandKind.ISSUE and ev.d_reserved):
                 close_effects[ev.line_id] = close_effects.get(ev.line_id, 0) + 1
+            elif ev.kind is CommandKind.ISSUE:  # the goods of a released line left (too late to stop them)
+                late_issues[ev.line_id] = late_issues.get(ev.line_id, 0) + 1
     # I2: conservation against the unique commands
     assert sum(v.on_hand for v in stock.levels.values()) == sum(unique_received.values()) - issued
     # reserved equals what the open reservations hold
@@ -430,3 +433,22 @@ def test_random_command_streams_keep_the_invariants(ops: list[tuple]) -> None:
     # I3: each line reserved at most once, released or issued at most once
     assert all(n == 1 for n in reserve_effects.values())
     assert all(n == 1 for n in close_effects.values())
+    assert all(n == 1 and close_effects.get(line) == 1 for line, n in late_issues.items())  # once, after release
+
+
+def test_an_issue_after_the_line_was_released_takes_the_goods_off_the_count_once_never_below_reserved() -> None:
+    """A cancellation that came too late to stop the parcel (拦截失败): the goods left, so on-hand follows."""
+    stock = run(empty(), None, receive("WH-A", 3, 1)).stock
+    first = run(stock, None, reserve("o1#1", 2, 1))
+    gone = run(first.stock, first.line, release("o1#1", 1))
+    shipped = run(gone.stock, gone.line, issue("o1#1", 1))
+    assert shipped.note == "issue_after_release" and levels(shipped.stock) == {"WH-A": [1, 0]}
+    (event,) = shipped.events
+    assert (event.kind, event.d_on_hand, event.d_reserved) == (CommandKind.ISSUE, -2, 0)
+    assert shipped.line.state is LineState.ISSUED
+    assert run(shipped.stock, shipped.line, issue("o1#1", 2)).refused[0] is ReasonCode.NOT_RESERVED  # once
+    other = run(gone.stock, None, reserve("o2#1", 3, 2))
+    refused = run(other.stock, gone.line, issue("o1#1", 1))
+    assert refused.refused[0] is ReasonCode.WOULD_OVERSELL and not refused.events
+    never = run(stock, None, release("o3#1", 1))  # released before any reserve: nothing was picked
+    assert run(stock, never.line, issue("o3#1", 2)).refused[0] is ReasonCode.NOT_RESERVED

@@ -523,6 +523,7 @@ def test_a_short_line_is_re_reserved_away_from_the_warehouse_it_came_up_short_in
     placed = answer(step.order, 2, line_id="jd-s1-1#2/r", warehouse="WH-B", quantity=1)
     parcel, outcome = placed.outputs
     assert isinstance(parcel, ParcelAccepted) and parcel.reallocated and parcel.warehouse == "WH-B"
+    assert parcel.receiver == order().receiver
     assert [(ln.line_id, ln.quantity) for ln in parcel.lines] == [("jd-s1-1#2/r", 1)]
     assert parcel.reply_to == state.inbox_key and parcel.merge_key == state.ship_group
     assert isinstance(outcome, ShortPickOutcome)

@@ -205,3 +205,54 @@ def test_a_second_copy_a_shipment_with_nothing_picked_and_one_without_a_receiver
         "no_carrier",
         "WH-SH: the warehouse has no carrier",
     )
+
+
+# -- the carrier gateway's answers over the simulated carrier -------------------------------------------------
+class MemoryRedis:
+    """The few Redis calls the simulated carrier makes, in memory (its state is Redis's in the pipeline)."""
+
+    def __init__(self) -> None:
+        self.counters: dict[str, int] = {}
+        self.hashes: dict[str, dict[str, bytes]] = {}
+
+    def incr(self, key: str) -> int:
+        self.counters[key] = self.counters.get(key, 0) + 1
+        return self.counters[key]
+
+    def hget(self, key: str, field: str) -> bytes | None:
+        return self.hashes.get(key, {}).get(field)
+
+    def hsetnx(self, key: str, field: str, value: object) -> bool:
+        found = self.hashes.setdefault(key, {})
+        if field in found:
+            return False
+        found[field] = str(value).encode()
+        return True
+
+
+def test_the_gateway_answers_each_request_once_and_a_parcel_asked_again_keeps_its_number() -> None:
+    from agents.shipping.gateway import LocalCarrier, answer_all
+
+    step = on_picked(
+        None,
+        picked(*[(f"o{n}", f"o{n}#1", "HEAVY", 3, 3) for n in range(1, 5)]),
+        POLICY,
+        ["sf", "zto"],
+        1_000,
+    )
+    wanted = of(step, WaybillWanted)  # 4 orders x 3 heavy units (18 kg): 4 parcels
+    assert len(wanted) == 4
+    carrier = LocalCarrier(MemoryRedis(), "t", timeout_every=2, fail_every=3, max_batch=3)
+    first = answer_all(carrier, wanted)  # call 1: parcels 1-3 numbered; call 2: parcel 4 numbered, answer lost
+    assert [(a.request_id, a.error) for a in first] == [
+        ("SH-1/1#1", None),
+        ("SH-1/2#1", None),
+        ("SH-1/3#1", None),
+        ("SH-1/4#1", "timeout"),
+    ]
+    again = answer_all(carrier, wanted[3:])  # call 3: refused as a whole
+    assert [a.error for a in again] == ["unavailable"]
+    assert answer_all(carrier, wanted[3:])[0].error == "timeout"  # call 4: lost again
+    last = answer_all(carrier, wanted[3:])  # call 5: the number issued in call 2, not a new one
+    numbers = [a.waybill for a in first[:3]] + [last[0].waybill]
+    assert numbers == [f"ZTO001{n:09d}" for n in range(4)]
