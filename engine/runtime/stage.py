@@ -32,6 +32,7 @@ import msgspec
 from faust.types import TP, EventT, StreamT
 
 from engine.app import context, request_rejoin
+from engine.kafka.clients import holds_records
 from engine.kafka.transactions import Aborted, Fenced, TxnProducer, transactional_id
 from engine.runtime.admission import Cursor, Verdict, judge
 from engine.runtime.faults import Fault
@@ -126,6 +127,7 @@ class Stage:
         self._executor = ThreadPoolExecutor(max_workers=max(2, self.partitions), thread_name_prefix=f"{self.name}-txn")
         self._progress: dict[TP, tuple[int, float]] = {}
         self._rereads: dict[TP, int] = {}  # re-reads of a stuck partition since it last moved
+        self._empty_tail: dict[TP, tuple[int, int]] = {}  # (position, stable end) with nothing committed between
         self._registered = False
         app.tables.before_recovery.append(self._on_assignment)  # type: ignore[attr-defined]
         app.on_partitions_revoked.connect(self._on_revoked)
@@ -439,7 +441,8 @@ class Stage:
     async def _watch_progress(self, stall_s: float = 30.0) -> None:
         """A partition with records beyond the position that has not moved for ``stall_s`` is read again from
         the position (aiokafka has been seen to stop fetching a partition after a rebalance). A re-read that
-        was not needed costs nothing: the records the state covers are skipped."""
+        was not needed costs nothing: the records the state covers are skipped. Offsets beyond the position that
+        hold only markers and aborted records (a crashed writer's tail) are looked at once, and are not a stall."""
         if self.app.in_recovery or not self.app.tables.recovery.completed.is_set():
             return
         consumer = self.app.consumer
@@ -467,6 +470,14 @@ class Stage:
             if offset != position or tp not in self._progress:
                 self._progress[tp] = (position, now)
                 self._rereads.pop(tp, None)
+                continue
+            if now - since >= stall_s and self._empty_tail.get(tp) == (position, stable):
+                continue  # known: only markers and aborted records lie beyond the position
+            if now - since >= stall_s and not await asyncio.to_thread(
+                holds_records, self.ctx.settings.bootstrap, tp.topic, tp.partition, position, stable
+            ):
+                self._empty_tail[tp] = (position, stable)  # an aborted transaction's tail: nothing is late
+                self._progress[tp] = (position, now)
                 continue
             if now - since >= stall_s and self._rereads.get(tp, 0) >= MAX_REREADS:
                 # Reading again did not help: the consumer keeps this partition's records from the stage (seen
