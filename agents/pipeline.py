@@ -11,7 +11,14 @@ HTTP API, webhooks ───────────┴─► order inbox ─►
                                        │            shipping inbox ─► shipping (pack, carriers, waybills) ─► shipped,
                                        │             ▲ waybill answers        │ waybill requests          goods issued
                                        │             └── carrier gateway ◄────┘ (+ issue commands to the inventory)
-                                       └──────────────────── line results ◄─────────────────────────┘
+                                       ├──────────────────── line results ◄─────────────────────────┘
+                                       │  waybills ─► tracking inbox ◄── carrier events (topic, webhook)
+                                       │                   │ tracking (per waybill) ─► tracking updates
+                                       │                   ▼
+     approved orders, pickups, ────────┴─► aftersales inbox ─► aftersales (per order) ─► write-back outbox ─►
+     channel returns                    ▲  goods issued, returns, pickup claims (API)    channel gateway ─┐
+                                        │                    notifications, order progress, returns settled
+                                        └──────────────── write-back results ◄──────────────────────────┘
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ from __future__ import annotations
 import faust
 import redis
 
+from agents.aftersales import agent as aftersales
+from agents.aftersales import views as aftersales_views
+from agents.aftersales.gateway import ChannelGateway, LocalChannel
 from agents.fulfilment import agent as fulfilment
 from agents.fulfilment import views as fulfilment_views
 from agents.ingest import agent as ingest
@@ -29,6 +39,8 @@ from agents.orders import views as order_views
 from agents.orders.registry import Registry
 from agents.shipping import agent as shipping
 from agents.shipping.gateway import CarrierGateway, LocalCarrier
+from agents.tracking import agent as tracking
+from agents.tracking import views as tracking_views
 from engine.app import context
 from engine.app import create_app as create_base_app
 from engine.http.edge import Edge
@@ -66,15 +78,26 @@ def create_app(settings: Settings, worker_index: int = 0, topic_epochs: dict[str
         settings.carrier_fail_every,
         settings.carrier_timeout_every,
     )
-    gateway = CarrierGateway(settings, topics, carrier)
+    tracking.install(app)
+    tracking_views.install(app, edge)
+    aftersales.install(app)
+    aftersales_views.install(app, edge)
+    gateways = [
+        CarrierGateway(settings, topics, carrier),
+        ChannelGateway(
+            settings, topics, LocalChannel(carrier.client, settings.topic_prefix, settings.writeback_fail_every)
+        ),
+    ]
 
     @app.task
-    async def start_gateway() -> None:
-        """The carrier gateway runs beside the agents (its own thread and consumer group)."""
-        gateway.start()
+    async def start_gateways() -> None:
+        """The carrier and channel gateways run beside the agents (their own threads and consumer groups)."""
+        for gateway in gateways:
+            gateway.start()
 
     @app.on_before_shutdown.connect
-    async def stop_gateway(app: faust.App, **_: object) -> None:
-        gateway.stopping.set()
+    async def stop_gateways(app: faust.App, **_: object) -> None:
+        for gateway in gateways:
+            gateway.stopping.set()
 
     return app

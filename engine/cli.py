@@ -78,6 +78,23 @@ def cmd_rules(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_labels(args: argparse.Namespace) -> int:
+    from agents.shipping.labels import print_labels
+    from engine.topics import Topics
+
+    settings = _settings()
+    wanted = set(args.shipment) if args.shipment else None
+    written = print_labels(settings.bootstrap, Topics(settings.topic_prefix), Path(args.out), wanted, args.limit)
+    for path in written:
+        print(path)
+    if not written:
+        print(
+            "oms labels: no shipped shipment found (is the engine's Kafka running, the prefix right?)", file=sys.stderr
+        )
+        return 1
+    return 0
+
+
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--orders", type=int, default=20_000, help="orders in the generated day (default 20000)")
     p.add_argument("--seed", type=int, default=11, help="workload seed: same seed, same day")
@@ -134,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("dir")
     ex.set_defaults(func=cmd_schemas)
 
+    lb = sub.add_parser("labels", help="print shipping labels (PDF, one per parcel) of shipped shipments")
+    lb.add_argument("shipment", nargs="*", help="shipment ids (default: the first --limit shipped)")
+    lb.add_argument("--out", default="labels", help="directory for <shipment>/<parcel>.pdf (default ./labels)")
+    lb.add_argument("--limit", type=int, default=100, help="at most this many shipments without ids (default 100)")
+    lb.set_defaults(func=cmd_labels)
     c = sub.add_parser("config", help="print the configuration table (environment variables)")
     c.set_defaults(func=cmd_config)
 

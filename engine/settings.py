@@ -71,6 +71,28 @@ class Settings:
         "resolution of merge windows and wave timers.",
         1.0,
     )
+    aftersales_tick_s: float = setting(
+        "OMS_AFTERSALES_TICK_S",
+        "How often each aftersales partition gets a tick record: the resolution of store pickup deadlines.",
+        5.0,
+    )
+    pickup_hold_s: int = setting(
+        "OMS_PICKUP_HOLD_S",
+        "A store pickup (门店自提) not claimed this long (record time) after it is ready is cancelled and its "
+        "stock released.",
+        3 * 86400,
+    )
+    pickup_secret: str = setting(
+        "OMS_PICKUP_SECRET",
+        "The key pickup codes are derived from (a keyed digest of the order): set your own in production; "
+        "changing it changes the codes of pickups already announced.",
+        "oms-local-pickup-secret",
+    )
+    writeback_fail_every: int = setting(
+        "OMS_WRITEBACK_FAIL_EVERY",
+        "The simulated platforms (main job, tests) refuse every n-th write-back call; 0: never.",
+        0,
+    )
     recovery_stall_s: float = setting(
         "OMS_RECOVERY_STALL_S",
         "A worker whose table recovery has made no progress for this many seconds exits, so that its supervisor "
@@ -211,6 +233,9 @@ class Settings:
         need(self.replication_factor >= 1, "OMS_REPLICATION_FACTOR", "must be at least 1")
         need(self.saga_stuck_s > 0, "OMS_SAGA_STUCK_S", "must be positive")
         need(self.order_retention_s >= 60, "OMS_ORDER_RETENTION_S", "must be at least 60 seconds")
+        need(self.pickup_hold_s >= 1, "OMS_PICKUP_HOLD_S", "must be at least 1 second")
+        need(self.aftersales_tick_s > 0, "OMS_AFTERSALES_TICK_S", "must be positive")
+        need(len(self.pickup_secret) >= 8, "OMS_PICKUP_SECRET", "must be at least 8 characters")
         need(self.line_retention_s >= 60, "OMS_LINE_RETENTION_S", "must be at least 60 seconds")
         need(self.transaction_timeout_s >= 5, "OMS_TRANSACTION_TIMEOUT_S", "must be at least 5 seconds")
         need(self.batch_max >= 1, "OMS_BATCH_MAX", "must be at least 1")

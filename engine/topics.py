@@ -9,6 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas.aftersales import (
+    AftersalesRecord,
+    CustomerNotification,
+    OrderProgress,
+    ReturnSettled,
+    TrackingRecord,
+    WriteBackRequest,
+)
 from schemas.deadletter import DeadLetter
 from schemas.fulfilment import (
     FulfilmentRecord,
@@ -27,7 +35,14 @@ from schemas.inventory import InventoryCommand, StockEvent
 from schemas.order import Channel
 from schemas.review import OrderCancellation, ReviewDecision, RuleSet
 from schemas.saga import OrderDecision
-from schemas.shipping import GoodsIssued, ShipmentFailed, ShipmentShipped, ShippingRecord, WaybillWanted
+from schemas.shipping import (
+    GoodsIssued,
+    ShipmentFailed,
+    ShipmentShipped,
+    ShippingRecord,
+    TrackingUpdate,
+    WaybillWanted,
+)
 
 
 @dataclass(frozen=True)
@@ -258,6 +273,73 @@ SPECS: tuple[TopicSpec, ...] = (
         "Goods that left a warehouse per order and shipment (销售出库): what finance books revenue and cost on.",
     ),
     _spec(
+        "tracking_inbox",
+        "tracking-inbox",
+        "tenant:waybill",
+        TrackingRecord,
+        "tracking-inbox.v1",
+        True,
+        "Everything about one waybill, in one order: its registration by shipping (which orders it carries) and "
+        "carriers' tracking events (物流轨迹). Carrier integrations write their events here; so does the webhook.",
+    ),
+    _spec(
+        "tracking_updates",
+        "tracking-updates",
+        "tenant:waybill",
+        TrackingUpdate,
+        "tracking-update.v1",
+        True,
+        "A waybill's tracking state changed (progress, exception, recovered, delivered or returned); never backwards.",
+    ),
+    _spec(
+        "aftersales_inbox",
+        "aftersales-inbox",
+        "tenant:order_id",
+        AftersalesRecord,
+        "aftersales-inbox.v1",
+        True,
+        "Everything that happens to an accepted order, in one order: its approval snapshot, goods issued, tracking, "
+        "write-back answers, return requests and receipts, store pickups and claims, and ticks (record time).",
+    ),
+    _spec(
+        "writebacks",
+        "channel-writebacks",
+        "tenant:order_id",
+        WriteBackRequest,
+        "writeback-request.v1",
+        True,
+        "The write-back outbox (回传物流): one request per attempt in the platform's own shape, with an idempotency "
+        "key shared by every attempt; the channel gateway sends them.",
+    ),
+    _spec(
+        "notifications",
+        "notifications",
+        "tenant:order_id",
+        CustomerNotification,
+        "customer-notification.v1",
+        True,
+        "What customers are told (shipped, delivered, pickup code, picked up, pickup expired, refunded); phone masked.",
+    ),
+    _spec(
+        "order_progress",
+        "order-progress",
+        "tenant:order_id",
+        OrderProgress,
+        "order-progress.v1",
+        True,
+        "Where each accepted order stands: shipped (partial or complete), delivered, exception, written back (or "
+        "failed), returns requested and received, pickup ready, picked up, expired.",
+    ),
+    _spec(
+        "returns",
+        "returns-settled",
+        "tenant:order_id",
+        ReturnSettled,
+        "return-settled.v1",
+        True,
+        "Received returns (退货入库) per line: units, sellable or quarantined, and the refund: what finance reverses.",
+    ),
+    _spec(
         "dead_letters",
         "dead-letters",
         "original key",
@@ -304,6 +386,13 @@ class Topics:
     shipped: str
     shipping_failures: str
     goods_issued: str
+    tracking_inbox: str
+    tracking_updates: str
+    aftersales_inbox: str
+    writebacks: str
+    notifications: str
+    order_progress: str
+    returns: str
     dead_letters: str
 
     def all(self) -> list[str]:

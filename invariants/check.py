@@ -29,12 +29,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.kafka.clients import partition_for
+from invariants.aftersales import check_aftersales, expected_returns, handed_over
 from invariants.collect import Outputs
 from invariants.fulfilment import check_fulfilment
 from invariants.inputs import Inputs, SentOrder
 from invariants.picking import Truth, check_picking, root_line
 from invariants.shipping import check_shipping, shipped_lines
 from schemas import wire
+from schemas.aftersales import AftersalesRecord
 from schemas.deadletter import DeadLetter, ReasonCode
 from schemas.inbox import InboxRecord, OrderSnapshot
 from schemas.inventory import Adjust, CommandKind, InventoryCommand, Receive, Return, StockEvent
@@ -82,8 +84,18 @@ def check(inputs: Inputs, out: Outputs, partitions: int | None = None) -> Verdic
     _dead_letters(inputs, out, v, partitions, inputs.forgotten_before())
     check_fulfilment(inputs, out, v, truth, applied)
     check_picking(inputs, out, truth, applied, v)
-    check_shipping(out, truth, applied, v)
+    decided = _first_decisions(out)
+    handed = set(handed_over(inputs, decided))
+    check_shipping(out, truth, applied, v, handed)
+    check_aftersales(inputs, out, applied, decided, v)
     return v
+
+
+def _first_decisions(out: Outputs) -> dict[str, OrderDecision]:
+    decisions: dict[str, OrderDecision] = {}
+    for d in out.decisions:
+        decisions.setdefault(d.key, d)
+    return decisions
 
 
 # -- stock ---------------------------------------------------------------------------------------------------
@@ -178,9 +190,13 @@ def _stock_inputs(inputs: Inputs, out: Outputs, applied: dict[str, StockEvent], 
             v.fail("I2", f"{cmd.command_id} was sent and never took effect")
         delta = cmd.delta if isinstance(cmd, Adjust) else cmd.quantity
         expected[(cmd.tenant, cmd.sku, cmd.warehouse)] += delta
+    returns = expected_returns(inputs)  # received returns: their units come back (A3 checks each)
     for ev in applied.values():
         if ev.kind in (CommandKind.ISSUE, CommandKind.SHORT):
             expected[(ev.tenant, ev.sku, ev.warehouse)] += ev.d_on_hand
+        elif ev.kind is CommandKind.RETURN and ev.event_id in returns and ev.event_id not in seen:
+            tenant, sku, where, units = returns[ev.event_id]
+            expected[(tenant, sku, where)] += units
         elif ev.kind in (CommandKind.RECEIVE, CommandKind.RETURN, CommandKind.ADJUST) and ev.event_id not in seen:
             v.fail("I2", f"{ev.event_id} changed on-hand but nobody sent it")
     final = v.counts.get("final_levels", {})
@@ -270,6 +286,8 @@ def _orders(
             by_order[f"{tenant}:{e.order_id}"].append(e)
     forgotten_before = inputs.forgotten_before()
     shipped = shipped_lines(out)  # issued: they hold nothing any more (S3 checks them against the pickers)
+    for ref, (_, units) in handed_over(inputs, _first_decisions(out)).items():  # handed over in a store (A4)
+        shipped[ref] = units
     forgotten = set()  # orders whose snapshot the engine dead-lettered as forgotten
     for letter in out.dead_letters:
         if letter.reason is ReasonCode.FORGOTTEN_ORDER:
@@ -466,6 +484,12 @@ def _justified(
         if key is not None and partitions and partition_for(key, partitions) != letter.source_partition:
             return None
         return "says misrouted, but the record is on its key's partition"
+    with contextlib.suppress(wire.WireError):
+        request = wire.decode(raw, AftersalesRecord)
+        ref = (type(request).__struct_config__.tag, getattr(request, "order_id", ""))
+        if inputs.refused_requests.get(ref) is letter.reason:
+            return None
+        return f"holds a valid {type(request).__name__} of {ref[1]} that nobody meant to be refused"
     for typ in (InventoryCommand, InboxRecord):
         try:
             record = wire.decode(raw, typ)

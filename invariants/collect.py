@@ -10,6 +10,7 @@ from typing import Any
 from engine.kafka.clients import read_topics
 from engine.topics import Topics
 from schemas import wire
+from schemas.aftersales import CustomerNotification, OrderProgress, ReturnSettled, WriteBackRequest
 from schemas.deadletter import DeadLetter
 from schemas.fulfilment import (
     OrderAllocation,
@@ -24,7 +25,14 @@ from schemas.fulfilment import (
 from schemas.inventory import InventoryCommand, StockEvent
 from schemas.review import OrderCancellation, ReviewDecision
 from schemas.saga import OrderDecision
-from schemas.shipping import GoodsIssued, ShipmentFailed, ShipmentShipped, ShippingRecord, WaybillAnswer
+from schemas.shipping import (
+    GoodsIssued,
+    ShipmentFailed,
+    ShipmentShipped,
+    ShippingRecord,
+    TrackingUpdate,
+    WaybillAnswer,
+)
 
 
 @dataclass
@@ -48,6 +56,11 @@ class Outputs:
     shipping_failures: list[ShipmentFailed] = field(default_factory=list)
     goods_issued: list[GoodsIssued] = field(default_factory=list)
     waybill_answers: list[WaybillAnswer] = field(default_factory=list)  # the carrier's word, from the shipping inbox
+    tracking_updates: list[TrackingUpdate] = field(default_factory=list)
+    order_progress: list[OrderProgress] = field(default_factory=list)
+    writebacks: list[WriteBackRequest] = field(default_factory=list)
+    notifications: list[CustomerNotification] = field(default_factory=list)
+    returns_settled: list[ReturnSettled] = field(default_factory=list)
     undecodable: Counter = field(default_factory=Counter)  # result topic -> records that fail their schema
 
 
@@ -72,6 +85,11 @@ def collect(bootstrap: str, topics: Topics, timeout_s: float = 120.0) -> Outputs
         topics.shipping_failures: (ShipmentFailed, out.shipping_failures),
         topics.goods_issued: (GoodsIssued, out.goods_issued),
         topics.shipping_inbox: (ShippingRecord, out.waybill_answers),
+        topics.tracking_updates: (TrackingUpdate, out.tracking_updates),
+        topics.order_progress: (OrderProgress, out.order_progress),
+        topics.writebacks: (WriteBackRequest, out.writebacks),
+        topics.notifications: (CustomerNotification, out.notifications),
+        topics.returns: (ReturnSettled, out.returns_settled),
     }
     for msg in read_topics(bootstrap, list(sinks), timeout_s=timeout_s):
         typ, sink = sinks[msg.topic]

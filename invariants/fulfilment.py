@@ -127,7 +127,10 @@ def check_fulfilment(
         (c.tenant, line) for c in out.cancellations for line in (c.line_ids or accepted.get((c.tenant, c.order_id), {}))
     }
     if inputs.fulfilment_complete:
-        for (tenant, _order_id), lines in accepted.items():
+        for (tenant, order_id), lines in accepted.items():
+            order = sent.get((tenant, order_id))
+            if order is not None and order.latest().delivery != "ship":
+                continue  # handed over in a store, not shipped (A4)
             for line_id, line in lines.items():
                 ref = (tenant, line_id)
                 if ref in cancelled_lines:

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from schemas.aftersales import ReturnReceived
 from schemas.deadletter import ReasonCode
 from schemas.fulfilment import PickConfirmation
 from schemas.inventory import InventoryCommand
 from schemas.order import LineState, Order, OrderStatus, line_id
 from schemas.review import OperatorActionKind
+from schemas.shipping import CarrierEvent
 
 CLOSED_LINE = (LineState.REFUNDING, LineState.CANCELLED)
 
@@ -87,6 +89,19 @@ class Inputs:
     #: the engine's order retention (OMS_ORDER_RETENTION_S, in ms): a snapshot of an order created longer than this
     #: before the latest channel time sent may be dead-lettered as forgotten instead of decided
     order_retention_ms: int | None = None
+    #: carriers' tracking events sent (topic or webhook), duplicates and all: where each parcel really is
+    carrier_events: list[CarrierEvent] = field(default_factory=list)
+    #: return receipts sent that must take effect (their request was sent and covers them)
+    return_receipts: list[ReturnReceived] = field(default_factory=list)
+    #: pickup orders (keys) whose buyer came with the right code before the deadline
+    pickup_claims: set[str] = field(default_factory=set)
+    #: every pickup deadline has passed: an unclaimed pickup must have been cancelled by now
+    pickups_due: bool = False
+    #: aftersales has settled: every write-back was answered for good (acknowledged, or failed for good)
+    aftersales_settled: bool = False
+    #: (record kind, order id) → the reason an aftersales request sent must be refused for (a return asking too
+    #: much, a pickup claim with a wrong code)
+    refused_requests: dict[tuple[str, str], ReasonCode] = field(default_factory=dict)
 
     def forgotten_before(self) -> int | None:
         """Orders created at or before this time may have been forgotten by the engine (the retention before the

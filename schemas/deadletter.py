@@ -29,6 +29,8 @@ class ReasonCode(enum.StrEnum):
     FORGOTTEN_ORDER = "forgotten_order"
     MISSING_RECEIVER = "missing_receiver"  # a picked shipment with no receiver: nothing to address it to
     NO_CARRIER = "no_carrier"  # a picked shipment from a warehouse with no carrier in the layout
+    RETURN_INVALID = "return_invalid"  # a return asks back more than shipped, or a receipt without its request
+    PICKUP_REFUSED = "pickup_refused"  # a pickup claim with a wrong code, at the wrong store, or after expiry
     PROCESSING_ERROR = "processing_error"  # a bug: the record is parked instead of stalling the partition
 
 
@@ -56,3 +58,31 @@ class DeadLetter(Record, kw_only=True):
 
 def dead_letter_id(topic: str, partition: int, offset: int) -> str:
     return f"dlq.{topic.replace(':', '_')}.{partition}.{offset}"
+
+
+def dead_letter(
+    stage: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    reason: ReasonCode,
+    detail: str,
+    ts: int,
+    tenant: str | None = None,
+) -> DeadLetter:
+    """A dead letter for one input record: why, where it came from, and its original bytes."""
+    return DeadLetter(
+        dead_letter_id=dead_letter_id(topic, partition, offset),
+        reason=reason,
+        detail=detail[:2000],
+        stage=stage,
+        source_topic=topic,
+        source_partition=partition,
+        source_offset=offset,
+        key_b64=None if key is None else base64.b64encode(key).decode(),
+        value_b64=base64.b64encode(value or b"").decode(),
+        tenant=tenant,
+        ts=max(0, ts),
+    )

@@ -20,7 +20,7 @@ Count = Annotated[int, Meta(ge=1, le=100_000)]
 #: "province" or "province/city", as in the receiver address (e.g. "浙江省" or "浙江省/杭州市").
 RegionName = Annotated[str, Meta(min_length=1, max_length=120)]
 
-AllocationStrategy = Literal["region", "fewest-parcels", "stock-first"]
+AllocationStrategy = Literal["region", "fewest-parcels", "stock-first", "ship-from-store"]
 WaveGrouping = Literal["carrier", "shape", "zone"]
 PathStrategy = Literal["s-shape", "largest-gap", "combined", "optimal"]
 DEFAULT_MERGE_WINDOW_S = 600

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
@@ -79,6 +79,10 @@ class LineState(enum.StrEnum):
     CANCELLED = "cancelled"  # refunded / removed before shipment
 
 
+#: How an order reaches its buyer: shipped by a carrier, picked up in a store (门店自提) or sold at its counter (POS).
+Delivery = Literal["ship", "pickup", "counter"]
+
+
 class OrderLine(Record, kw_only=True):
     line_no: LineNo
     sku: Ident
@@ -112,6 +116,8 @@ class Order(Record, kw_only=True):
     seller_memo: Text = ""
     version: Annotated[int, Meta(ge=0)] = 0  # the channel's modification time (ms): later supersedes earlier
     risk_flags: Annotated[list[Ident], Meta(max_length=20)] = msgspec.field(default_factory=list)
+    delivery: Delivery = "ship"
+    pickup_store: Ident | None = None  # the store that hands it over (pickup, counter): its stock is reserved
 
     @property
     def key(self) -> str:
@@ -157,6 +163,8 @@ def validate_order(order: Order) -> list[str]:
     numbers = [line.line_no for line in order.lines]
     if len(set(numbers)) != len(numbers):
         problems.append("duplicate line_no")
+    if order.delivery != "ship" and not order.pickup_store:
+        problems.append(f"delivery {order.delivery!r} needs a pickup_store")
     return problems
 
 

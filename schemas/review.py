@@ -152,6 +152,7 @@ class ReviewDecision(Record, kw_only=True):
 class OperatorActionKind(enum.StrEnum):
     RELEASE = "release"
     REJECT = "reject"
+    CANCEL = "cancel"  # an accepted order is called off before it leaves (an unclaimed store pickup)
 
 
 class CancellationKind(enum.StrEnum):

@@ -1,7 +1,7 @@
 """Shipping records (发货): carrier choice rules, carrier tracking events and the tracking state they build.
 
 Carrier tracking arrives from carriers (a topic, a webhook) keyed by waybill, late and duplicated as carriers do;
-the state per waybill only ever moves forward (agents.shipping.tracking). Money is integer fen, weights grams.
+the state per waybill only ever moves forward (agents.tracking.core). Money is integer fen, weights grams.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ class ShipmentFailed(Record, kw_only=True):
         return f"{self.tenant}:{self.shipment_id}"
 
 
-class GoodsIssued(Record, kw_only=True):
+class GoodsIssued(Record, tag="goods_issued", tag_field="kind", kw_only=True):
     """Goods left a warehouse for one order (销售出库), what finance books revenue and cost on: the order's lines
     in the shipment and the units issued. Key: ``tenant:order_id``."""
 
@@ -178,7 +178,8 @@ class GoodsIssued(Record, kw_only=True):
     shipment_id: Ident
     warehouse: Ident
     lines: list[PackedLine]
-    waybills: list[Ident]
+    waybills: list[Ident]  # empty: handed over in a store (自提, counter sale)
+    carriers: dict[str, Ident] = msgspec.field(default_factory=dict)  # waybill -> carrier
     ts: EpochMs
 
     @property

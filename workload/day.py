@@ -301,8 +301,16 @@ CARRIER_FAIL_EVERY = 97
 
 
 def engine_inputs(topics: Topics) -> list[str]:
-    """Every topic an engine stage consumes (for the idle check; the fulfilment inbox has ticks, never idle)."""
-    return [*topics.raw.values(), topics.order_inbox, topics.inventory_commands, topics.shipping_inbox]
+    """Every topic an engine stage consumes (for the idle check; the fulfilment inbox has ticks every second,
+    never idle; the aftersales inbox's are seconds apart, so it has quiet moments)."""
+    return [
+        *topics.raw.values(),
+        topics.order_inbox,
+        topics.inventory_commands,
+        topics.shipping_inbox,
+        topics.tracking_inbox,
+        topics.aftersales_inbox,
+    ]
 
 
 class DayMonitor(threading.Thread):
@@ -449,8 +457,9 @@ def wait_idle(settings: Settings, inputs: list[str], pool: WorkerPool | None = N
         if pool is not None:
             pool.supervise()
         left = unprocessed(settings.bootstrap, settings.app_id, inputs)
-        if Topics(settings.topic_prefix).shipping_inbox in inputs:  # then waybills asked for are answered too
-            left |= unprocessed(settings.bootstrap, f"{settings.app_id}-carrier-gateway", [gateway_topic(settings)])
+        for inbox, gateway, requests in gateways(Topics(settings.topic_prefix)):
+            if inbox in inputs:  # then what its stage asked of the gateway is answered too
+                left |= unprocessed(settings.bootstrap, f"{settings.app_id}-{gateway}", [requests])
         if not left:
             quiet_since = quiet_since or time.monotonic()
             if time.monotonic() - quiet_since >= 2 * settings.commit_interval_s:
@@ -461,8 +470,12 @@ def wait_idle(settings: Settings, inputs: list[str], pool: WorkerPool | None = N
     raise RunFailed(f"engine still has unprocessed input after {timeout_s:.0f}s: {left}")
 
 
-def gateway_topic(settings: Settings) -> str:
-    return Topics(settings.topic_prefix).waybill_requests
+def gateways(topics: Topics) -> list[tuple[str, str, str]]:
+    """(the inbox its answers go to, the gateway's name, the topic of its requests) of each gateway."""
+    return [
+        (topics.shipping_inbox, "carrier-gateway", topics.waybill_requests),
+        (topics.aftersales_inbox, "channel-gateway", topics.writebacks),
+    ]
 
 
 def stuck_sagas(pool: WorkerPool) -> int:

@@ -21,16 +21,16 @@ waves at the same points.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 
 import faust
 
 from agents.fulfilment import merge, picking, waves
 from engine.app import context
-from engine.kafka.clients import Sender, partition_for
+from engine.kafka.clients import partition_for
 from engine.runtime.stage import Stage
 from engine.runtime.stamp import Stamp
+from engine.runtime.ticks import install_ticks
 from engine.runtime.work import Input, Logic, PartitionWork
 from engine.topics import Topics
 from schemas import wire
@@ -464,23 +464,6 @@ def install(app: faust.App) -> Stage:
         ctx.topic_epochs.get(ctx.topics.fulfilment_inbox, ""),
     )
     stage = Stage(app, logic)
-    sender: list[Sender] = []
-
-    @app.timer(settings.fulfilment_tick_s)
-    async def tick() -> None:
-        """Record time for the partitions this worker writes: merge windows and wave timers move on it."""
-        owned = stage.owned()
-        if not owned:
-            return
-        if not sender:
-            sender.append(Sender(settings.bootstrap))
-        value = wire.encode(Tick(ts=_now_ms()))
-        for p in sorted(owned):
-            sender[0].send(ctx.topics.fulfilment_inbox, None, value, partition=p)
-        sender[0].poll()  # a lost tick costs nothing: the next one carries a later time
-
+    # Record time for the partitions this worker writes: merge windows and wave timers move on it.
+    install_ticks(app, stage, ctx.topics.fulfilment_inbox, settings.fulfilment_tick_s, settings.bootstrap)
     return stage
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)  # a tick's time is wall time once, when it is written; then it is a record

@@ -71,6 +71,16 @@ def candidates(layout: Layout, shop_id: str, receiver: Address) -> list[str]:
     if override:
         return [w for w in override if w in by_id]  # the shop's own order is the ranking
     order = {w: i for i, w in enumerate(policy.warehouse_order)}
+    if policy.strategy == "ship-from-store":  # 门店发货: a store in the receiver's city first, then as usual
+        return sorted(
+            by_id,
+            key=lambda w: (
+                not (by_id[w].kind == "store" and region_rank(by_id[w], receiver) == 0),
+                region_rank(by_id[w], receiver),
+                order.get(w, len(order)),
+                w,
+            ),
+        )
     return sorted(
         by_id,
         key=lambda w: (region_rank(by_id[w], receiver), order.get(w, len(order)), w),

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from schemas.aftersales import is_quarantine
 from schemas.deadletter import ReasonCode
 from schemas.inventory import (
     Adjust,
@@ -125,11 +126,13 @@ def choose_warehouse(
 ) -> str | None:
     """分仓 for a single line: the first preferred warehouse that can serve the whole quantity, or, with no
     preference, the one with the most available stock (ties broken by name so the choice is deterministic).
-    ``exclude``d warehouses are never chosen (a line re-reserved after a short pick there)."""
+    ``exclude``d warehouses are never chosen (a line re-reserved after a short pick there), and neither is a
+    quarantine location (damaged returns: counted, never sold)."""
     if preferred:
-        candidates = [wh for wh in preferred if wh in stock.levels]
+        candidates = [wh for wh in preferred if wh in stock.levels and not is_quarantine(wh)]
     else:
-        candidates = sorted(stock.levels, key=lambda wh: (-stock.available(wh), wh))
+        sellable = [wh for wh in stock.levels if not is_quarantine(wh)]
+        candidates = sorted(sellable, key=lambda wh: (-stock.available(wh), wh))
     for wh in candidates:
         if exclude and wh in exclude:
             continue
@@ -140,7 +143,7 @@ def choose_warehouse(
 
 def quote(stock: SkuStock, cmd: Quote) -> StockQuote:
     """What is available where, for allocating an order: no effect, answered from the state as it is."""
-    warehouses = cmd.warehouses or sorted(stock.levels)
+    warehouses = cmd.warehouses or sorted(wh for wh in stock.levels if not is_quarantine(wh))
     return StockQuote(
         quote_id=cmd.command_id,
         tenant=cmd.tenant,

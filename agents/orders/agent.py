@@ -25,6 +25,7 @@ from engine.runtime.stage import Stage
 from engine.runtime.work import Input, Logic, PartitionWork
 from engine.topics import Topics
 from schemas import wire
+from schemas.aftersales import OrderOpened, PickupReady, ReturnRequested
 from schemas.deadletter import ReasonCode
 from schemas.fulfilment import (
     Layout,
@@ -85,6 +86,9 @@ class OrderLogic(Logic):
             OrderWithdrawn: topics.fulfilment_inbox,
             ShortPickOutcome: topics.short_picks,
             OrderAllocation: topics.allocations,
+            OrderOpened: topics.aftersales_inbox,
+            PickupReady: topics.aftersales_inbox,
+            ReturnRequested: topics.aftersales_inbox,
         }
         self.holds: HoldsModel | None = None
         self.sync: ReadModelSync | None = None

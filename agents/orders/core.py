@@ -49,6 +49,7 @@ from agents.orders.state import (
     SagaLineState,
 )
 from engine.runtime.stamp import Stamp
+from schemas.aftersales import OrderOpened, PickupLine, PickupReady, ReturnLine, ReturnRequested, SoldLine
 from schemas.deadletter import ReasonCode
 from schemas.fulfilment import (
     AllocatedParcel,
@@ -256,12 +257,19 @@ class OrderRules:
             channel_lines={str(ln.line_no): ln.status for ln in order.lines},
             ship_group=merge_key(order.tenant, order.shop_id, buyer_key(order), order.receiver),
             receiver=order.receiver,
+            delivery=order.delivery,
+            pickup_store=order.pickup_store,
         )
+        opened = order_opened(order, now)  # what aftersales needs of it later (write-back, returns, pickup)
         # 分仓: the warehouses that may ship, best first; each line is reserved in the first with its units.
-        ranked = candidates(layout, order.shop_id, order.receiver) if layout is not None else []
+        # A pickup or counter order is reserved in its store only.
+        if order.delivery != "ship" and order.pickup_store:
+            ranked = [order.pickup_store]
+        else:
+            ranked = candidates(layout, order.shop_id, order.receiver) if layout is not None else []
         new.ranking = ranked
         new.strategy = layout.allocation.strategy if layout is not None else "fullest"
-        if _allocates_by_stock(layout, lines, ranked):
+        if order.delivery == "ship" and _allocates_by_stock(layout, lines, ranked):
             new.quoted = True
             new.quoting = sorted({ln.sku for ln in lines})
             quotes = [
@@ -278,9 +286,9 @@ class OrderRules:
                 )
                 for i, sku in enumerate(new.quoting)
             ]
-            return Step(new, True, outputs=[review, *quotes], note=outcome.value)
+            return Step(new, True, outputs=[review, opened, *quotes], note=outcome.value)
         reserves = _reserves(new, lines, {}, stamp, now)
-        return Step(new, True, outputs=[review, *reserves], note=outcome.value)
+        return Step(new, True, outputs=[review, opened, *reserves], note=outcome.value)
 
     def _reject_unapproved(
         self, state: OrderState | None, order: Order, evaluation: Evaluation, now: int, actor: str
@@ -318,7 +326,8 @@ class OrderRules:
             new = self._decide(new, version, DecisionStatus.CANCELLED, RejectReason.CANCELLED, reason, now)
             outputs.append(_decision(new, _saga_lines(new, accepted_only=False)))
         else:  # accepted: the decision stands; the cancellation record says what followed
-            outputs += _withdrawals(state, set(), now)  # fulfilment takes it out of what waits to ship
+            if state.delivery == "ship":
+                outputs += _withdrawals(state, set(), now)  # fulfilment takes it out of what waits to ship
             new.phase = Phase.CANCELLED
             new.expires_at = version + self.retention_ms
         outputs.append(_cancellation(new, CancellationKind.ORDER, [], released, reason, now))
@@ -398,6 +407,18 @@ class OrderRules:
         if returning:
             step.outputs.append(
                 _cancellation(new, CancellationKind.RETURN_REQUESTED, returning, [], "refund_after_shipment", now)
+            )
+            quantities = {line_id(order.order_id, ln.line_no): ln.quantity for ln in order.lines}
+            step.outputs.append(
+                ReturnRequested(  # 退货申请 from the channel: aftersales receives the goods and settles it
+                    tenant=order.tenant,
+                    order_id=order.order_id,
+                    return_id=f"r.{order.order_id}.v{order.version}",
+                    lines=[ReturnLine(line_id=line, quantity=quantities[line]) for line in returning],
+                    reason="refund_after_shipment",
+                    source="channel",
+                    ts=now,
+                )
             )
             step.note = "return_requested"
         return step
@@ -555,6 +576,13 @@ class OrderRules:
     def on_operator(
         self, state: OrderState | None, action: OperatorAction, stamp: Stamp, now: int, layout: Layout | None = None
     ) -> Step:
+        if action.action is OperatorActionKind.CANCEL:  # an accepted order called off before it left
+            if state is None or state.phase not in APPROVED_PHASES:
+                return Step(state, note="not_cancellable")
+            step = self._cancel_approved(state, state.version, action.note or "operator_cancelled", stamp, now)
+            if state.hold is not None:
+                step.holds.append(HoldEntry(state.tenant, state.order_id, None))
+            return step
         if state is None or (state.phase is not Phase.HELD and state.hold is None):
             return Step(state, note="not_held")
         fired = FiredRule(
@@ -742,8 +770,56 @@ def _ship_group(state: OrderState) -> str:
     return state.ship_group or f"{state.tenant}:{state.order_id}"  # state from before merging: never merges
 
 
+def order_opened(order: Order, now: int) -> OrderOpened:
+    """The approved order as aftersales keeps it: platform ids, what was paid per line, receiver, delivery."""
+    return OrderOpened(
+        tenant=order.tenant,
+        order_id=order.order_id,
+        channel=order.channel,
+        shop_id=order.shop_id,
+        platform_order_id=order.platform_order_id,
+        receiver=order.receiver,
+        lines=[
+            SoldLine(
+                line_id=line_id(order.order_id, ln.line_no),
+                line_no=ln.line_no,
+                sku=ln.sku,
+                quantity=ln.quantity,
+                paid_fen=ln.paid_fen if ln.paid_fen is not None else ln.unit_price_fen * ln.quantity,
+                platform_line_id=ln.platform_line_id,
+            )
+            for ln in order.lines
+            if ln.status not in CLOSED_LINE
+        ],
+        delivery=order.delivery,
+        pickup_store=order.pickup_store,
+        ts=now,
+    )
+
+
 def _accepted(state: OrderState, now: int) -> list[Any]:
-    """The decision, and for fulfilment the order's lines per warehouse (拆单 follows the reservations)."""
+    """The decision, and for fulfilment the order's lines per warehouse (拆单 follows the reservations); a pickup
+    or counter order goes to aftersales instead, reserved in its store."""
+    if state.delivery != "ship":
+        lines = [ln for ln in state.lines if ln.state is SagaLineState.RESERVED]
+        ready = PickupReady(
+            tenant=state.tenant,
+            order_id=state.order_id,
+            store=state.pickup_store or (lines[0].warehouse or ""),
+            lines=[PickupLine(line_id=ln.line_id, sku=ln.sku, quantity=ln.quantity) for ln in lines],
+            reply_to=state.inbox_key,
+            ts=now,
+        )
+        allocation = OrderAllocation(
+            tenant=state.tenant,
+            order_id=state.order_id,
+            strategy=state.strategy,  # type: ignore[arg-type]
+            quoted=False,
+            ranking=state.ranking,
+            parcels=[AllocatedParcel(warehouse=ready.store, line_ids=[ln.line_id for ln in lines])],
+            ts=now,
+        )
+        return [_decision(state, _saga_lines(state, accepted_only=True)), allocation, ready]
     parcels = [
         ParcelAccepted(
             tenant=state.tenant,
@@ -776,7 +852,7 @@ def _accepted(state: OrderState, now: int) -> list[Any]:
 def _allocates_by_stock(layout: Layout | None, lines: list[SagaLine], ranked: list[str]) -> bool:
     """Quote first when the strategy needs every SKU's stock and there is a choice to make: several lines (a
     single line goes to the first ranked warehouse with its units anyway) and several warehouses."""
-    if layout is None or layout.allocation.strategy == "region":
+    if layout is None or layout.allocation.strategy in ("region", "ship-from-store"):
         return False
     return len(lines) > 1 and len(ranked) > 1
 

@@ -109,6 +109,8 @@ class OrderState(msgspec.Struct, kw_only=True):
     #: 分仓 by stock (fewest-parcels, stock-first): SKUs whose quote is awaited, and the answers so far
     quoting: list[str] = msgspec.field(default_factory=list)
     quotes: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)
+    delivery: str = "ship"  # ship, pickup, counter (the store's stock is reserved; aftersales hands it over)
+    pickup_store: str | None = None
 
     @property
     def key(self) -> str:

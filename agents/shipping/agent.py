@@ -18,6 +18,7 @@ from engine.runtime.stamp import Stamp
 from engine.runtime.work import Input, Logic, PartitionWork
 from engine.topics import Topics
 from schemas import wire
+from schemas.aftersales import WaybillRegistered
 from schemas.deadletter import ReasonCode
 from schemas.fulfilment import ShipmentPicked
 from schemas.inventory import Issue
@@ -51,12 +52,13 @@ class ShippingLogic(Logic):
         self.partitions = partitions
         self.retention_ms = retention_ms
         self.origin_prefix = f"shipping.{inbox_epoch or 'x'}"  # the idempotency origin of its issue commands
-        self.routes: dict[type, str] = {
-            WaybillWanted: topics.waybill_requests,
-            ShipmentShipped: topics.shipped,
-            ShipmentFailed: topics.shipping_failures,
-            GoodsIssued: topics.goods_issued,
-            Issue: topics.inventory_commands,
+        self.routes: dict[type, tuple[str, ...]] = {
+            WaybillWanted: (topics.waybill_requests,),
+            ShipmentShipped: (topics.shipped,),
+            ShipmentFailed: (topics.shipping_failures,),
+            GoodsIssued: (topics.goods_issued, topics.aftersales_inbox),
+            Issue: (topics.inventory_commands,),
+            WaybillRegistered: (topics.tracking_inbox,),
         }
 
     def process(self, work: PartitionWork, record: Input) -> None:
@@ -89,7 +91,8 @@ class ShippingLogic(Logic):
         if step.changed and step.state is not None:
             work.put(SHIPMENTS, item.key, step.state, expires_at=self._expiry(step.state))
         for out in step.outputs:
-            work.emit(self.routes[type(out)], out.key, out)
+            for topic in self.routes[type(out)]:
+                work.emit(topic, out.key, out)
         if step.note:
             work.note(step.note)
         if step.refused is not None:

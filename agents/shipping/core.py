@@ -5,7 +5,8 @@ policy (agents.shipping.carriers), and a waybill is asked for per parcel (``wayb
 gateway). Answers come back one per request:
 
 * a number: kept; when every parcel has one, the shipment ships — the shipment record, an ``issue`` command per
-  line to the inventory (on_hand and reserved go down), and a goods-issued record per order for finance;
+  line to the inventory (on_hand and reserved go down), a goods-issued record per order for finance (and for
+  aftersales: write-back, notification), and each waybill registered with tracking;
 * ``timeout`` / ``unavailable``: asked again of the same carrier, with the same parcel id (the carrier's
   idempotency key: a number it issued before the answer was lost comes back, never a second one), up to the
   policy's attempts;
@@ -27,6 +28,7 @@ import msgspec
 from agents.shipping.carriers import NoCarrier, choose_carrier, price, rate_for
 from agents.shipping.packing import PackLine, pack
 from engine.runtime.stamp import Stamp
+from schemas.aftersales import WaybillRegistered
 from schemas.fulfilment import ShipmentPicked
 from schemas.inventory import Issue, issue_id
 from schemas.order import Address
@@ -291,8 +293,21 @@ def _ship(state: ShipmentState, stamp: Stamp, now: int) -> Step:
             warehouse=state.warehouse,
             lines=[ln for ln in lines if ln.order_id == order_id],
             waybills=waybills[order_id],
+            carriers={p.waybill or "": p.carrier for p in state.parcels if p.waybill in waybills[order_id]},
             ts=now,
         )
         for order_id in sorted(waybills)
     ]
-    return Step(state, True, [shipped, *issues, *goods], note="shipped")
+    registered = [  # tracking learns which orders each waybill carries
+        WaybillRegistered(
+            tenant=state.tenant,
+            carrier=p.carrier,
+            waybill=p.waybill or "",
+            shipment_id=state.shipment_id,
+            parcel_id=p.parcel_id,
+            order_ids=sorted({ln.order_id for ln in p.lines}),
+            ts=now,
+        )
+        for p in state.parcels
+    ]
+    return Step(state, True, [shipped, *issues, *goods, *registered], note="shipped")

@@ -14,15 +14,12 @@ request refused calls and calls whose answer is lost after the numbers were issu
 
 from __future__ import annotations
 
-import base64
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis
-from confluent_kafka import Consumer
 
 from agents.shipping.waybills import (
     CAINIAO_BATCH,
@@ -33,11 +30,9 @@ from agents.shipping.waybills import (
     WaybillTimeout,
     WaybillUnavailable,
 )
-from engine.kafka.clients import producer
+from engine.kafka.gateway import Gateway
 from engine.settings import Settings
 from engine.topics import Topics
-from schemas import wire
-from schemas.deadletter import DeadLetter, ReasonCode, dead_letter_id
 from schemas.shipping import WaybillAnswer, WaybillWanted
 
 log = logging.getLogger("oms.carriers")
@@ -141,72 +136,20 @@ def answer_to(w: WaybillWanted, waybill: str | None, error: str | None) -> Waybi
     )
 
 
-class CarrierGateway(threading.Thread):
+class CarrierGateway(Gateway):
     """Consume waybill requests, answer them, commit (at least once; answers are idempotent downstream)."""
 
+    request_type = WaybillWanted
+
     def __init__(self, settings: Settings, topics: Topics, adapter: CarrierAdapter) -> None:
-        super().__init__(name="carrier-gateway", daemon=True)
-        self.settings = settings
+        super().__init__("carrier-gateway", settings, topics.waybill_requests, topics.dead_letters)
         self.topics = topics
         self.adapter = adapter
-        self.stopping = threading.Event()
-        self.answered = 0
 
-    def run(self) -> None:
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self.settings.bootstrap,
-                "group.id": f"{self.settings.app_id}-carrier-gateway",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-            }
-        )
-        out = producer(self.settings.bootstrap)
-        consumer.subscribe([self.topics.waybill_requests])
+    def answer(self, requests: list[WaybillWanted]) -> list[tuple[str, str, Any]]:
         try:
-            while not self.stopping.is_set():
-                messages = [m for m in consumer.consume(500, timeout=0.5) if not m.error()]
-                if not messages:
-                    continue
-                wanted = []
-                for m in messages:
-                    try:
-                        wanted.append(wire.decode(m.value(), WaybillWanted))
-                    except wire.WireError as exc:
-                        self._dead_letter(out, m, exc.reason, exc.detail)
-                for answer in self._answer(wanted):
-                    out.produce(self.topics.shipping_inbox, key=answer.key.encode(), value=wire.encode(answer))
-                if out.flush(30) != 0:
-                    log.error("carrier answers not delivered within 30 s; asking again")
-                    for m in messages:  # back to the first of them: nothing is committed past an unsent answer
-                        consumer.seek(m)
-                    continue
-                self.answered += len(wanted)
-                consumer.commit(asynchronous=False)
-        except Exception:
-            log.exception("carrier gateway stopped")
-        finally:
-            consumer.close()
-
-    def _answer(self, wanted: list[WaybillWanted]) -> list[WaybillAnswer]:
-        try:
-            return answer_all(self.adapter, wanted)
+            answers = answer_all(self.adapter, requests)
         except redis.RedisError as exc:  # the simulated carrier is down: as a real one would be, unavailable
             log.warning("carrier unavailable: %s", exc)
-            return [answer_to(w, None, "unavailable") for w in wanted]
-
-    def _dead_letter(self, out: Any, m: Any, reason: ReasonCode, detail: str) -> None:
-        letter = DeadLetter(
-            dead_letter_id=dead_letter_id(m.topic(), m.partition(), m.offset()),
-            reason=reason,
-            detail=detail[:2000],
-            stage="carrier-gateway",
-            source_topic=m.topic(),
-            source_partition=m.partition(),
-            source_offset=m.offset(),
-            key_b64=None if m.key() is None else base64.b64encode(m.key()).decode(),
-            value_b64=base64.b64encode(m.value() or b"").decode(),
-            ts=max(0, m.timestamp()[1]),
-        )
-        out.produce(self.topics.dead_letters, key=m.key(), value=wire.encode(letter))
+            answers = [answer_to(w, None, "unavailable") for w in requests]
+        return [(self.topics.shipping_inbox, a.key, a) for a in answers]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 from reportlab.graphics.barcode import code128
 from reportlab.lib.units import mm
@@ -18,7 +19,12 @@ from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.cidfonts import UnicodeCIDFont
 from reportlab.pdfgen import canvas
 
+from engine.kafka.clients import read_topics
+from engine.topics import Topics
+from schemas import wire
+from schemas.fulfilment import ShipmentPicked
 from schemas.order import Address
+from schemas.shipping import ShipmentShipped
 
 LABEL_SIZE = (100 * mm, 150 * mm)
 FONT = "STSong-Light"  # a CID font every PDF reader has for Chinese text: nothing to embed
@@ -81,3 +87,51 @@ def render(label: Label) -> bytes:
     page.showPage()
     page.save()
     return out.getvalue()
+
+
+def labels_of(shipped: ShipmentShipped, receiver: Address) -> list[Label]:
+    """The labels of a shipped shipment, one per parcel, in parcel order (the warehouse is the sender)."""
+    count = len(shipped.parcels)
+    return [
+        Label(
+            carrier=parcel.carrier,
+            waybill=parcel.waybill,
+            sender_name=shipped.warehouse,
+            sender_phone="",
+            sender_address=shipped.warehouse,
+            receiver=receiver,
+            order_ids=tuple(sorted({ln.order_id for ln in parcel.lines})),
+            parcel=f"{i + 1}/{count}",
+        )
+        for i, parcel in enumerate(shipped.parcels)
+    ]
+
+
+def print_labels(
+    bootstrap: str, topics: Topics, out_dir: Path, shipment_ids: set[str] | None = None, limit: int = 100
+) -> list[Path]:
+    """Render the labels of shipped shipments (``shipment_ids``, or the first ``limit``) from the result topics
+    into ``out_dir/<shipment>/<parcel>.pdf``. The receiver comes from the picked shipment."""
+    receivers: dict[str, Address] = {}
+    shipped: dict[str, ShipmentShipped] = {}
+    for msg in read_topics(bootstrap, [topics.picked_shipments, topics.shipped]):
+        if msg.topic == topics.picked_shipments:
+            picked = wire.decode(msg.value, ShipmentPicked)
+            if picked.receiver is not None:
+                receivers[picked.shipment_id] = picked.receiver
+        else:
+            done = wire.decode(msg.value, ShipmentShipped)
+            if shipment_ids is None or done.shipment_id in shipment_ids:
+                shipped.setdefault(done.shipment_id, done)
+    written = []
+    for shipment_id in sorted(shipped)[: None if shipment_ids else limit]:
+        receiver = receivers.get(shipment_id)
+        if receiver is None:
+            continue
+        folder = out_dir / shipment_id.replace("/", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        for parcel, label in zip(shipped[shipment_id].parcels, labels_of(shipped[shipment_id], receiver), strict=True):
+            path = folder / f"{parcel.parcel_id.replace('/', '_')}.pdf"
+            path.write_bytes(render(label))
+            written.append(path)
+    return written

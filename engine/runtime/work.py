@@ -24,7 +24,7 @@ import msgspec
 from engine.kafka.clients import Message
 from engine.state.store import PartitionStore
 from schemas import wire
-from schemas.deadletter import DeadLetter, ReasonCode, dead_letter_id
+from schemas.deadletter import DeadLetter, ReasonCode, dead_letter
 
 log = logging.getLogger("oms.stage")
 _MISSING = object()
@@ -185,18 +185,17 @@ class PartitionWork:
         self.outputs.append(Output(topic, raw_key, data, partition, headers))
 
     def dead_letter(self, record: Input, reason: ReasonCode, detail: str, tenant: str | None = None) -> None:
-        letter = DeadLetter(
-            dead_letter_id=dead_letter_id(record.topic, record.partition, record.offset),
-            reason=reason,
-            detail=detail[:2000],
-            stage=self.stage,
-            source_topic=record.topic,
-            source_partition=record.partition,
-            source_offset=record.offset,
-            key_b64=None if record.key is None else _b64(record.key),
-            value_b64=_b64(record.value or b""),
-            tenant=tenant,
-            ts=record.timestamp_ms,
+        letter = dead_letter(
+            self.stage,
+            record.topic,
+            record.partition,
+            record.offset,
+            record.key,
+            record.value,
+            reason,
+            detail,
+            record.timestamp_ms,
+            tenant,
         )
         self.dead_letters.append(letter)
         self.emit(self.dead_letters_topic, record.key, letter)
@@ -299,9 +298,3 @@ def rebuild_expiry(logic: Logic, stores: dict[str, PartitionStore], partition: i
         for key, value in stores[table].items(partition):
             index.set(key, logic.expires_at(table, value))
     return found
-
-
-def _b64(data: bytes) -> str:
-    import base64
-
-    return base64.b64encode(data).decode()

@@ -23,6 +23,7 @@ from schemas import wire
 from schemas.inventory import InventoryCommand
 from schemas.order import Order
 from schemas.saga import OrderDecision
+from schemas.shipping import CarrierEvent
 from workload.day import engine_inputs, wait_idle
 from workload.generator import Workload
 from workload.stock import load_stock, send_orders
@@ -76,6 +77,11 @@ class Pipeline:
         commands = list(commands)
         self.inputs.add_stock(commands)
         self.send(self.topics.inventory_commands, commands)
+
+    def send_carrier_events(self, events: list[CarrierEvent]) -> None:
+        """Carriers' tracking events, by topic (as a carrier integration writes them)."""
+        self.inputs.carrier_events.extend(events)
+        self.send(self.topics.tracking_inbox, events)
 
     def send_bad(self, topic: str, key: str | bytes, raw: bytes, partition: int | None = None) -> None:
         """A record crafted to be bad: the invariants expect it dead-lettered."""

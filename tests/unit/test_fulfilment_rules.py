@@ -8,7 +8,7 @@ import msgspec
 import orjson
 import pytest
 
-from agents.fulfilment.allocation import LineRequest, allocate, candidates
+from agents.fulfilment.allocation import LineRequest, allocate, allocate_ranked, candidates
 from agents.fulfilment.layout import LayoutFileError, check_layout, generate_layout, load_layouts
 from agents.fulfilment.merge import MergeGroup, ParcelPlan, add_order, cancel_order, merge_key, next_due, release_due
 from agents.fulfilment.picking import confirm, report
@@ -54,6 +54,19 @@ LINES = [LineRequest("o1/1", "tea", 2), LineRequest("o1/2", "cup", 1)]
 def test_candidates_rank_city_then_province_then_the_tenant_order() -> None:
     assert candidates(layout(), "shop-1", HANGZHOU) == ["WH-HZ", "WH-SH", "WH-GZ"]
     assert candidates(layout(), "shop-1", GUANGZHOU) == ["WH-GZ", "WH-SH", "WH-HZ"]
+
+
+def test_ship_from_store_ranks_a_store_in_the_receivers_city_first_and_ships_from_it_when_it_has_the_units() -> None:
+    plan = layout("ship-from-store")
+    store = WarehouseSpec(warehouse="ST-HZ-1", kind="store", regions=["浙江省/杭州市"], carriers=["sf"])
+    plan = msgspec.structs.replace(plan, warehouses=[*plan.warehouses, store])
+    assert candidates(plan, "shop-1", HANGZHOU) == ["ST-HZ-1", "WH-HZ", "WH-SH", "WH-GZ"]
+    assert candidates(plan, "shop-1", GUANGZHOU)[0] == "WH-GZ"  # no store there: as usual, the store last
+    ranked = candidates(plan, "shop-1", HANGZHOU)
+    found = allocate_ranked(plan, ranked, LINES, {"tea": {"ST-HZ-1": 2, "WH-HZ": 9}, "cup": {"WH-HZ": 9}})
+    assert [(p.warehouse, p.line_ids) for p in found.parcels] == [("ST-HZ-1", ("o1/1",)), ("WH-HZ", ("o1/2",))]
+    # the regional strategy would not start from the store
+    assert candidates(layout(), "shop-1", HANGZHOU)[0] == "WH-HZ"
 
 
 def test_a_shop_override_keeps_only_its_warehouses_in_its_order() -> None:

@@ -143,6 +143,13 @@ def test_preferred_warehouses_are_tried_in_order() -> None:
     assert choose_warehouse(s, 3, ["WH-A", "WH-X"]) is None
 
 
+def test_a_quarantine_location_is_counted_but_never_reserved_from() -> None:
+    s = run(run(empty(), None, receive("WH-A", 1, 1)).stock, None, receive("WH-A/quarantine", 50, 2)).stock
+    assert s.levels["WH-A/quarantine"].on_hand == 50
+    assert choose_warehouse(s, 2, []) is None and choose_warehouse(s, 1, []) == "WH-A"
+    assert choose_warehouse(s, 2, ["WH-A/quarantine"]) is None
+
+
 def test_reserve_beyond_available_is_rejected_and_changes_nothing_but_the_stamp() -> None:
     s = run(empty(), None, receive("WH-A", 3, 1)).stock
     s = run(s, None, reserve("o1#1", 2, 1)).stock

@@ -10,6 +10,7 @@ from agents.orders.core import OrderRules
 from agents.orders.rules import Facts, evaluate, velocity_windows
 from agents.orders.state import HoldKind, OrderState, Phase, SagaLineState
 from engine.runtime.stamp import SEQ_FANOUT, Stamp
+from schemas.aftersales import OrderOpened, PickupReady, ReturnRequested
 from schemas.deadletter import ReasonCode
 from schemas.fulfilment import (
     AllocationPolicy,
@@ -126,10 +127,13 @@ def accepted() -> OrderState:
 # -- review --------------------------------------------------------------------------------------------------
 def test_no_rules_approves_and_sends_one_reserve_per_line_with_stamps_from_the_offset() -> None:
     step = snap(None, order())
-    assert step.order.phase is Phase.RESERVING and kinds(step) == [ReviewDecision, Reserve, Reserve]
+    assert step.order.phase is Phase.RESERVING and kinds(step) == [ReviewDecision, OrderOpened, Reserve, Reserve]
     assert step.outputs[0].outcome is Outcome.APPROVED and step.outputs[0].fired == []
-    reserves = step.outputs[1:]
+    opened, reserves = step.outputs[1], step.outputs[2:]
     assert [r.seq for r in reserves] == [10 * SEQ_FANOUT, 10 * SEQ_FANOUT + 1]
+    # aftersales keeps what it needs later: the platform's ids, what was paid per line, how it is delivered
+    assert (opened.platform_order_id, opened.delivery) == (step.order.order_id.split("-")[-1], "ship")
+    assert [(ln.line_id, ln.paid_fen) for ln in opened.lines] == [("jd-s1-1#1", 10_000), ("jd-s1-1#2", 10_000)]
     assert {r.origin for r in reserves} == {"orders.test.p0"}
     assert {r.reply_to for r in reserves} == {buyer_key(order())} == {"acme:s1:b-b1"}
     assert [(r.sku, r.quantity) for r in reserves] == [("A", 1), ("B", 2)]
@@ -201,7 +205,12 @@ def test_hold_then_operator_release() -> None:
     [entry] = held.holds
     assert entry.summary["inbox_key"] == "acme:s1:b-b1" and entry.summary["reasons"] == ["amount"]
     released = operator(held.order, OperatorActionKind.RELEASE)
-    assert released.order.phase is Phase.RESERVING and kinds(released) == [ReviewDecision, Reserve, Reserve]
+    assert released.order.phase is Phase.RESERVING and kinds(released) == [
+        ReviewDecision,
+        OrderOpened,
+        Reserve,
+        Reserve,
+    ]
     assert released.outputs[0].outcome is Outcome.RELEASED and released.outputs[0].actor == "alice"
     assert [e.summary for e in released.holds] == [None]  # leaves the holds list
     assert operator(released.order, OperatorActionKind.RELEASE).note == "not_held"
@@ -234,7 +243,7 @@ def test_unpaid_orders_wait_for_payment_in_a_listed_open_state() -> None:
     assert pending.order.phase is Phase.AWAITING_PAYMENT and kinds(pending) == [ReviewDecision]
     assert pending.outputs[0].outcome is Outcome.AWAITING_PAYMENT
     paid = snap(pending.order, order(version=2_000))
-    assert kinds(paid) == [ReviewDecision, Reserve, Reserve]
+    assert kinds(paid) == [ReviewDecision, OrderOpened, Reserve, Reserve]
 
 
 def test_platform_hold_and_pending_refunds_hold_even_an_allow_listed_buyer() -> None:
@@ -409,6 +418,23 @@ def test_a_changed_sku_or_quantity_after_approval_is_held_never_ignored() -> Non
     assert [type(o) for o in dropped.outputs] == [Release, Release, OrderWithdrawn, OrderCancellation]
 
 
+def test_a_pickup_order_is_reserved_in_its_store_handed_to_aftersales_and_an_expiry_releases_it() -> None:
+    step = snap(None, order(delivery="pickup", pickup_store="STORE-1"))
+    assert step.order.ranking == ["STORE-1"] and {r.warehouses[0] for r in step.outputs if isinstance(r, Reserve)} == {
+        "STORE-1"
+    }
+    state = answer(answer(step.order, 1).order, 2)
+    assert kinds(state) == [OrderDecision, OrderAllocation, PickupReady]  # no parcel: the store hands it over
+    ready = state.outputs[2]
+    assert (ready.store, [ln.line_id for ln in ready.lines]) == ("STORE-1", ["jd-s1-1#1", "jd-s1-1#2"])
+    cancelled = operator(state.order, OperatorActionKind.CANCEL, "pickup_expired")
+    assert kinds(cancelled) == [Release, Release, OrderCancellation]  # nothing for fulfilment to withdraw
+    assert cancelled.order.phase is Phase.CANCELLED
+    assert operator(cancelled.order, OperatorActionKind.CANCEL).note == "not_cancellable"
+    no_store = snap(None, order(delivery="pickup"))
+    assert no_store.order.decided is not None and "pickup_store" in no_store.order.decided.detail
+
+
 def test_refund_after_shipment_is_a_return_request() -> None:
     shipped = snap(accepted(), order(version=2_000, status=OrderStatus.SHIPPED))
     assert not shipped.outputs and shipped.order.phase is Phase.SHIPPED
@@ -417,7 +443,10 @@ def test_refund_after_shipment_is_a_return_request() -> None:
         OrderLine(line_no=2, sku="B", quantity=2, unit_price_fen=5_000),
     ]
     step = snap(shipped.order, order(version=3_000, status=OrderStatus.SHIPPED, lines=lines))
-    assert kinds(step) == [OrderCancellation] and step.outputs[0].kind is CancellationKind.RETURN_REQUESTED
+    assert kinds(step) == [OrderCancellation, ReturnRequested]
+    assert step.outputs[0].kind is CancellationKind.RETURN_REQUESTED
+    request = step.outputs[1]  # aftersales receives the goods back and settles the return
+    assert (request.source, [(ln.line_id, ln.quantity) for ln in request.lines]) == ("channel", [("jd-s1-1#1", 1)])
 
 
 # -- memory --------------------------------------------------------------------------------------------------
@@ -615,4 +644,4 @@ def test_a_quote_after_the_order_was_cancelled_reserves_nothing_and_one_line_nev
     assert quoted(cancelled.order, "A", {"WH-A": 5}, layout).note == "late_quote"
     single = order(lines=[OrderLine(line_no=1, sku="A", quantity=1, unit_price_fen=100)])
     alone = core.on_snapshot(None, None, None, single, STAMP, NOW, watermark=1_000, layout=layout)
-    assert [type(o) for o in alone.outputs] == [ReviewDecision, Reserve]
+    assert [type(o) for o in alone.outputs] == [ReviewDecision, OrderOpened, Reserve]

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents.shipping.carriers import NoCarrier, choose_carrier, price, rate_for
-from agents.shipping.tracking import PROGRESS, Tracking, apply_event
+from agents.tracking.core import PROGRESS, Tracking, apply_event
 from schemas.shipping import CarrierEvent, CarrierRate, CarrierRule, ShippingPolicy, TrackingStatus
 
 S = TrackingStatus
@@ -267,59 +267,3 @@ def test_the_cainiao_adapter_sends_the_documented_fields_in_batches_of_ten_and_r
     refused = CainiaoAdapter(lambda m, p: {"error_response": {"code": 7, "msg": "isv.invalid"}}, user_id=7)
     results, retries = request_all(refused, _parcels(1), attempts=2)
     assert retries == 1 and results[0].error == "unavailable"
-
-
-# -- channel write-back and notifications --------------------------------------------------------------------
-def _order(channel: str, lines: int = 2):  # type: ignore[no-untyped-def]
-    from schemas.order import Address, Buyer, Channel, Order, OrderLine, OrderStatus
-
-    return Order(
-        tenant="acme", order_id=f"{channel}-s1-77", channel=Channel(channel), shop_id="s1", platform_order_id="77",
-        status=OrderStatus.PAID, buyer=Buyer(id="b1"),
-        receiver=Address(name="李四", phone="13900001234", province="北京市", city="北京市"),
-        lines=[OrderLine(line_no=i + 1, sku=f"SKU-{i}", quantity=i + 1, unit_price_fen=100, platform_line_id=f"77-{i}")
-               for i in range(lines)],
-        created_at=1, ingested_at=1, version=1,
-    )  # fmt: skip
-
-
-def test_each_platform_gets_its_own_shape_and_a_partial_parcel_names_its_lines() -> None:
-    from agents.shipping.writeback import write_back
-
-    tmall = _order("tmall")
-    whole = write_back(tmall, ["tmall-s1-77#1", "tmall-s1-77#2"], "sf", "SF1", unshipped_left=False)
-    assert (whole.method, whole.request) == (
-        "taobao.logistics.offline.send",
-        {"tid": "77", "out_sid": "SF1", "company_code": "SF"},
-    )
-    part = write_back(tmall, ["tmall-s1-77#2"], "zto", "ZT9", unshipped_left=False)  # the second of two parcels
-    assert part.request == {"tid": "77", "out_sid": "ZT9", "company_code": "ZTO", "is_split": 1, "sub_tid": "77-1"}
-    assert part.idempotency_key == "wb.acme.tmall-s1-77.ZT9"
-    jd = write_back(_order("jd"), ["jd-s1-77#1", "jd-s1-77#2"], "sf", "SF2", unshipped_left=False)
-    assert (jd.method, jd.request) == (
-        "jingdong.pop.order.shipment",
-        {"orderId": "77", "logiCoprId": 467, "logiNo": "SF2"},
-    )
-    shopify = write_back(_order("shopify"), ["shopify-s1-77#1"], "sf", "SF3", unshipped_left=True)
-    assert shopify.request["fulfillment"]["line_items"] == [{"id": "77-0", "quantity": 1}]
-    assert shopify.request["fulfillment"]["tracking_company"] == "SF Express"
-
-
-def test_douyin_waits_for_the_last_parcel_own_stores_have_nothing_and_unknown_codes_are_not_guessed() -> None:
-    from agents.shipping.writeback import write_back
-
-    douyin = _order("douyin")
-    first = write_back(douyin, ["douyin-s1-77#1"], "sf", "SF4", unshipped_left=True)
-    assert first.request is None and "last parcel" in first.reason
-    last = write_back(douyin, ["douyin-s1-77#2"], "sf", "SF5", unshipped_left=False)
-    assert last.request == {"order_id": "77", "company_code": "shunfeng", "logistics_code": "SF5"}
-    assert write_back(_order("web"), ["web-s1-77#1"], "sf", "SF6", False).reason.startswith("own store")
-    unknown = write_back(_order("jd"), ["jd-s1-77#1"], "yto", "YT1", False)
-    assert unknown.request is None and "no jd code for carrier 'yto'" in unknown.reason
-
-
-def test_the_customer_is_told_the_carrier_and_waybill_with_the_phone_masked() -> None:
-    from agents.shipping.writeback import notification
-
-    note = notification(_order("tmall"), "shipped", "sf", "SF1")
-    assert (note.to_masked, note.params) == ("139****1234", {"carrier": "顺丰速运", "waybill": "SF1", "order_no": "77"})

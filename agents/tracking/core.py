@@ -1,4 +1,4 @@
-"""Carrier tracking (物流轨迹) per waybill, as a state machine that only moves forward (pure).
+"""Carrier tracking (物流轨迹) per waybill, as a state machine that only moves forward (pure). Key: ``tenant:waybill``.
 
 Carriers report scans late, twice and out of order. The state keeps the furthest progress reached —
 created → picked up → in transit → out for delivery → delivered — and whether an exception (异常) is open on top
@@ -15,12 +15,20 @@ of it. An event is applied as:
 So whatever order the events come in, the stage never goes backwards, and the same events in any order end in
 the same stage (unless a carrier reports both delivered and returned: the first of the two stands). Time is the
 carrier's ``occurred_at`` for ordering scans; ``now`` (the record's time) stamps the updates.
+
+Shipping registers each waybill with the orders its parcel carries (``WaybillRegistered``); every visible change
+is told to those orders (``OrderTracking``, to aftersales). Events that arrive before the registration (a carrier
+faster than our log) are applied all the same, and the registration tells the orders where the parcel already is.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+import msgspec
+
+from schemas.aftersales import OrderTracking, WaybillRegistered
 from schemas.shipping import CarrierEvent, TrackingStatus, TrackingUpdate
 
 PROGRESS = {
@@ -35,43 +43,77 @@ FINAL = frozenset({TrackingStatus.DELIVERED, TrackingStatus.RETURNED})
 RECENT_EVENTS = 64
 
 
-@dataclass
-class Tracking:
+class Tracking(msgspec.Struct):
     tenant: str
     carrier: str
     waybill: str
     status: TrackingStatus = TrackingStatus.CREATED
     progress_at: int = 0  # carrier time of the scan that set ``status``
     exception_at: int | None = None  # an exception open since (carrier time)
-    history: list[tuple[int, str, str]] = field(default_factory=list)  # (occurred_at, status, event id), in time
-    seen: list[str] = field(default_factory=list)
+    history: list[tuple[int, str, str]] = msgspec.field(default_factory=list)  # (occurred_at, status, event id)
+    seen: list[str] = msgspec.field(default_factory=list)
+    shipment_id: str | None = None  # known once shipping registered the waybill
+    order_ids: list[str] = msgspec.field(default_factory=list)
+    registered_at: int | None = None
+    closed_at: int | None = None  # record time it became final
+    updated_at: int = 0  # record time of the last change: forgotten a retention after it
 
     @property
     def final(self) -> bool:
         return self.status in FINAL
 
     def copy(self) -> Tracking:
-        return Tracking(
-            self.tenant,
-            self.carrier,
-            self.waybill,
-            self.status,
-            self.progress_at,
-            self.exception_at,
-            list(self.history),
-            list(self.seen),
-        )
+        return msgspec.structs.replace(self, history=list(self.history), seen=list(self.seen))
 
 
 @dataclass
 class Applied:
     tracking: Tracking
     update: TrackingUpdate | None  # the visible state changed
-    note: str  # duplicate, after_final, late, progress, exception, recovered, final
+    note: str  # duplicate, after_final, late, progress, exception, recovered, final, registered
+    outputs: list[Any] = field(default_factory=list)  # the update and what each order of the waybill is told
 
 
 def apply_event(state: Tracking | None, event: CarrierEvent, now: int) -> Applied:
     """Apply one carrier event to its waybill's tracking. Pure: ``state`` is not modified."""
+    applied = _apply(state, event, now)
+    if applied.update is not None:
+        if applied.tracking.final and applied.tracking.closed_at is None:
+            applied.tracking.closed_at = now
+        applied.outputs = [applied.update, *_tell_orders(applied.tracking, applied.update.occurred_at, now)]
+    return applied
+
+
+def register(state: Tracking | None, registered: WaybillRegistered, now: int) -> Applied:
+    """Shipping says which orders the waybill carries. If scans came first, the orders hear where it is."""
+    if state is not None and state.registered_at is not None:
+        return Applied(state, None, "duplicate_registration")
+    new = (state or Tracking(registered.tenant, registered.carrier, registered.waybill)).copy()
+    new.shipment_id, new.order_ids, new.registered_at = registered.shipment_id, list(registered.order_ids), now
+    applied = Applied(new, None, "registered")
+    if new.status is not TrackingStatus.CREATED or new.exception_at is not None:
+        applied.outputs = _tell_orders(new, max(new.progress_at, new.exception_at or 0), now)
+    return applied
+
+
+def _tell_orders(state: Tracking, occurred_at: int, now: int) -> list[OrderTracking]:
+    return [
+        OrderTracking(
+            tenant=state.tenant,
+            order_id=order_id,
+            carrier=state.carrier,
+            waybill=state.waybill,
+            status=state.status,
+            exception=state.exception_at is not None,
+            final=state.final,
+            occurred_at=occurred_at,
+            ts=now,
+        )
+        for order_id in state.order_ids
+    ]
+
+
+def _apply(state: Tracking | None, event: CarrierEvent, now: int) -> Applied:
     base = state or Tracking(event.tenant, event.carrier, event.waybill)
     if event.event_id in base.seen:
         return Applied(base, None, "duplicate")

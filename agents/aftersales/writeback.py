@@ -18,11 +18,14 @@ A carrier a platform has no code for here is refused with a reason rather than g
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from agents.shipping.labels import mask_phone
-from schemas.order import Channel, LineState, Order, line_id
+from schemas.aftersales import SoldLine
+from schemas.order import Channel
+
+__all__ = ["CARRIER_CODES", "WriteBack", "carrier_name", "mask_phone", "write_back"]
 
 #: Carrier codes per platform (only those documented in the platforms' own lists; add more by configuration).
 CARRIER_CODES: dict[str, dict[str, Any]] = {
@@ -44,31 +47,36 @@ class WriteBack:
     reason: str = ""
 
 
-@dataclass(frozen=True)
-class Notification:
-    """What the customer is told (the record carries the phone masked; the sender looks the number up)."""
+class SoldOrder(Protocol):
+    """What write-back needs of an order (aftersales keeps it from the order's approval)."""
 
-    template: str  # shipped | delivered
-    channel: str  # sms
-    to_masked: str
+    tenant: str
     order_id: str
-    params: dict[str, str] = field(default_factory=dict)
+    channel: str
+    platform_order_id: str
+    lines: list[SoldLine]
+
+
+def carrier_name(carrier: str) -> str:
+    return CARRIER_NAMES.get(carrier, carrier)
 
 
 def write_back(
-    order: Order, shipped_line_ids: Sequence[str], carrier: str, waybill: str, unshipped_left: bool
+    order: SoldOrder, shipped_line_ids: Sequence[str], carrier: str, waybill: str, unshipped_left: bool
 ) -> WriteBack:
     """The platform request for one parcel of ``order``: its lines ``shipped_line_ids`` left with ``waybill`` of
     ``carrier``; ``unshipped_left`` says whether lines of the order are still to ship after this parcel."""
     key = f"wb.{order.tenant}.{order.order_id}.{waybill}"
-    platform = {Channel.TMALL: "taobao", Channel.TAOBAO: "taobao"}.get(order.channel, order.channel.value)
-    if order.channel in (Channel.WEB, Channel.POS):
-        return WriteBack(order.channel.value, None, None, key, "own store: nothing to write back")
+    channel = Channel(order.channel)
+    platform = {Channel.TMALL: "taobao", Channel.TAOBAO: "taobao"}.get(channel, channel.value)
+    if channel in (Channel.WEB, Channel.POS):
+        return WriteBack(channel.value, None, None, key, "own store: nothing to write back")
     code = CARRIER_CODES.get(carrier, {}).get(platform)
     if code is None:
         return WriteBack(platform, None, None, key, f"no {platform} code for carrier {carrier!r}")
-    lines = [ln for ln in order.lines if line_id(order.order_id, ln.line_no) in set(shipped_line_ids)]
-    partial = len(lines) < sum(1 for ln in order.lines if ln.status is LineState.ACTIVE)  # 拆单: some lines only
+    wanted = set(shipped_line_ids)
+    lines = [ln for ln in order.lines if ln.line_id in wanted]
+    partial = len(lines) < len(order.lines)  # 拆单: some lines only
     if platform == "taobao":
         request: dict[str, Any] = {"tid": order.platform_order_id, "out_sid": waybill, "company_code": code}
         if partial:
@@ -91,18 +99,3 @@ def write_back(
         }
     }
     return WriteBack(platform, "fulfillments.create", request, key)
-
-
-def notification(order: Order, template: str, carrier: str, waybill: str) -> Notification:
-    """发货通知 / 签收通知: carrier, waybill and the order's number on the channel, to the receiver's phone."""
-    return Notification(
-        template=template,
-        channel="sms",
-        to_masked=mask_phone(order.receiver.phone),
-        order_id=order.order_id,
-        params={
-            "carrier": CARRIER_NAMES.get(carrier, carrier),
-            "waybill": waybill,
-            "order_no": order.platform_order_id,
-        },
-    )
