@@ -225,6 +225,7 @@ def store(o: Order, status: str = "paid", version: int = 0) -> dict[str, Any]:
             }
             for ln in o.lines
         ],
+        **({"delivery": o.delivery, "store_code": o.pickup_store} if o.delivery != "ship" else {}),
     }
 
 

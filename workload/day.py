@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import shutil
 import signal
@@ -45,6 +46,7 @@ from schemas.fulfilment import Layout, WavePolicy
 from schemas.review import Action, OperatorActionKind, Outcome, ReviewDecision
 from schemas.saga import DecisionStatus, OrderDecision
 from schemas.shipping import ShippingPolicyVersion
+from workload.aftersales import CarrierDay, PickupDesk, ReturnsDay, carriers_scan, send_returns, wait_quiet
 from workload.channels import channel_day
 from workload.delivery import Credentials, DeliveryStats, deliver, resolve_holds
 from workload.generator import Workload, WorkloadSpec
@@ -141,6 +143,10 @@ def main_job(base: Settings, opts: RunOptions) -> int:
         tenants_file=str(creds.path),
         # a day's carrier refuses a call now and then (retries show in the report; OMS_CARRIER_FAIL_EVERY: how often)
         carrier_fail_every=base.carrier_fail_every or CARRIER_FAIL_EVERY,
+        # … the platforms refuse a write-back now and then (sent again: the report shows the attempts) …
+        writeback_fail_every=base.writeback_fail_every or WRITEBACK_FAIL_EVERY,
+        # … and a pickup nobody comes for expires within the run (OMS_PICKUP_HOLD_S to choose)
+        pickup_hold_s=base.pickup_hold_s if "OMS_PICKUP_HOLD_S" in os.environ else PICKUP_HOLD_S,
     )
     workers = max(2, opts.workers or settings.workers)
     log_file = _log_to_file(Path(settings.state_dir) / "logs" / f"{settings.app_id}-main.log")
@@ -149,6 +155,7 @@ def main_job(base: Settings, opts: RunOptions) -> int:
     pool = WorkerPool(settings, workers)
     chaos = ChaosLog(pending=list(opts.chaos))
     monitor = DayMonitor(console, settings, topics, pool, chaos)
+    desk = PickupDesk(settings, topics, creds.tokens, max(2, opts.workers or settings.workers), opts.seed)
     sent: DeliveryStats | None = None
     t0 = time.monotonic()
     try:
@@ -186,6 +193,7 @@ def main_job(base: Settings, opts: RunOptions) -> int:
         deliveries = list(channel_day(workload.orders(), opts.seed))
         monitor.expected = len({d.intent.key for d in deliveries if d.intent is not None})  # for chaos timing
         monitor.start()
+        desk.start()  # buyers come to the stores for their pickups as the codes arrive
         start = time.monotonic()
         with console.status(f"Sending {len(deliveries):,} channel deliveries (raw topics, API, webhooks)…"):
             sent = asyncio.run(deliver(settings, topics, deliveries, creds, workers))
@@ -222,6 +230,8 @@ def main_job(base: Settings, opts: RunOptions) -> int:
                 inputs.picks.extend(picking.sent)
                 inputs.fulfilment_complete = settled[0]
                 wait_idle(settings, engine_inputs(topics), pool)  # the last short-pick commands applied
+        after = aftersales_day(console, settings, topics, creds, workers, opts.seed, pool, desk, inputs)
+        phases["aftersales"] = after.seconds
         stuck = stuck_sagas(pool)
         pool.stop()
         with console.status("Checking invariants from the result topics against what was sent…"):
@@ -233,6 +243,7 @@ def main_job(base: Settings, opts: RunOptions) -> int:
         summary["stuck_sagas"] = stuck
         summary["picking"] = picking_summary(picking, verdict.counts)
         summary["shipping"] = shipping_summary(outputs, verdict.counts)
+        summary["aftersales"] = aftersales_summary(after, verdict.counts, outputs)
         # where the day's time went: sending it, deciding every order not held, the operator pass on the holds
         summary["phases_s"] = {k: round(v, 1) for k, v in phases.items()}
         print_report(summary, console)
@@ -257,6 +268,8 @@ def main_job(base: Settings, opts: RunOptions) -> int:
     finally:
         if monitor.is_alive():
             monitor.stop()
+        if desk.is_alive():
+            desk.stop()
         pool.stop(timeout_s=20)
         if not opts.keep:
             cleanup(settings)
@@ -298,6 +311,10 @@ def wait_fulfilment(settings: Settings, topics: Topics, layouts: list[Layout], p
 
 #: The main job's simulated carrier refuses every n-th call unless OMS_CARRIER_FAIL_EVERY says otherwise.
 CARRIER_FAIL_EVERY = 97
+#: The main job's simulated platforms refuse every n-th write-back unless OMS_WRITEBACK_FAIL_EVERY says otherwise.
+WRITEBACK_FAIL_EVERY = 31
+#: The main job's pickups expire this soon (seconds) unless OMS_PICKUP_HOLD_S says otherwise.
+PICKUP_HOLD_S = 60
 
 
 def engine_inputs(topics: Topics) -> list[str]:
@@ -658,6 +675,10 @@ def print_report(s: dict[str, Any], console: Console) -> None:
         ("fulfilment", _fulfilment_row(s["fulfilment"])),
         ("picking", _picking_row(s.get("picking", {}))),
         ("shipping", _shipping_row(s.get("shipping", {}))),
+        ("delivery", _delivery_row(s.get("aftersales", {}))),
+        ("write-back", _writeback_row(s.get("aftersales", {}))),
+        ("returns", _returns_row(s.get("aftersales", {}))),
+        ("stores", _stores_row(s.get("aftersales", {}))),
         ("oversold units", f"{s['oversold_units']}"),
         ("invariants", "[green]ok[/]" if s["invariants"] == "ok" else "[red]VIOLATED[/]"),
     ]
@@ -699,6 +720,122 @@ def _shipping_row(p: dict[str, Any]) -> str:
         + f") · {p['failed']:,} failed · {p['waybill_answers']:,} carrier answers, errors: "
         + (_kv(p.get("carrier_errors", {})) or "none")
         + f" · {p['goods_issued']:,} goods-issued records"
+    )
+
+
+@dataclass
+class AftersalesDay:
+    seconds: float = 0.0
+    carriers: CarrierDay | None = None
+    returns: ReturnsDay | None = None
+    claimed: int = 0
+    announced: int = 0
+    settled: bool = False
+
+
+def aftersales_day(
+    console: Console,
+    settings: Settings,
+    topics: Topics,
+    creds: Credentials,
+    workers: int,
+    seed: int,
+    pool: WorkerPool,
+    desk: PickupDesk,
+    inputs: Inputs,
+) -> AftersalesDay:
+    """Carriers scan every parcel, some buyers send goods back, unclaimed pickups run out; until it is quiet."""
+    day = AftersalesDay()
+    start = time.monotonic()
+    with console.status("Carriers scanning every parcel (topic and webhook, shuffled, some twice)…"):
+        day.carriers = carriers_scan(settings, topics, creds.tokens, workers, seed)
+        inputs.carrier_events.extend(day.carriers.events)
+    with console.status("Buyers sending goods back (API: request, then the warehouse's receipt)…"):
+        day.returns = send_returns(settings, topics, creds.tokens, workers, seed, lambda _key: True)
+        inputs.return_receipts.extend(day.returns.received)
+    with console.status("Waiting for deliveries, write-backs, returns and pickup deadlines to settle…"):
+        wait_idle(settings, engine_inputs(topics), pool)
+        # every pickup announced so far is claimed or past its deadline (record time moves with the ticks)
+        deadline = desk.last_announced + settings.pickup_hold_s + 3 * settings.aftersales_tick_s
+        time.sleep(max(0.0, deadline - time.monotonic()))
+        desk.stop()
+        quiet = 3 * settings.aftersales_tick_s + 2 * settings.commit_interval_s + 5
+        day.settled = wait_quiet(settings, topics, quiet, 300, pool.supervise)
+        wait_idle(settings, engine_inputs(topics), pool)
+    inputs.pickup_claims |= desk.claimed
+    inputs.pickups_due = day.settled
+    inputs.aftersales_settled = day.settled
+    day.claimed, day.announced = len(desk.claimed), len(desk.announced)
+    day.seconds = time.monotonic() - start
+    return day
+
+
+def aftersales_summary(day: AftersalesDay, counts: dict[str, Any], outputs: Any) -> dict[str, Any]:
+    carriers = day.carriers or CarrierDay()
+    returns = day.returns or ReturnsDay()
+    return {
+        "settled": day.settled,
+        "waybills_tracked": counts.get("waybills_tracked", 0),
+        "carrier_events": len(carriers.events),
+        "events_by_webhook": carriers.by_webhook,
+        "orders_delivered": counts.get("orders_delivered", 0),
+        "exceptions": counts.get("tracking_exceptions", 0),
+        "returned_to_sender": sum(1 for p in outputs.order_progress if p.event.value == "returned_to_sender"),
+        "writebacks": counts.get("writebacks", 0),
+        "writebacks_acknowledged": counts.get("writebacks_acknowledged", 0),
+        "writebacks_failed": counts.get("writebacks_failed", 0),
+        "writeback_attempts": counts.get("writeback_attempts", 0),
+        "notifications": dict(Counter(n.template for n in outputs.notifications)),
+        "returns_requested": returns.requested,
+        "returns_settled": counts.get("returns_settled", 0),
+        "units_returned": counts.get("units_returned", 0),
+        "units_quarantined": counts.get("units_quarantined", 0),
+        "refund_fen": sum(r.refund_fen for r in outputs.returns_settled),
+        "pickups": counts.get("pickups", 0),
+        "pickups_announced": day.announced,
+        "pickups_claimed": counts.get("pickups_claimed", 0),
+        "pickups_expired": counts.get("pickups_expired", 0),
+        "counter_sales": counts.get("counter_sales", 0),
+        "seconds": round(day.seconds, 1),
+    }
+
+
+def _delivery_row(a: dict[str, Any]) -> str:
+    if not a:
+        return "not run"
+    return (
+        f"{a['waybills_tracked']:,} waybills tracked from {a['carrier_events']:,} carrier events "
+        f"({a['events_by_webhook']:,} by webhook) · {a['orders_delivered']:,} orders delivered · "
+        f"{a['exceptions']:,} exceptions · {a['returned_to_sender']:,} returned to sender"
+        + ("" if a["settled"] else " · [yellow]not settled[/]")
+    )
+
+
+def _writeback_row(a: dict[str, Any]) -> str:
+    if not a:
+        return "not run"
+    return (
+        f"{a['writebacks']:,} to the platforms: {a['writebacks_acknowledged']:,} acknowledged, "
+        f"{a['writebacks_failed']:,} failed, in {a['writeback_attempts']:,} attempts · notifications "
+        + (_kv(a["notifications"]) or "none")
+    )
+
+
+def _returns_row(a: dict[str, Any]) -> str:
+    if not a:
+        return "not run"
+    return (
+        f"{a['returns_requested']:,} asked back, {a['returns_settled']:,} received: {a['units_returned']:,} units, "
+        f"{a['units_quarantined']:,} of them damaged (quarantine) · refunds ¥{a['refund_fen'] / 100:,.2f}"
+    )
+
+
+def _stores_row(a: dict[str, Any]) -> str:
+    if not a:
+        return "not run"
+    return (
+        f"{a['pickups']:,} pickup orders: {a['pickups_claimed']:,} claimed with their code, "
+        f"{a['pickups_expired']:,} expired (stock released) · {a['counter_sales']:,} counter sales (POS)"
     )
 
 

@@ -63,6 +63,11 @@ class WorkloadSpec:
     flash_share: float = 0.3  # share of orders that are a single flash-SKU line in flash-sale mode
     flash_stock: int = 500
     duplicate_rate: float = 0.01
+    #: stores (门店): stock locations that sell at the counter (every POS order) and hand over web orders
+    #: picked up in store (``pickup_share`` of the web orders); they stock the ``store_skus`` most popular SKUs
+    stores: tuple[str, ...] = ("ST-SH-01", "ST-BJ-01")
+    store_skus: int = 300
+    pickup_share: float = 0.3
     extra: dict[str, str] = field(default_factory=dict)
 
     def sku(self, rank: int) -> str:
@@ -108,6 +113,22 @@ class Workload:
             if spec.flash_sale:
                 yield from self._spread(tenant, FLASH_SKU, spec.flash_stock, origin, seq, document, ts, rng)
                 seq += len(spec.warehouses)
+            for i in range(min(spec.store_skus, spec.skus)):  # each store: a shelf of the popular SKUs
+                for store in spec.stores:
+                    units = 1 + int(self.expected_units(i) * tenant_share * 0.05 * rng.uniform(0.5, 1.5))
+                    seq += 1
+                    yield Receive(
+                        command_id=receive_id(tenant, spec.sku(i + 1), store, document),
+                        tenant=tenant,
+                        sku=spec.sku(i + 1),
+                        origin=origin,
+                        seq=seq,
+                        ts=ts,
+                        warehouse=store,
+                        quantity=units,
+                        unit_cost_fen=None,
+                        document_id=document,
+                    )
 
     def _spread(
         self, tenant: str, sku: str, units: int, origin: str, seq: int, document: str, ts: int, rng: random.Random
@@ -186,6 +207,14 @@ class Workload:
             picks = [(spec.sku(i + 1), rng.choices(QUANTITIES, QUANTITY_WEIGHTS)[0], self.price[i]) for i in chosen]
         province, city, district = rng.choice(PLACES)
         buyer = f"b{rng.randint(1, max(10, spec.orders // 3))}"
+        # OMO, from its own random stream (the rest of the day does not move): POS sells at a store's counter,
+        # some web orders are picked up in a store (门店自提).
+        omo = random.Random(spec.seed * 1_000_003 + n)
+        delivery, store = "ship", None
+        if spec.stores and channel is Channel.POS:
+            delivery, store = "counter", omo.choice(spec.stores)
+        elif spec.stores and channel is Channel.WEB and omo.random() < spec.pickup_share:
+            delivery, store = "pickup", omo.choice(spec.stores)
         return Order(
             tenant=tenant,
             order_id=order_id(channel, shop, platform_id),
@@ -208,4 +237,6 @@ class Workload:
             created_at=created,
             paid_at=created + rng.randint(5, 120) * 1000,
             ingested_at=0,
+            delivery=delivery,  # type: ignore[arg-type]
+            pickup_store=store,
         )

@@ -1,7 +1,9 @@
 """The retailer's own web store and store POS: a documented JSON format (README "Channel payloads").
 
-Money in integer minor units (``*_fen``), times as ISO 8601 or epoch milliseconds. POS sales are picked up
-in the store, so their receiver is optional (the store's code is used).
+Money in integer minor units (``*_fen``), times as ISO 8601 or epoch milliseconds. ``delivery`` is ``ship``
+(default), ``pickup`` (门店自提: reserved in ``store_code``, handed over with a pickup code) or ``counter``
+(sold at the store's counter); a POS sale with a ``store_code`` is a counter sale unless it says otherwise, and
+its receiver is optional (the store's code is used).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from schemas.order import Channel, LineState, OrderStatus
 
 STATUS = {s.value: s for s in OrderStatus}
 LINE_STATES = {s.value: s for s in LineState}
+DELIVERIES = ("ship", "pickup", "counter")  # shipped by a carrier, picked up in a store, sold at its counter
 
 
 def adapt(source: Source, payload: Any) -> Any:
@@ -62,6 +65,14 @@ def adapt(source: Source, payload: Any) -> Any:
             }
         )
     created = iso_time(order, "created_at", "$")
+    store_code = text(order, "store_code", "$")
+    delivery = text(
+        order, "delivery", "$", default="counter" if source.channel is Channel.POS and store_code else "ship"
+    )
+    if delivery not in DELIVERIES:
+        raise AdapterError(ReasonCode.SCHEMA_VIOLATION, f"$.delivery: {delivery!r} is not one of {sorted(DELIVERIES)}")
+    if delivery != "ship" and not store_code:
+        raise AdapterError(ReasonCode.SCHEMA_VIOLATION, f"$.store_code: needed for delivery {delivery!r}")
     return build(
         source,
         number,
@@ -90,5 +101,7 @@ def adapt(source: Source, payload: Any) -> Any:
             "buyer_message": text(order, "buyer_message", "$"),
             "seller_memo": text(order, "seller_memo", "$"),
             "version": iso_time(order, "updated_at", "$", required=False) or created,
+            "delivery": delivery,
+            "pickup_store": store_code if delivery != "ship" else None,
         },
     )
