@@ -24,7 +24,7 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
-from engine.kafka.clients import Sender, read_topics
+from engine.kafka.clients import Sender, end_offsets, read_topics
 from engine.settings import Settings
 from engine.topics import Topics
 from schemas import wire
@@ -241,16 +241,14 @@ def send_returns(
 
 
 def wait_quiet(
-    settings: Settings, topics: Topics, quiet_s: float, timeout_s: float, supervise: Callable[[], None]
+    settings: Settings, watched: list[str], quiet_s: float, timeout_s: float, supervise: Callable[[], None]
 ) -> bool:
-    """Until ``order-progress`` has had nothing new for ``quiet_s`` (deliveries, write-backs, expiries)."""
-    from engine.kafka.clients import end_offsets
-
+    """Until nothing new was written to the ``watched`` topics for ``quiet_s``; False after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     last, since = None, time.monotonic()
     while time.monotonic() < deadline:
         supervise()
-        ends = end_offsets(settings.bootstrap, topics.order_progress, settings.partitions)
+        ends = [end_offsets(settings.bootstrap, topic, settings.partitions) for topic in watched]
         if ends != last:
             last, since = ends, time.monotonic()
         elif time.monotonic() - since >= quiet_s:

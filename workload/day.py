@@ -34,7 +34,7 @@ from agents.orders.publish import load_rules_file, publish_rules
 from agents.shipping.publish import demo_policy, publish_policies
 from deploy.local.servers import LocalServerError, LocalServers
 from engine.kafka.admin import KafkaUnavailable, create_topics, delete_topics, wait_for_broker
-from engine.kafka.clients import DeliveryFailed, Message, end_offsets, tail, unprocessed
+from engine.kafka.clients import DeliveryFailed, Message, tail, unprocessed
 from engine.readmodels.catalog import publish as publish_catalog
 from engine.readmodels.redis import Keys
 from engine.settings import Settings
@@ -296,17 +296,7 @@ def wait_fulfilment(settings: Settings, topics: Topics, layouts: list[Layout], p
     invariants then check only that nothing was shipped twice, not that everything was shipped."""
     quiet_s = max((layout.merge_window_s + layout.waves.release_after_s for layout in layouts), default=0)
     quiet_s += 3 * settings.fulfilment_tick_s + 2 * settings.commit_interval_s
-    deadline = time.monotonic() + 4 * quiet_s + 120
-    last, since = None, time.monotonic()
-    while time.monotonic() < deadline:
-        pool.supervise()
-        ends = [end_offsets(settings.bootstrap, t, settings.partitions) for t in (topics.shipments, topics.waves)]
-        if ends != last:
-            last, since = ends, time.monotonic()
-        elif time.monotonic() - since >= quiet_s:
-            return True
-        time.sleep(0.5)
-    return False
+    return wait_quiet(settings, [topics.shipments, topics.waves], quiet_s, 4 * quiet_s + 120, pool.supervise)
 
 
 #: The main job's simulated carrier refuses every n-th call unless OMS_CARRIER_FAIL_EVERY says otherwise.
@@ -760,7 +750,7 @@ def aftersales_day(
         time.sleep(max(0.0, deadline - time.monotonic()))
         desk.stop()
         quiet = 3 * settings.aftersales_tick_s + 2 * settings.commit_interval_s + 5
-        day.settled = wait_quiet(settings, topics, quiet, 300, pool.supervise)
+        day.settled = wait_quiet(settings, [topics.order_progress], quiet, 300, pool.supervise)
         wait_idle(settings, engine_inputs(topics), pool)
     inputs.pickup_claims |= desk.claimed
     inputs.pickups_due = day.settled

@@ -25,7 +25,6 @@ from agents.aftersales.core import (
     on_writeback_result,
 )
 from engine.app import context
-from engine.kafka.clients import partition_for
 from engine.runtime.stage import Stage
 from engine.runtime.stamp import Stamp
 from engine.runtime.ticks import install_ticks
@@ -97,9 +96,7 @@ class AftersalesLogic(Logic):
             work.advance(item.ts)
             self._expire_pickups(work, p, item.ts)
             return
-        if partition_for(item.key, self.partitions) != p:
-            detail = f"key {item.key!r} belongs to partition {partition_for(item.key, self.partitions)}, arrived on {p}"
-            work.dead_letter(record, ReasonCode.MISROUTED, detail, item.tenant)
+        if work.misrouted(record, item.key, self.partitions, item.tenant):
             return
         work.advance(now)
         state = work.get_as(ORDERS, item.key, AftersalesState)

@@ -204,8 +204,9 @@ def on_goods_issued(state: AftersalesState | None, issued: GoodsIssued, now: int
         new.waybills.setdefault(waybill, WaybillSeen(carrier=issued.carriers.get(waybill, "")))
     waybill = issued.waybills[0]
     carrier = new.waybills[waybill].carrier
-    outputs.append(_progress(new, ProgressEvent.SHIPPED, now, issued.issue_id, detail, waybill))
     wb = writeback.write_back(new, [ln.line_id for ln in issued.lines], carrier, waybill, partial)
+    said = detail if wb.request is not None else f"{detail}; no write-back: {wb.reason}"
+    outputs.append(_progress(new, ProgressEvent.SHIPPED, now, issued.issue_id, said, waybill))
     if wb.request is not None and wb.method is not None:
         request = WriteBackRequest(
             request_id=f"{wb.idempotency_key}#1",

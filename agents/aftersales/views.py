@@ -17,22 +17,11 @@ import time
 from typing import Any
 
 import faust
-import orjson
 
 from engine.app import context
-from engine.http.edge import Edge, Problem, problem, reply
+from engine.http.edge import Edge, Problem, json_object, problem, reply
 from schemas import wire
 from schemas.aftersales import PickupClaim, ReturnReceived, ReturnRequested
-
-
-def parse_body(body: bytes) -> dict[str, Any]:
-    try:
-        fields = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise Problem(400, "malformed_json", "body is not JSON") from None
-    if not isinstance(fields, dict):
-        raise Problem(400, "malformed_json", "body must be a JSON object")
-    return fields
 
 
 def convert(fields: dict[str, Any], tenant: str, kind: str, typ: Any, now: int) -> Any:
@@ -48,7 +37,7 @@ def convert(fields: dict[str, Any], tenant: str, kind: str, typ: Any, now: int) 
 
 
 def return_request(body: bytes, tenant: str, order_id: str, now: int) -> ReturnRequested:
-    fields = parse_body(body)
+    fields = json_object(body)
     if "return_id" not in fields:  # the same body is the same request
         fields["return_id"] = "r." + hashlib.blake2b(body, digest_size=8).hexdigest()
     fields = {**fields, "order_id": order_id, "source": "api"}
@@ -56,12 +45,12 @@ def return_request(body: bytes, tenant: str, order_id: str, now: int) -> ReturnR
 
 
 def return_receipt(body: bytes, tenant: str, order_id: str, return_id: str, now: int) -> ReturnReceived:
-    fields = {**parse_body(body), "order_id": order_id, "return_id": return_id}
+    fields = {**json_object(body), "order_id": order_id, "return_id": return_id}
     return convert(fields, tenant, "return_received", ReturnReceived, now)
 
 
 def pickup_claim(body: bytes, tenant: str, order_id: str, caller: str, now: int) -> PickupClaim:
-    fields = parse_body(body)
+    fields = json_object(body)
     fields = {"actor": caller.replace(":", "-"), **fields, "order_id": order_id}
     return convert(fields, tenant, "pickup_claim", PickupClaim, now)
 

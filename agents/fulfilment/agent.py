@@ -27,7 +27,6 @@ import faust
 
 from agents.fulfilment import merge, picking, waves
 from engine.app import context
-from engine.kafka.clients import partition_for
 from engine.runtime.stage import Stage
 from engine.runtime.stamp import Stamp
 from engine.runtime.ticks import install_ticks
@@ -139,9 +138,7 @@ class FulfilmentLogic(Logic):
             for key in self._warehouses(work, p):
                 self._release(work, p, key, item.ts)
             return
-        if partition_for(item.key, self.partitions) != p:
-            detail = f"key {item.key!r} belongs to partition {partition_for(item.key, self.partitions)}, arrived on {p}"
-            work.dead_letter(record, ReasonCode.MISROUTED, detail, item.tenant)
+        if work.misrouted(record, item.key, self.partitions, item.tenant):
             return
         if isinstance(item, PickConfirmation):
             # A picker's clock is not the log's: its ``ts`` is reported, never used as time (the record's is).

@@ -14,10 +14,9 @@ import time
 from typing import Any
 
 import faust
-import orjson
 
 from engine.app import context
-from engine.http.edge import Edge, Problem, problem, reply
+from engine.http.edge import Edge, Problem, json_object, problem, reply
 from schemas import wire
 from schemas.fulfilment import PickConfirmation
 
@@ -40,12 +39,7 @@ def install(app: faust.App, edge: Edge) -> None:
 
 def parse(body: bytes, tenant: str, caller: str, now: int) -> PickConfirmation:
     """The request body as a confirmation of ``tenant``, or a Problem (400 not JSON, 422 not a confirmation)."""
-    try:
-        fields = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise Problem(400, "malformed_json", "body is not JSON") from None
-    if not isinstance(fields, dict):
-        raise Problem(400, "malformed_json", "body must be a JSON object")
+    fields = json_object(body)
     if fields.get("tenant", tenant) != tenant:
         raise Problem(422, "tenant_mismatch", f"the body is for {fields.get('tenant')!r}, the path says {tenant!r}")
     fields = {**fields, "kind": "pick", "tenant": tenant}

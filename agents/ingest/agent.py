@@ -13,7 +13,6 @@ import faust
 from agents.ingest.adapters import AdapterError, Source, adapt
 from agents.ingest.adapters.base import parse_json
 from engine.app import context
-from engine.kafka.clients import partition_for
 from engine.runtime.stage import Stage
 from engine.runtime.work import Input, Logic, PartitionWork
 from engine.tenants import Tenants
@@ -44,11 +43,7 @@ class IngestLogic(Logic):
             work.dead_letter(record, ReasonCode.BAD_KEY, f"key {key[:80]!r} is not tenant:shop_id:platform_order_id")
             return
         tenant, shop, platform_id = parts
-        if partition_for(key, self.partitions) != record.partition:
-            where = partition_for(key, self.partitions)
-            work.dead_letter(
-                record, ReasonCode.MISROUTED, f"key {key!r} belongs to partition {where}, arrived on {record.partition}"
-            )
+        if work.misrouted(record, key, self.partitions, None):
             return
         if self.tenants is not None and not self.tenants.known(tenant):
             work.dead_letter(record, ReasonCode.UNKNOWN_TENANT, f"tenant {tenant!r} is not configured")

@@ -15,14 +15,12 @@ import faust
 
 from agents.inventory.core import LineReservation, SkuStock, apply, quote
 from engine.app import context
-from engine.kafka.clients import partition_for
 from engine.readmodels.catalog import Catalog
 from engine.readmodels.sync import ReadModelSync
 from engine.runtime.stage import Stage
 from engine.runtime.work import Input, Logic, PartitionWork
 from engine.topics import Topics
 from schemas import wire
-from schemas.deadletter import ReasonCode
 from schemas.inventory import CommandKind, InventoryCommand, Quote, reservation_key
 
 log = logging.getLogger("oms.inventory")
@@ -49,9 +47,7 @@ class InventoryLogic(Logic):
         except wire.WireError as exc:
             work.dead_letter(record, exc.reason, exc.detail)
             return
-        if partition_for(cmd.key, self.partitions) != record.partition:
-            detail = f"key {cmd.key!r} belongs to partition {partition_for(cmd.key, self.partitions)}"
-            work.dead_letter(record, ReasonCode.MISROUTED, f"{detail}, arrived on {record.partition}", cmd.tenant)
+        if work.misrouted(record, cmd.key, self.partitions, cmd.tenant):
             return
         work.advance(cmd.ts)
         stock = work.get_as(STOCK, cmd.key, SkuStock) or SkuStock(tenant=cmd.tenant, sku=cmd.sku)

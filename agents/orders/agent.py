@@ -18,7 +18,6 @@ import faust
 from agents.orders.core import HoldEntry, OrderRules, Stamp, hold_summary
 from agents.orders.state import BuyerState, OrderState, Phase, RulesState
 from engine.app import context
-from engine.kafka.clients import partition_for
 from engine.readmodels.holds import HoldsModel
 from engine.readmodels.sync import ReadModelSync
 from engine.runtime.stage import Stage
@@ -26,7 +25,6 @@ from engine.runtime.work import Input, Logic, PartitionWork
 from engine.topics import Topics
 from schemas import wire
 from schemas.aftersales import OrderOpened, PickupReady, ReturnRequested
-from schemas.deadletter import ReasonCode
 from schemas.fulfilment import (
     Layout,
     LayoutVersion,
@@ -124,9 +122,7 @@ class OrderLogic(Logic):
             version = layout.version if layout else None
             work.put_if_newer(LAYOUTS, key, item.layout, item.layout.version, version, "layout")
             return
-        if partition_for(item.key, self.partitions) != p:
-            detail = f"key {item.key!r} belongs to partition {partition_for(item.key, self.partitions)}, arrived on {p}"
-            work.dead_letter(record, ReasonCode.MISROUTED, detail, getattr(item, "tenant", None))
+        if work.misrouted(record, item.key, self.partitions, getattr(item, "tenant", None)):
             return
         stamp = Stamp(f"{self.origin_prefix}.p{p}", record.offset)
         now = record.timestamp_ms

@@ -15,12 +15,11 @@ import time
 from typing import Any
 
 import faust
-import orjson
 
 from agents.orders.publish import publish_rules
 from agents.orders.registry import Registry
 from engine.app import context
-from engine.http.edge import Edge, Problem, problem, reply
+from engine.http.edge import Edge, Problem, json_object, problem, reply
 from engine.readmodels.holds import HoldsModel, Unavailable
 from schemas import wire
 from schemas.inbox import OperatorAction
@@ -50,17 +49,10 @@ def install(app: faust.App, edge: Edge, holds: HoldsModel, registry: Registry) -
         async def post(self, request: Any, tenant: str, order_id: str, action: str) -> faust.web.Response:
             try:
                 caller = edge.authenticate(request, tenant)
-                try:
-                    kind = OperatorActionKind(action)
-                except ValueError:
-                    raise Problem(404, "unknown_action", "use …/release or …/reject") from None
-                body = await edge.body(request)
-                try:
-                    extra = orjson.loads(body) if body.strip() else {}
-                except orjson.JSONDecodeError:
-                    raise Problem(400, "malformed_json", "body is not JSON") from None
-                if not isinstance(extra, dict):
-                    raise Problem(400, "malformed_json", "body must be a JSON object")
+                if action not in (OperatorActionKind.RELEASE.value, OperatorActionKind.REJECT.value):
+                    raise Problem(404, "unknown_action", "use …/release or …/reject")
+                kind = OperatorActionKind(action)
+                extra = json_object(await edge.body(request), empty_ok=True)
                 try:
                     held = await holds.find(tenant, order_id)
                 except Unavailable:

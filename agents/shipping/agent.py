@@ -12,7 +12,6 @@ import faust
 
 from agents.shipping.core import ShipmentState, Step, on_answer, on_picked
 from engine.app import context
-from engine.kafka.clients import partition_for
 from engine.runtime.stage import Stage
 from engine.runtime.stamp import Stamp
 from engine.runtime.work import Input, Logic, PartitionWork
@@ -73,9 +72,7 @@ class ShippingLogic(Logic):
             current = work.get_as(POLICIES, key, ShippingPolicyVersion)
             work.put_if_newer(POLICIES, key, item, item.version, current.version if current else None, "policy")
             return
-        if partition_for(item.key, self.partitions) != p:
-            detail = f"key {item.key!r} belongs to partition {partition_for(item.key, self.partitions)}, arrived on {p}"
-            work.dead_letter(record, ReasonCode.MISROUTED, detail, item.tenant)
+        if work.misrouted(record, item.key, self.partitions, item.tenant):
             return
         now = record.timestamp_ms
         work.advance(now)

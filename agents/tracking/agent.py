@@ -12,7 +12,6 @@ import faust
 
 from agents.tracking.core import Applied, Tracking, apply_event, register
 from engine.app import context
-from engine.kafka.clients import partition_for
 from engine.runtime.stage import Stage
 from engine.runtime.work import Input, Logic, PartitionWork
 from engine.topics import Topics
@@ -43,10 +42,7 @@ class TrackingLogic(Logic):
         except wire.WireError as exc:
             work.dead_letter(record, exc.reason, exc.detail)
             return
-        p = record.partition
-        if partition_for(item.key, self.partitions) != p:
-            detail = f"key {item.key!r} belongs to partition {partition_for(item.key, self.partitions)}, arrived on {p}"
-            work.dead_letter(record, ReasonCode.MISROUTED, detail, item.tenant)
+        if work.misrouted(record, item.key, self.partitions, item.tenant):
             return
         now = record.timestamp_ms
         work.advance(now)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+import orjson
 
 from engine.kafka.clients import AsyncProducer
 from engine.readmodels.redis import Keys, client
@@ -68,6 +69,19 @@ class Edge:
                 raise Problem(413, "oversize", f"body exceeds {limit} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def json_object(body: bytes, empty_ok: bool = False) -> dict[str, Any]:
+    """A request body that must be one JSON object, or a 400 Problem saying why not."""
+    if empty_ok and not body.strip():
+        return {}
+    try:
+        fields = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise Problem(400, "malformed_json", "body is not JSON") from None
+    if not isinstance(fields, dict):
+        raise Problem(400, "malformed_json", "body must be a JSON object")
+    return fields
 
 
 def reply(view: faust.web.View, status: int, body: dict[str, Any]) -> faust.web.Response:

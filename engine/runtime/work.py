@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from engine.kafka.clients import Message
+from engine.kafka.clients import Message, partition_for
 from engine.state.store import PartitionStore
 from schemas import wire
 from schemas.deadletter import DeadLetter, ReasonCode, dead_letter
@@ -199,6 +199,16 @@ class PartitionWork:
         )
         self.dead_letters.append(letter)
         self.emit(self.dead_letters_topic, record.key, letter)
+
+    def misrouted(self, record: Input, key: str, partitions: int, tenant: str | None) -> bool:
+        """A record on a partition its key does not hash to is dead-lettered (applying it would give its key a
+        second writer); True when it was."""
+        home = partition_for(key, partitions)
+        if home == record.partition:
+            return False
+        detail = f"key {key!r} belongs to partition {home}, arrived on {record.partition}"
+        self.dead_letter(record, ReasonCode.MISROUTED, detail, tenant)
+        return True
 
     def advance(self, time_ms: int) -> None:
         """Move the partition's event time forward to ``time_ms`` (never back). Call it before reading state:

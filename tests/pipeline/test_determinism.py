@@ -1,5 +1,6 @@
-"""Replay determinism against a real run (I7): each stage's recorded input, replayed in-process from offset 0 and
-from a restart point, gives byte-identical outputs to what the engine wrote — through a kill -9 and the
+"""Replay determinism against a real run (I7): each stage's recorded input (orders, inventory, fulfilment,
+aftersales, ingest), replayed in-process from offset 0 and from a restart point, gives byte-identical outputs to
+what the engine wrote — through a kill -9 and the
 takeover it caused — and the same final state as the engine's changelogs."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections import Counter
 
 import pytest
 
+from agents.aftersales.agent import AftersalesLogic
 from agents.fulfilment.agent import FulfilmentLogic
 from agents.fulfilment.layout import generate_layout
 from agents.fulfilment.publish import publish_layouts
@@ -24,6 +26,7 @@ from engine.runtime.work import Input, Logic, Output
 from engine.state.tables import changelog_name
 from engine.tenants import Tenants
 from schemas import wire
+from schemas.aftersales import AftersalesRecord, OrderOpened, PickupReady, ReturnRequested
 from schemas.fulfilment import (
     FulfilmentRecord,
     LineShort,
@@ -32,10 +35,10 @@ from schemas.fulfilment import (
     ShipmentPicked,
     WavePolicy,
 )
-from schemas.inbox import InboxRecord
+from schemas.inbox import InboxRecord, OperatorAction
 from schemas.inventory import InventoryCommand
 from schemas.saga import LineResult, StockQuote
-from schemas.shipping import ShippingRecord
+from schemas.shipping import GoodsIssued, ShippingRecord
 from tests.pipeline.harness import Pipeline
 from tests.pipeline.test_reservation_pipeline import assert_invariants
 from workload.channels import channel_day
@@ -140,6 +143,9 @@ def test_replaying_each_stage_reproduces_what_the_engine_wrote(pipeline: Pipelin
     for m in read_topics(pipeline.bootstrap, [t.fulfilment_inbox]):
         if isinstance(wire.decode(m.value, FulfilmentRecord), ParcelAccepted | OrderWithdrawn):
             wrote[(m.topic, m.key, m.value)] += 1
+    for m in read_topics(pipeline.bootstrap, [t.aftersales_inbox]):
+        if isinstance(wire.decode(m.value, AftersalesRecord), OrderOpened | PickupReady | ReturnRequested):
+            wrote[(m.topic, m.key, m.value)] += 1
     wrote += Counter((t.dead_letters, None, v) for v in letters if b'"stage":"orders"' in (v or b""))
     replayed_dlq = Counter({(topic, None, v): n for (topic, _k, v), n in replayed.items() if topic == t.dead_letters})
     replayed = Counter({k: n for k, n in replayed.items() if k[0] != t.dead_letters}) + replayed_dlq
@@ -185,6 +191,41 @@ def test_replaying_each_stage_reproduces_what_the_engine_wrote(pipeline: Pipelin
     assert any(k[0] == t.shipments for k in wrote), "no shipment was written: nothing to compare"
     assert Counter({k: n for k, n in replayed.items() if k[0] != t.dead_letters}) == wrote, _diff(replayed, wrote)
     for table in FulfilmentLogic.tables:
+        assert state.get(table, {}) == changelog_state(pipeline, table), f"table {table} differs"
+
+    # -- the aftersales stage, over what it had read (approvals, pickups, counter sales handed over; ticks) ----
+    def aftersales() -> AftersalesLogic:
+        return AftersalesLogic(
+            t,
+            s.partitions,
+            s.order_retention_s * 1000,
+            s.pickup_hold_s * 1000,
+            s.pickup_secret,
+            epochs[t.aftersales_inbox],
+        )
+
+    read_up_to = {
+        int(k.decode().rsplit("/", 1)[1]): wire.decode_state(v, Position).next_offset
+        for k, v in changelog_state(pipeline, "aftersales-positions").items()
+    }
+    followed = [r for r in recorded(pipeline, [t.aftersales_inbox]) if r.offset < read_up_to.get(r.partition, 0)]
+    replayed, state = replay_both_ways(AftersalesLogic, aftersales, followed, t.dead_letters)
+    wrote = Counter()
+    for topic in (t.notifications, t.order_progress, t.writebacks, t.returns):
+        wrote += Counter((m.topic, m.key, m.value) for m in read_topics(pipeline.bootstrap, [topic]))
+    for m in read_topics(pipeline.bootstrap, [t.inventory_commands]):
+        if wire.decode(m.value, InventoryCommand).origin.startswith("aftersales."):
+            wrote[(m.topic, m.key, m.value)] += 1
+    for m in read_topics(pipeline.bootstrap, [t.goods_issued]):
+        if wire.decode(m.value, GoodsIssued).issue_id.startswith("pickup."):
+            wrote[(m.topic, m.key, m.value)] += 1
+    for m in read_topics(pipeline.bootstrap, [t.order_inbox]):
+        record = wire.decode(m.value, InboxRecord)
+        if isinstance(record, OperatorAction) and record.actor == "pickup-expiry":
+            wrote[(m.topic, m.key, m.value)] += 1
+    assert any(k[0] == t.inventory_commands for k in wrote), "no counter sale was handed over: nothing to compare"
+    assert Counter({k: n for k, n in replayed.items() if k[0] != t.dead_letters}) == wrote, _diff(replayed, wrote)
+    for table in AftersalesLogic.tables:
         assert state.get(table, {}) == changelog_state(pipeline, table), f"table {table} differs"
 
     # -- the ingest stage: every order it produced is in the inbox, byte for byte --------------------------
