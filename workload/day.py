@@ -187,7 +187,8 @@ def main_job(base: Settings, opts: RunOptions) -> int:
             inputs.add_stock(stock)
             wait_idle(settings, [topics.inventory_commands], pool)  # the catalog is complete before orders arrive
         units = sum(c.quantity for c in stock)
-        console.print(f"[green]✓[/] opening stock: {units:,} units in {len(workload.spec.warehouses)} warehouses")
+        places = f"{len(workload.spec.warehouses)} warehouses and {len(workload.spec.stores)} stores"
+        console.print(f"[green]✓[/] opening stock: {units:,} units in {places}")
         startup_s = time.monotonic() - t0
 
         deliveries = list(channel_day(workload.orders(), opts.seed))
