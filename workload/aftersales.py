@@ -130,13 +130,20 @@ def shipped_parcels(settings: Settings, topics: Topics) -> list[tuple[ShipmentSh
     return [(s, p) for s in seen.values() for p in s.parcels]
 
 
-def carriers_scan(settings: Settings, topics: Topics, tokens: dict[str, str], workers: int, seed: int) -> CarrierDay:
+def carriers_scan(
+    settings: Settings,
+    topics: Topics,
+    parcels: list[tuple[ShipmentShipped, Any]],
+    tokens: dict[str, str],
+    workers: int,
+    seed: int,
+) -> CarrierDay:
     """Every shipped parcel's journey, as carriers report it: shuffled per waybill, some events twice."""
     rng = random.Random(seed * 613)
     day = CarrierDay()
     by_topic: list[CarrierEvent] = []
     by_hook: dict[str, list[CarrierEvent]] = {}
-    for shipped, parcel in shipped_parcels(settings, topics):
+    for shipped, parcel in parcels:
         day.waybills += 1
         steps = list(JOURNEY)
         if rng.random() < EXCEPTION_RATE:
@@ -196,20 +203,20 @@ class ReturnsDay:
 
 
 def send_returns(
-    settings: Settings, topics: Topics, tokens: dict[str, str], workers: int, seed: int, accepted: Callable[[str], bool]
+    settings: Settings, parcels: list[tuple[ShipmentShipped, Any]], tokens: dict[str, str], workers: int, seed: int
 ) -> ReturnsDay:
     """A share of the shipped orders' lines asked back and received at the warehouse they left from."""
     rng = random.Random(seed * 827)
     day = ReturnsDay()
     lines: dict[tuple[str, str], dict[str, tuple[str, int]]] = {}  # (tenant, order) -> line -> (warehouse, units)
-    for shipped, parcel in shipped_parcels(settings, topics):
+    for shipped, parcel in parcels:
         for ln in parcel.lines:
             units = lines.setdefault((shipped.tenant, ln.order_id), {})
             held = units.get(ln.line_id, (shipped.warehouse, 0))
             units[ln.line_id] = (held[0], held[1] + ln.units)
     n = 0
     for (tenant, order_id), shipped_lines in sorted(lines.items()):
-        if rng.random() >= RETURN_RATE or not accepted(f"{tenant}:{order_id}"):
+        if rng.random() >= RETURN_RATE:
             continue
         line_id, (warehouse, units) = sorted(shipped_lines.items())[0]
         return_id = f"RMA-{order_id}"

@@ -46,7 +46,15 @@ from schemas.fulfilment import Layout, WavePolicy
 from schemas.review import Action, OperatorActionKind, Outcome, ReviewDecision
 from schemas.saga import DecisionStatus, OrderDecision
 from schemas.shipping import ShippingPolicyVersion
-from workload.aftersales import CarrierDay, PickupDesk, ReturnsDay, carriers_scan, send_returns, wait_quiet
+from workload.aftersales import (
+    CarrierDay,
+    PickupDesk,
+    ReturnsDay,
+    carriers_scan,
+    send_returns,
+    shipped_parcels,
+    wait_quiet,
+)
 from workload.channels import channel_day
 from workload.delivery import Credentials, DeliveryStats, deliver, resolve_holds
 from workload.generator import Workload, WorkloadSpec
@@ -739,10 +747,11 @@ def aftersales_day(
     day = AftersalesDay()
     start = time.monotonic()
     with console.status("Carriers scanning every parcel (topic and webhook, shuffled, some twice)…"):
-        day.carriers = carriers_scan(settings, topics, creds.tokens, workers, seed)
+        parcels = shipped_parcels(settings, topics)
+        day.carriers = carriers_scan(settings, topics, parcels, creds.tokens, workers, seed)
         inputs.carrier_events.extend(day.carriers.events)
     with console.status("Buyers sending goods back (API: request, then the warehouse's receipt)…"):
-        day.returns = send_returns(settings, topics, creds.tokens, workers, seed, lambda _key: True)
+        day.returns = send_returns(settings, parcels, creds.tokens, workers, seed)
         inputs.return_receipts.extend(day.returns.received)
     with console.status("Waiting for deliveries, write-backs, returns and pickup deadlines to settle…"):
         wait_idle(settings, engine_inputs(topics), pool)
