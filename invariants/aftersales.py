@@ -27,6 +27,7 @@ from agents.aftersales.core import WRITEBACK_ATTEMPTS
 from agents.tracking.core import PROGRESS
 from schemas.aftersales import ProgressEvent, quarantine
 from schemas.inventory import CommandKind, StockEvent, return_id
+from schemas.order import root_line
 from schemas.review import CancellationKind
 from schemas.saga import DecisionStatus
 from schemas.shipping import TrackingStatus
@@ -41,7 +42,7 @@ def expected_returns(inputs: Any) -> dict[str, tuple[str, str, str, int]]:
         sent = inputs.orders.get(f"{receipt.tenant}:{receipt.order_id}")
         lines = sent.lines() if sent is not None else {}
         for i, ln in enumerate(receipt.lines):
-            sku = lines.get(ln.line_id, ("?", 0))[0]
+            sku = lines.get(root_line(ln.line_id), ("?", 0))[0]  # a remainder line is its order line's SKU
             where = receipt.warehouse if ln.disposition == "sellable" else quarantine(receipt.warehouse)
             command = return_id(receipt.tenant, ln.line_id, f"{receipt.return_id}.{i}")
             found[command] = (receipt.tenant, sku, where, ln.quantity)
@@ -63,11 +64,19 @@ def handed_over(inputs: Any, decided: dict[str, Any]) -> dict[tuple[str, str], t
     return found
 
 
-def check_aftersales(inputs: Any, out: Any, applied: dict[str, StockEvent], decided: dict[str, Any], v: Any) -> None:
+def check_aftersales(
+    inputs: Any,
+    out: Any,
+    applied: dict[str, StockEvent],
+    decided: dict[str, Any],
+    handed: dict[tuple[str, str], tuple[str, int]],
+    v: Any,
+) -> None:
+    """``handed``: :func:`handed_over` of these inputs and decisions (the caller computes it once)."""
     _tracking(inputs, out, v)
     _writebacks(inputs, out, v)
     _returns(inputs, out, applied, v)
-    _pickups(inputs, out, applied, decided, v)
+    _pickups(inputs, out, applied, decided, handed, v)
 
 
 def _tracking(inputs: Any, out: Any, v: Any) -> None:
@@ -204,9 +213,8 @@ def _returns(inputs: Any, out: Any, applied: dict[str, StockEvent], v: Any) -> N
             )
             for ln in sent.latest().lines
         }
-        want = sum(
-            paid[ln.line_id][0] * ln.quantity // paid[ln.line_id][1] for ln in receipt.lines if ln.line_id in paid
-        )
+        roots = [(root_line(ln.line_id), ln.quantity) for ln in receipt.lines]  # a remainder is paid as its line
+        want = sum(paid[line][0] * units // paid[line][1] for line, units in roots if line in paid)
         if copies[0].refund_fen != want:
             v.fail(
                 "A3", f"return {receipt.return_id} refunds {copies[0].refund_fen} fen, the lines as paid give {want}"
@@ -220,8 +228,14 @@ def _returns(inputs: Any, out: Any, applied: dict[str, StockEvent], v: Any) -> N
     )
 
 
-def _pickups(inputs: Any, out: Any, applied: dict[str, StockEvent], decided: dict[str, Any], v: Any) -> None:
-    handed = handed_over(inputs, decided)
+def _pickups(
+    inputs: Any,
+    out: Any,
+    applied: dict[str, StockEvent],
+    decided: dict[str, Any],
+    handed: dict[tuple[str, str], tuple[str, int]],
+    v: Any,
+) -> None:
     issued: dict[tuple[str, str], list[StockEvent]] = defaultdict(list)
     for ev in applied.values():
         if ev.kind is CommandKind.ISSUE and ev.line_id:

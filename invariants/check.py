@@ -33,14 +33,14 @@ from invariants.aftersales import check_aftersales, expected_returns, handed_ove
 from invariants.collect import Outputs
 from invariants.fulfilment import check_fulfilment
 from invariants.inputs import Inputs, SentOrder
-from invariants.picking import Truth, check_picking, root_line
+from invariants.picking import Truth, check_picking
 from invariants.shipping import check_shipping, shipped_lines
 from schemas import wire
 from schemas.aftersales import AftersalesRecord
 from schemas.deadletter import DeadLetter, ReasonCode
 from schemas.inbox import InboxRecord, OrderSnapshot
 from schemas.inventory import Adjust, CommandKind, InventoryCommand, Receive, Return, StockEvent
-from schemas.order import LineState, OrderStatus
+from schemas.order import LineState, OrderStatus, root_line
 from schemas.review import CancellationKind, Outcome, ReviewDecision
 from schemas.saga import ENGINE_REASONS, DecisionStatus, OrderDecision
 
@@ -80,14 +80,14 @@ def check(inputs: Inputs, out: Outputs, partitions: int | None = None) -> Verdic
     _stock_inputs(inputs, out, applied, v)
     effects = _line_effects(applied, v)
     truth = Truth(inputs)
-    _orders(inputs, out, effects, truth, v)
+    decided = _first_decisions(out)
+    handed = handed_over(inputs, decided)  # lines handed over in a store: issued, never shipped
+    _orders(inputs, out, effects, truth, v, handed)
     _dead_letters(inputs, out, v, partitions, inputs.forgotten_before())
     check_fulfilment(inputs, out, v, truth, applied)
     check_picking(inputs, out, truth, applied, v)
-    decided = _first_decisions(out)
-    handed = set(handed_over(inputs, decided))
-    check_shipping(out, truth, applied, v, handed)
-    check_aftersales(inputs, out, applied, decided, v)
+    check_shipping(out, truth, applied, v, set(handed))
+    check_aftersales(inputs, out, applied, decided, handed, v)
     return v
 
 
@@ -257,7 +257,12 @@ def _line_effects(applied: dict[str, StockEvent], v: Verdict) -> dict[tuple[str,
 
 # -- orders --------------------------------------------------------------------------------------------------
 def _orders(
-    inputs: Inputs, out: Outputs, effects: dict[tuple[str, str], LineEffects], truth: Truth, v: Verdict
+    inputs: Inputs,
+    out: Outputs,
+    effects: dict[tuple[str, str], LineEffects],
+    truth: Truth,
+    v: Verdict,
+    handed: dict[tuple[str, str], tuple[str, int]],
 ) -> None:
     decisions: dict[str, OrderDecision] = {}
     for d in out.decisions:
@@ -286,7 +291,7 @@ def _orders(
             by_order[f"{tenant}:{e.order_id}"].append(e)
     forgotten_before = inputs.forgotten_before()
     shipped = shipped_lines(out)  # issued: they hold nothing any more (S3 checks them against the pickers)
-    for ref, (_, units) in handed_over(inputs, _first_decisions(out)).items():  # handed over in a store (A4)
+    for ref, (_, units) in handed.items():  # handed over in a store (A4)
         shipped[ref] = units
     forgotten = set()  # orders whose snapshot the engine dead-lettered as forgotten
     for letter in out.dead_letters:

@@ -24,10 +24,10 @@ from typing import Any
 
 from agents.fulfilment.merge import address_digest
 from invariants.inputs import Inputs
-from invariants.picking import REMAINDER, Truth, root_line
+from invariants.picking import Truth
 from schemas import wire
 from schemas.inventory import CommandKind, StockEvent
-from schemas.order import buyer_key
+from schemas.order import REMAINDER, buyer_key, root_line
 from schemas.saga import DecisionStatus
 
 

@@ -22,9 +22,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from agents.orders.core import REMAINDER
 from invariants.inputs import Inputs
 from schemas.inventory import CommandKind, StockEvent
+from schemas.order import REMAINDER
 
 
 @dataclass
@@ -43,12 +43,6 @@ class LineTruth:
     def kept(self) -> int:
         """Units the line still holds once picked (all of them while unpicked)."""
         return self.units if self.picked is None else self.picked
-
-
-def root_line(line_id: str) -> str:
-    while line_id.endswith(REMAINDER):
-        line_id = line_id[: -len(REMAINDER)]
-    return line_id
 
 
 class Truth:

@@ -141,6 +141,17 @@ def line_id(order_id: str, line_no: int) -> str:
     return f"{order_id}#{line_no}"
 
 
+#: A short-picked line's units re-reserved elsewhere travel as a remainder line: ``<line id>/r``.
+REMAINDER = "/r"
+
+
+def root_line(line: str) -> str:
+    """The order line a (remainder of a remainder of a …) line belongs to."""
+    while line.endswith(REMAINDER):
+        line = line[: -len(REMAINDER)]
+    return line
+
+
 _SAFE_BUYER = re.compile(r"^[A-Za-z0-9_.#/-]{1,100}$")
 
 

@@ -48,7 +48,7 @@ from schemas.aftersales import (
 )
 from schemas.inbox import OperatorAction
 from schemas.inventory import Issue, Return, issue_id, return_id
-from schemas.order import Address
+from schemas.order import Address, root_line
 from schemas.review import OperatorActionKind
 from schemas.shipping import GoodsIssued, PackedLine, TrackingStatus
 
@@ -112,7 +112,9 @@ class AftersalesState(msgspec.Struct, kw_only=True):
         return f"{self.tenant}:{self.order_id}"
 
     def line(self, line_id: str) -> SoldLine | None:
-        return next((ln for ln in self.lines if ln.line_id == line_id), None)
+        """The sold line a shipped line is (or, for a short pick's remainder ``…/r``, belongs to)."""
+        root = root_line(line_id)
+        return next((ln for ln in self.lines if ln.line_id == root), None)
 
     def left_to_ship(self) -> bool:
         return any(self.shipped.get(ln.line_id, 0) < ln.quantity for ln in self.lines)

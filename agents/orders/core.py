@@ -63,7 +63,7 @@ from schemas.fulfilment import (
 )
 from schemas.inbox import OperatorAction
 from schemas.inventory import Quote, Release, Reserve, quote_id, release_id, reserve_id
-from schemas.order import Channel, LineState, Order, OrderStatus, buyer_key, line_id, validate_order
+from schemas.order import REMAINDER, Channel, LineState, Order, OrderStatus, buyer_key, line_id, validate_order
 from schemas.review import (
     Action,
     CancellationKind,
@@ -90,7 +90,6 @@ from schemas.saga import (
 CLOSED_LINE = (LineState.REFUNDING, LineState.CANCELLED)
 STAGE = "orders"
 #: A remainder line's id is its line's id and this: the units a short pick left to re-reserve elsewhere.
-REMAINDER = "/r"
 
 
 @dataclass(slots=True)

@@ -289,3 +289,35 @@ def test_a_counter_sale_is_handed_over_as_soon_as_it_is_reserved() -> None:
     step = on_pickup_ready(state, _ready("pos-s1-77"), SECRET, 1_000, STAMP, 100)
     assert [type(o).__name__ for o in step.outputs] == ["Issue", "GoodsIssued", "OrderProgress", "CustomerNotification"]
     assert on_pickup_due(step.state, 10**9).note == "pickup_not_due"
+
+
+def test_a_return_of_a_short_picks_remainder_line_is_received_as_its_order_line() -> None:
+    """Units re-reserved after a short pick ship as ``<line>/r``: they come back as that line's SKU and price."""
+    remainder = _issued("jd-s1-77", {2: 1})
+    remainder = GoodsIssued(
+        **{
+            **{f: getattr(remainder, f) for f in remainder.__struct_fields__},
+            "lines": [PackedLine(order_id="jd-s1-77", line_id="jd-s1-77#2/r", sku="SKU-1", units=1)],
+        }
+    )
+    state = on_goods_issued(_state("jd"), remainder, 60).state
+    asked = on_return_requested(
+        state,
+        ReturnRequested(
+            tenant="acme",
+            order_id="jd-s1-77",
+            return_id="r1",
+            lines=[ReturnLine(line_id="jd-s1-77#2/r", quantity=1)],
+            ts=70,
+        ),
+        70,
+    )
+    receipt = ReturnReceived(
+        tenant="acme", order_id="jd-s1-77", return_id="r1", warehouse="WH1",
+        lines=[ReceivedLine(line_id="jd-s1-77#2/r", quantity=1, disposition="sellable")], ts=80,
+    )  # fmt: skip
+    got = on_return_received(asked.state, receipt, STAMP, 80)
+    [command] = _of(got.outputs, Return)
+    [settled] = _of(got.outputs, ReturnSettled)
+    assert (command.sku, command.line_id, command.quantity) == ("SKU-1", "jd-s1-77#2/r", 1)
+    assert settled.refund_fen == 100  # line 2 paid 200 for 2 units

@@ -9,7 +9,7 @@ import dataclasses
 import msgspec
 
 from invariants import Inputs, Outputs
-from invariants.aftersales import check_aftersales, expected_returns
+from invariants.aftersales import check_aftersales, expected_returns, handed_over
 from invariants.check import Verdict
 from schemas.aftersales import (
     OrderProgress,
@@ -82,7 +82,7 @@ def _issued(oid: str, waybills: list[str]) -> GoodsIssued:
 def _verdict(inputs: Inputs, out: Outputs, applied: dict[str, StockEvent] | None = None) -> list[str]:
     v = Verdict()
     decided = {d.key: d for d in out.decisions}
-    check_aftersales(inputs, out, applied or {}, decided, v)
+    check_aftersales(inputs, out, applied or {}, decided, handed_over(inputs, decided), v)
     return v.violations
 
 
