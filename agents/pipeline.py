@@ -19,6 +19,9 @@ HTTP API, webhooks ───────────┴─► order inbox ─►
      channel returns                    ▲  goods issued, returns, pickup claims (API)    channel gateway ─┐
                                         │                    notifications, order progress, returns settled
                                         └──────────────── write-back results ◄──────────────────────────┘
+  approvals, goods issued, stock moves (valued), shipped parcels, deliveries, returns, settlement lines
+     └──► ledger inbox ─► ledger (per order: costing, VAT, revenue recognition) ─► vouchers ─► PostgreSQL sink
+                                     trial balance (table → Redis → HTTP)         reconciliations
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ from agents.fulfilment import views as fulfilment_views
 from agents.ingest import agent as ingest
 from agents.ingest import views as ingest_views
 from agents.inventory import agent as inventory
+from agents.ledger import agent as ledger
+from agents.ledger import views as ledger_views
+from agents.ledger.sink import VoucherSink
 from agents.orders import agent as orders
 from agents.orders import views as order_views
 from agents.orders.registry import Registry
@@ -82,16 +88,20 @@ def create_app(settings: Settings, worker_index: int = 0, topic_epochs: dict[str
     tracking_views.install(app, edge)
     aftersales.install(app)
     aftersales_views.install(app, edge)
+    ledger.install(app, edge.redis, edge.keys, sync)
+    ledger_views.install(app, edge)
     gateways = [
         CarrierGateway(settings, topics, carrier),
         ChannelGateway(
             settings, topics, LocalChannel(carrier.client, settings.topic_prefix, settings.writeback_fail_every)
         ),
+        VoucherSink(settings, topics),  # the books into PostgreSQL, for the accounting system
     ]
 
     @app.task
     async def start_gateways() -> None:
-        """The carrier and channel gateways run beside the agents (their own threads and consumer groups)."""
+        """The carrier and channel gateways and the voucher sink run beside the agents (their own threads and
+        consumer groups)."""
         for gateway in gateways:
             gateway.start()
 

@@ -2,7 +2,7 @@
 
     python -m bench all            # everything, about 40 minutes on 2 cores
     python -m bench all --quick    # the same tables from short runs (about 12 minutes): a smoke, not a result
-    python -m bench pipeline | variants | latency | recovery | locust | paths | fulfilment | goals   # one part
+    python -m bench pipeline | variants | latency | recovery | locust | paths | fulfilment | ledger | goals   # one part
 
 Each part starts the local servers if needed, ends its runs with the invariants checked, and rewrites only its
 own section. The exit code is 1 if any part failed (a broken invariant is a failure, never a number).
@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import time
 
-PARTS = ("pipeline", "variants", "latency", "recovery", "locust", "paths", "fulfilment", "goals")
+PARTS = ("pipeline", "variants", "latency", "recovery", "locust", "paths", "fulfilment", "ledger", "goals")
 
 
 def _args(part: str, quick: bool) -> list[str]:
@@ -33,6 +33,8 @@ def _args(part: str, quick: bool) -> list[str]:
         return ["--lists", "50"] if quick else []
     if part == "fulfilment":
         return ["--orders", "2000", "--reps", "1"] if quick else []
+    if part == "ledger":
+        return ["--orders", "5000", "--reps", "1", "--stage-reps", "1"] if quick else []
     raise ValueError(part)
 
 
@@ -51,6 +53,8 @@ def _main(part: str) -> object:
         from bench.paths import main
     elif part == "fulfilment":
         from bench.fulfilment import main
+    elif part == "ledger":
+        from bench.ledger import main
     else:
         from bench.locust.run import main
     return main

@@ -95,6 +95,22 @@ def cmd_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_settle(args: argparse.Namespace) -> int:
+    from agents.ledger.reconcile import SettleOptions, settle
+
+    opts = SettleOptions(
+        file=Path(args.file),
+        tenant=args.tenant,
+        channel=args.channel,
+        shop=args.shop,
+        batch=args.batch,
+        wait_s=args.wait_s,
+        out=Path(args.out) if args.out else None,
+        receivable_code=args.receivable_code,
+    )
+    return settle(_settings(), opts)
+
+
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--orders", type=int, default=20_000, help="orders in the generated day (default 20000)")
     p.add_argument("--seed", type=int, default=11, help="workload seed: same seed, same day")
@@ -156,6 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--out", default="labels", help="directory for <shipment>/<parcel>.pdf (default ./labels)")
     lb.add_argument("--limit", type=int, default=100, help="at most this many shipments without ids (default 100)")
     lb.set_defaults(func=cmd_labels)
+    st = sub.add_parser("settle", help="reconcile a platform settlement file (对账) against the books")
+    st.add_argument("file", help="the settlement CSV (Alipay-style; see agents/ledger/settlement.py)")
+    st.add_argument("--tenant", required=True)
+    st.add_argument("--channel", required=True, help="the channel the file settles, e.g. tmall")
+    st.add_argument("--shop", default=None, help="the shop of rows without a shop_id column value")
+    st.add_argument("--batch", default=None, help="batch id (default: derived from the file's sha256)")
+    st.add_argument("--wait-s", type=float, default=120.0, help="wait this long for the ledger's answers (120)")
+    st.add_argument("--out", default=None, help="write the report as JSON to this file")
+    st.add_argument("--receivable-code", default="1122", help="the receivable account's code (default 1122)")
+    st.set_defaults(func=cmd_settle)
     c = sub.add_parser("config", help="print the configuration table (environment variables)")
     c.set_defaults(func=cmd_config)
 

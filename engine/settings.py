@@ -10,6 +10,7 @@ import os
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,6 +42,13 @@ class Settings:
         "KAFKA_BOOTSTRAP", "Kafka bootstrap servers. Unset: start and use the local broker.", None
     )
     redis_url: str | None = setting("REDIS_URL", "Redis URL. Unset: start and use the local redis-server.", None)
+    postgres_url: str = setting(
+        "OMS_POSTGRES_URL",
+        "PostgreSQL the voucher sink writes the books to. On 127.0.0.1 or localhost, the job and the tests start "
+        "a local server on its port (unless one answers there) with its user and database; not 5432, which a "
+        "system cluster may hold.",
+        "postgresql://oms@127.0.0.1:15432/oms",
+    )
     partitions: int = setting(
         "OMS_PARTITIONS",
         "Partitions of every topic: the maximum parallelism. Choose once; changing it remaps SKUs.",
@@ -250,6 +258,12 @@ class Settings:
         )
         need(":" in self.app_module, "OMS_APP", "must look like package.module:function")
         need(self.max_payload_bytes >= 1024, "OMS_MAX_PAYLOAD_BYTES", "must be at least 1024")
+        try:
+            pg = urlsplit(self.postgres_url)
+            pg_ok = pg.scheme in ("postgresql", "postgres") and bool(pg.hostname) and pg.port != 0
+        except ValueError:  # a port that is not a number
+            pg_ok = False
+        need(pg_ok, "OMS_POSTGRES_URL", "must look like postgresql://user@host:port/database")
         for name in ("app_id", "topic_prefix"):
             value = getattr(self, name)
             need(
@@ -265,6 +279,14 @@ class Settings:
     @property
     def uses_local_redis(self) -> bool:
         return not self.redis_url
+
+    @property
+    def uses_local_postgres(self) -> bool:
+        return urlsplit(self.postgres_url).hostname in ("127.0.0.1", "localhost")
+
+    @property
+    def local_postgres_port(self) -> int:
+        return urlsplit(self.postgres_url).port or 5432
 
     @property
     def bootstrap(self) -> str:

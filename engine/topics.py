@@ -32,6 +32,7 @@ from schemas.fulfilment import (
 )
 from schemas.inbox import InboxRecord
 from schemas.inventory import InventoryCommand, StockEvent
+from schemas.ledger import LedgerRecord, Reconciliation, Voucher
 from schemas.order import Channel
 from schemas.review import OrderCancellation, ReviewDecision, RuleSet
 from schemas.saga import OrderDecision
@@ -340,6 +341,36 @@ SPECS: tuple[TopicSpec, ...] = (
         "Received returns (退货入库) per line: units, sellable or quarantined, and the refund: what finance reverses.",
     ),
     _spec(
+        "ledger_inbox",
+        "ledger-inbox",
+        "tenant:order_id (stock moves without an order: tenant:sku; freight: tenant:shipment_id)",
+        LedgerRecord,
+        "ledger-inbox.v1",
+        True,
+        "What finance books (业财一体化), in one order per order: approvals (what was paid), goods issued, stock moves "
+        "with their moving-average value, shipped parcels (freight), deliveries, returns, settlement lines, and "
+        "ledger policies (one copy per partition).",
+    ),
+    _spec(
+        "vouchers",
+        "vouchers",
+        "tenant:entity (order id, SKU or shipment id)",
+        Voucher,
+        "voucher.v1",
+        True,
+        "Balanced accounting vouchers (记账凭证) in integer fen, one per source event and kind (deterministic ids).",
+    ),
+    _spec(
+        "reconciliations",
+        "reconciliations",
+        "tenant:order_id",
+        Reconciliation,
+        "reconciliation.v1",
+        True,
+        "Payout reconciliation (对账) results per settlement line or open receivable: matched, amount mismatch, "
+        "missing in books, missing in file, duplicate.",
+    ),
+    _spec(
         "dead_letters",
         "dead-letters",
         "original key",
@@ -393,6 +424,9 @@ class Topics:
     notifications: str
     order_progress: str
     returns: str
+    ledger_inbox: str
+    vouchers: str
+    reconciliations: str
     dead_letters: str
 
     def all(self) -> list[str]:

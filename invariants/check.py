@@ -17,8 +17,8 @@
 * **I6 Bad input.** Every dead letter is justified by its own bytes (they do not decode, or are misrouted) or by
   the sender's intent; every record crafted to be bad was dead-lettered.
 
-Then the fulfilment invariants F1–F5 (invariants.fulfilment) and the picking invariants F6–F8
-(invariants.picking).
+Then the fulfilment invariants F1–F5 (invariants.fulfilment), the picking invariants F6–F8
+(invariants.picking), shipping S1–S4, aftersales A1–A4 and the books I5 (invariants.ledger).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from invariants.aftersales import check_aftersales, expected_returns, handed_ove
 from invariants.collect import Outputs
 from invariants.fulfilment import check_fulfilment
 from invariants.inputs import Inputs, SentOrder
+from invariants.ledger import check_ledger
 from invariants.picking import Truth, check_picking
 from invariants.shipping import check_shipping, shipped_lines
 from schemas import wire
@@ -88,6 +89,7 @@ def check(inputs: Inputs, out: Outputs, partitions: int | None = None) -> Verdic
     check_picking(inputs, out, truth, applied, v)
     check_shipping(out, truth, applied, v, set(handed))
     check_aftersales(inputs, out, applied, decided, handed, v)
+    check_ledger(inputs, out, applied, v)
     return v
 
 

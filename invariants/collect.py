@@ -23,6 +23,7 @@ from schemas.fulfilment import (
     WithdrawalOutcome,
 )
 from schemas.inventory import InventoryCommand, StockEvent
+from schemas.ledger import Reconciliation, Voucher
 from schemas.review import OrderCancellation, ReviewDecision
 from schemas.saga import OrderDecision
 from schemas.shipping import (
@@ -61,6 +62,9 @@ class Outputs:
     writebacks: list[WriteBackRequest] = field(default_factory=list)
     notifications: list[CustomerNotification] = field(default_factory=list)
     returns_settled: list[ReturnSettled] = field(default_factory=list)
+    vouchers: list[Voucher] = field(default_factory=list)
+    voucher_bytes: dict[str, set[bytes]] = field(default_factory=dict)  # voucher id -> every distinct copy
+    reconciliations: list[Reconciliation] = field(default_factory=list)
     undecodable: Counter = field(default_factory=Counter)  # result topic -> records that fail their schema
 
 
@@ -90,6 +94,8 @@ def collect(bootstrap: str, topics: Topics, timeout_s: float = 120.0) -> Outputs
         topics.writebacks: (WriteBackRequest, out.writebacks),
         topics.notifications: (CustomerNotification, out.notifications),
         topics.returns: (ReturnSettled, out.returns_settled),
+        topics.vouchers: (Voucher, out.vouchers),
+        topics.reconciliations: (Reconciliation, out.reconciliations),
     }
     for msg in read_topics(bootstrap, list(sinks), timeout_s=timeout_s):
         typ, sink = sinks[msg.topic]
@@ -104,4 +110,6 @@ def collect(bootstrap: str, topics: Topics, timeout_s: float = 120.0) -> Outputs
         sink.append(record)
         if typ is OrderDecision:
             out.decision_bytes.setdefault(record.decision_id, set()).add(bytes(msg.value or b""))
+        elif typ is Voucher:
+            out.voucher_bytes.setdefault(record.voucher_id, set()).add(bytes(msg.value or b""))
     return out

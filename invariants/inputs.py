@@ -102,6 +102,8 @@ class Inputs:
     #: (record kind, order id) → the reason an aftersales request sent must be refused for (a return asking too
     #: much, a pickup claim with a wrong code)
     refused_requests: dict[tuple[str, str], ReasonCode] = field(default_factory=dict)
+    #: a tenant books revenue at delivery: a goods issue may have no revenue voucher yet (its cost is in 发出商品)
+    revenue_deferred: bool = False
 
     def forgotten_before(self) -> int | None:
         """Orders created at or before this time may have been forgotten by the engine (the retention before the

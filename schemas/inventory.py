@@ -168,6 +168,10 @@ class StockEvent(Record, kw_only=True):
     order_id: Ident | None = None
     line_id: Ident | None = None
     unit_cost_fen: UnitPriceFen | None = None
+    # Moving-average valuation at the warehouse (移动加权平均): the change in its inventory value this event made
+    # (a receipt's net amount, an issue's cost, a return at the cost it left with) and the value after it.
+    d_value_fen: int = 0
+    value_fen: int = 0
     origin: Ident
     seq: Seq
     ts: EpochMs

@@ -1,5 +1,5 @@
-"""Shared fixtures. Pipeline tests run against a real Kafka broker and Redis server that the project's own
-``engine.local`` starts on test ports (so a developer's running instance is never touched)."""
+"""Shared fixtures. Pipeline tests run against a real Kafka broker, Redis server and PostgreSQL that the project's
+own ``engine.local`` starts on test ports (so a developer's running instance is never touched)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,31 @@ from engine.settings import Settings
 from workload.delivery import Credentials
 
 TEST_PORTS = {"local_kafka_port": 29092, "local_controller_port": 29093, "local_redis_port": 26379}
+TEST_POSTGRES_URL = "postgresql://oms@127.0.0.1:25432/oms"
+
+
+def _let_postgres_in(state: Path, base: Path) -> None:
+    """As root, the local PostgreSQL runs as the ``postgres`` user, which must traverse (not list) the directories
+    pytest made for its data directory: pytest makes them closed to other users (and closes its own again)."""
+    if os.geteuid() != 0:
+        return
+    for d in (state, *state.parents):
+        if not d.is_relative_to(base):
+            break
+        d.chmod(d.stat().st_mode | 0o001)
 
 
 @pytest.fixture(scope="session")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """Kafka + Redis for the whole session; yields the base settings pointing at them."""
-    state = Path(os.environ.get("OMS_TEST_STATE_DIR") or tmp_path_factory.mktemp("oms-state"))
-    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP", "REDIS_URL")}
-    base = Settings.from_env(env, state_dir=str(state), **TEST_PORTS)
+    """Kafka + Redis + PostgreSQL for the whole session; yields the base settings pointing at them."""
+    if os.environ.get("OMS_TEST_STATE_DIR"):
+        state = Path(os.environ["OMS_TEST_STATE_DIR"])
+    else:
+        state = tmp_path_factory.mktemp("oms-state")
+        _let_postgres_in(state, tmp_path_factory.getbasetemp().parent)
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP", "REDIS_URL", "OMS_POSTGRES_URL")}
+    pg = os.environ.get("OMS_TEST_POSTGRES_URL") or TEST_POSTGRES_URL
+    base = Settings.from_env(env, state_dir=str(state), postgres_url=pg, **TEST_PORTS)
     if os.environ.get("OMS_TEST_KAFKA_BOOTSTRAP"):  # run the pipeline tests against a cluster you already have
         base = base.with_(kafka_bootstrap=os.environ["OMS_TEST_KAFKA_BOOTSTRAP"])
     local = LocalServers(base)

@@ -30,6 +30,7 @@ from rich.table import Table
 
 from agents.fulfilment.layout import generate_layout, load_layouts
 from agents.fulfilment.publish import publish_layouts
+from agents.ledger.publish import publish_policies as publish_ledger_policies
 from agents.orders.publish import load_rules_file, publish_rules
 from agents.shipping.publish import demo_policy, publish_policies
 from deploy.local.servers import LocalServerError, LocalServers
@@ -43,6 +44,7 @@ from engine.topics import Topics
 from invariants import Inputs, check, collect
 from schemas import wire
 from schemas.fulfilment import Layout, WavePolicy
+from schemas.ledger import LedgerPolicy, LedgerPolicyVersion
 from schemas.review import Action, OperatorActionKind, Outcome, ReviewDecision
 from schemas.saga import DecisionStatus, OrderDecision
 from schemas.shipping import ShippingPolicyVersion
@@ -183,6 +185,8 @@ def main_job(base: Settings, opts: RunOptions) -> int:
             for tenant, skus in workload.catalog().items()
         }
         publish_policies(settings, policies, "shipping-policy-publisher")
+        books = {tenant: LedgerPolicyVersion(tenant=tenant, version=1, policy=LedgerPolicy()) for tenant in policies}
+        publish_ledger_policies(settings, books, "ledger-policy-publisher")  # the standard chart, 13 %, at shipment
         with console.status(f"Starting {workers} engine workers…"):
             pool.start()
             pool.wait_ready([topics.order_inbox, topics.inventory_commands])
@@ -253,6 +257,9 @@ def main_job(base: Settings, opts: RunOptions) -> int:
         summary["picking"] = picking_summary(picking, verdict.counts)
         summary["shipping"] = shipping_summary(outputs, verdict.counts)
         summary["aftersales"] = aftersales_summary(after, verdict.counts, outputs)
+        summary["books"] = books_summary(outputs, verdict.counts)
+        summary["books"]["postgres"] = postgres_books(settings, outputs)
+        summary["ok"] = summary["ok"] and summary["books"]["postgres"].get("agrees", False)
         # where the day's time went: sending it, deciding every order not held, the operator pass on the holds
         summary["phases_s"] = {k: round(v, 1) for k, v in phases.items()}
         print_report(summary, console)
@@ -326,6 +333,7 @@ def engine_inputs(topics: Topics) -> list[str]:
         topics.shipping_inbox,
         topics.tracking_inbox,
         topics.aftersales_inbox,
+        topics.ledger_inbox,
     ]
 
 
@@ -491,6 +499,7 @@ def gateways(topics: Topics) -> list[tuple[str, str, str]]:
     return [
         (topics.shipping_inbox, "carrier-gateway", topics.waybill_requests),
         (topics.aftersales_inbox, "channel-gateway", topics.writebacks),
+        (topics.ledger_inbox, "voucher-sink", topics.vouchers),  # the books are in PostgreSQL too
     ]
 
 
@@ -678,6 +687,8 @@ def print_report(s: dict[str, Any], console: Console) -> None:
         ("write-back", _writeback_row(s.get("aftersales", {}))),
         ("returns", _returns_row(s.get("aftersales", {}))),
         ("stores", _stores_row(s.get("aftersales", {}))),
+        ("books", _books_row(s.get("books", {}))),
+        ("trial balance", _trial_balance_row(s.get("books", {}))),
         ("oversold units", f"{s['oversold_units']}"),
         ("invariants", "[green]ok[/]" if s["invariants"] == "ok" else "[red]VIOLATED[/]"),
     ]
@@ -837,6 +848,95 @@ def _stores_row(a: dict[str, Any]) -> str:
         f"{a['pickups']:,} pickup orders: {a['pickups_claimed']:,} claimed with their code, "
         f"{a['pickups_expired']:,} expired (stock released) · {a['counter_sales']:,} counter sales (POS)"
     )
+
+
+def books_summary(outputs: Any, counts: dict[str, Any]) -> dict[str, Any]:
+    """Revenue, cost and margin of the day from the vouchers on the topic (standard chart), and the trial balance."""
+    vouchers = {v.voucher_id: v for v in outputs.vouchers}
+    by_account: dict[str, list[int]] = {}
+    for voucher in vouchers.values():
+        for line in voucher.lines:
+            total = by_account.setdefault(line.account, [0, 0])
+            total[0] += line.debit_fen
+            total[1] += line.credit_fen
+
+    def net(code: str, credit: bool = False) -> int:
+        debit_fen, credit_fen = by_account.get(code, [0, 0])
+        return credit_fen - debit_fen if credit else debit_fen - credit_fen
+
+    revenue, cost = net("6001", credit=True), net("6401")
+    debit, credit = sum(d for d, _ in by_account.values()), sum(c for _, c in by_account.values())
+    kinds: dict[str, int] = {}
+    for voucher in vouchers.values():
+        kinds[voucher.kind.value] = kinds.get(voucher.kind.value, 0) + 1
+    return {
+        "vouchers": len(vouchers),
+        "by_kind": dict(sorted(kinds.items())),
+        "revenue_fen": revenue,
+        "cost_fen": cost,
+        "gross_margin_fen": revenue - cost,
+        "gross_margin_pct": round(100 * (revenue - cost) / revenue, 1) if revenue else 0.0,
+        "freight_fen": net("6601.02"),
+        "stock_losses_fen": net("6602"),
+        "output_vat_fen": net("2221.02", credit=True),
+        "receivable_fen": net("1122"),
+        "inventory_books_fen": net("1405"),
+        "inventory_warehouse_fen": counts.get("inventory_value_fen", 0),
+        "debit_fen": debit,
+        "credit_fen": credit,
+        "balanced": debit == credit,
+    }
+
+
+def postgres_books(settings: Settings, outputs: Any) -> dict[str, Any]:
+    """What the sink wrote to PostgreSQL for this run, against the vouchers topic: once each, balanced, the same."""
+    from agents.ledger.sink import read_books
+
+    topic = {v.voucher_id: v for v in outputs.vouchers}
+    tenants = sorted({v.tenant for v in topic.values()})
+    try:
+        books = [read_books(settings.postgres_url, tenant, settings.topic_prefix) for tenant in tenants]
+    except Exception as exc:  # the report says why; the exit code says the books were not checked
+        return {"error": f"{type(exc).__name__}: {exc}"[:300], "agrees": False}
+    rows, vouchers = sum(b["rows"] for b in books), sum(b["vouchers"] for b in books)
+    unbalanced = sum(len(b["unbalanced"]) for b in books)
+    debit = sum(b["debit_fen"] for b in books)
+    agrees = rows == vouchers == len(topic) and not unbalanced and debit == sum(v.debit_fen for v in topic.values())
+    return {"rows": rows, "vouchers": vouchers, "unbalanced": unbalanced, "debit_fen": debit, "agrees": agrees}
+
+
+def _yuan(fen: int) -> str:
+    return f"¥{fen / 100:,.2f}"
+
+
+def _books_row(b: dict[str, Any]) -> str:
+    if not b:
+        return "not collected"
+    return (
+        f"revenue {_yuan(b['revenue_fen'])} · cost {_yuan(b['cost_fen'])} · gross margin "
+        f"{_yuan(b['gross_margin_fen'])} ({b['gross_margin_pct']} %) · freight {_yuan(b['freight_fen'])} · "
+        f"stock losses {_yuan(b['stock_losses_fen'])} · output VAT {_yuan(b['output_vat_fen'])} · "
+        f"{b['vouchers']:,} vouchers (" + _kv(b["by_kind"]) + ")"
+    )
+
+
+def _trial_balance_row(b: dict[str, Any]) -> str:
+    if not b:
+        return "not collected"
+    mark = "[green]balanced[/]" if b["balanced"] else "[red]NOT BALANCED[/]"
+    agree = "=" if b["inventory_books_fen"] == b["inventory_warehouse_fen"] else "[red]≠[/]"
+    return (
+        f"{mark}: Σ debit {_yuan(b['debit_fen'])} = Σ credit {_yuan(b['credit_fen'])} · inventory in the books "
+        f"{_yuan(b['inventory_books_fen'])} {agree} in the warehouse {_yuan(b['inventory_warehouse_fen'])} · "
+        f"receivable open {_yuan(b['receivable_fen'])}" + _postgres_part(b.get("postgres", {}))
+    )
+
+
+def _postgres_part(pg: dict[str, Any]) -> str:
+    if "error" in pg:
+        return f" · [red]PostgreSQL not read[/]: {pg['error']}"
+    mark = "" if pg.get("agrees") else "[red]≠ the topic[/] "
+    return f" · PostgreSQL {mark}{pg.get('rows', 0):,} rows, {pg.get('unbalanced', 0)} unbalanced"
 
 
 def _kv(d: dict[str, Any]) -> str:

@@ -84,6 +84,8 @@ class Workload:
         self.cum = list(itertools.accumulate(self.popularity))
         rng = random.Random(spec.seed * 7919)
         self.price = [rng.choice((990, 1990, 2990, 4990, 9990, 19900, 39900, 99900)) for _ in range(n)]
+        # what the retailer paid per unit, net of VAT (采购成本): 45–65 % of the list price, by SKU
+        self.cost = [price * (45 + (i * 7) % 21) // 100 for i, price in enumerate(self.price)]
         self.channel_names = list(CHANNEL_MIX)
         self.channel_cum = list(itertools.accumulate(CHANNEL_MIX.values()))
         self.tenant_cum = list(itertools.accumulate(spec.tenant_weights))
@@ -126,7 +128,7 @@ class Workload:
                         ts=ts,
                         warehouse=store,
                         quantity=units,
-                        unit_cost_fen=None,
+                        unit_cost_fen=self.unit_cost(spec.sku(i + 1)),
                         document_id=document,
                     )
 
@@ -147,9 +149,14 @@ class Workload:
                     ts=ts,
                     warehouse=wh,
                     quantity=qty,
-                    unit_cost_fen=None,
+                    unit_cost_fen=self.unit_cost(sku),
                     document_id=document,
                 )
+
+    def unit_cost(self, sku: str) -> int:
+        """A SKU's purchase cost (the flash-sale SKU and unknown ones: half of a ¥99 item)."""
+        rank = int(sku[4:]) if sku.startswith("SKU-") and sku[4:].isdigit() else 0
+        return self.cost[rank - 1] if 1 <= rank <= self.spec.skus else 4_950
 
     def catalog(self) -> dict[str, set[str]]:
         """Every SKU each tenant sells (the product master), stocked or not."""

@@ -49,6 +49,7 @@ from schemas.deadletter import ReasonCode
 from schemas.fulfilment import Tick
 from schemas.inbox import OperatorAction
 from schemas.inventory import Issue, Return
+from schemas.ledger import LedgerRecord, ProgressMade, ReturnBooked
 from schemas.shipping import GoodsIssued
 
 ORDERS, PICKUPS = "aftersales-orders", "aftersales-pickups"
@@ -83,6 +84,7 @@ class AftersalesLogic(Logic):
             GoodsIssued: topics.goods_issued,
             OperatorAction: topics.order_inbox,
         }
+        self.ledger_inbox = topics.ledger_inbox
 
     def process(self, work: PartitionWork, record: Input) -> None:
         try:
@@ -139,6 +141,9 @@ class AftersalesLogic(Logic):
                 work.put(PICKUPS, f"p{p}", wire.encode(due))
         for out in step.outputs:
             work.emit(self.routes[type(out)], out.key, out)
+            booked = for_ledger(out)
+            if booked is not None:
+                work.emit(self.ledger_inbox, booked.key, booked)
 
     def _due(self, work: PartitionWork, p: int) -> dict[str, int]:
         return work.get_as(PICKUPS, f"p{p}", dict[str, int]) or {}
@@ -175,3 +180,14 @@ def install(app: faust.App) -> Stage:
     stage = Stage(app, logic)
     install_ticks(app, stage, ctx.topics.aftersales_inbox, settings.aftersales_tick_s, settings.bootstrap)
     return stage
+
+
+def for_ledger(out: object) -> LedgerRecord | None:
+    """What finance books of aftersales' outputs: goods handed over in a store, deliveries, settled returns."""
+    if isinstance(out, GoodsIssued):
+        return out
+    if isinstance(out, OrderProgress) and out.event == "delivered":
+        return ProgressMade(progress=out)
+    if isinstance(out, ReturnSettled):
+        return ReturnBooked(settled=out)
+    return None

@@ -22,6 +22,7 @@ from engine.runtime.work import Input, Logic, PartitionWork
 from engine.topics import Topics
 from schemas import wire
 from schemas.inventory import CommandKind, InventoryCommand, Quote, reservation_key
+from schemas.ledger import StockMoved
 
 log = logging.getLogger("oms.inventory")
 
@@ -68,6 +69,9 @@ class InventoryLogic(Logic):
             work.put(LINES, line_key, out.line, expires_at=out.line.expires_at(self.retention_ms))
         for event in out.events:
             work.emit(self.topics.stock_events, event.key, event)
+            if event.d_on_hand:  # finance books every change of on hand at its value (业财一体化)
+                moved = StockMoved(event=event)
+                work.emit(self.topics.ledger_inbox, moved.key, moved)
             if event.kind is CommandKind.RECEIVE:
                 work.side_effects.append((event.tenant, event.sku))
         for result in out.results:

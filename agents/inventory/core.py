@@ -5,7 +5,12 @@ State per SKU (key ``tenant:sku``), small and bounded:
 * ``levels``: per warehouse ``on_hand`` and ``reserved``; available = on_hand − reserved is never negative (I1);
 * ``origins``: per command origin, the highest ``seq`` applied (its high-water mark) and when; the last few
   document commands (receipts, adjustments, returns) of the origin are remembered by id;
-* ``version``: changes applied so far, stamped on every stock event so consumers can detect a gap.
+* ``version``: changes applied so far, stamped on every stock event so consumers can detect a gap;
+* ``values``: per warehouse the value of its units in fen, at moving-average cost (移动加权平均, rules in
+  agents.ledger.costing): a receipt adds its net amount, an issue, short pick or count loss takes units out at the
+  current average (which an outflow never changes), a customer return comes back at the cost its line left
+  with (kept on the line's record). Every stock event carries the value it moved and the value after it, so the
+  books (the ledger stage) and the warehouse never disagree (账实相符).
 
 Each order line has its own record (key ``tenant:sku:line_id``): open while it holds a reservation (预占),
 then released or issued (shipped); or refused, when there was no stock for it. A short pick (拣货缺货) takes the
@@ -28,6 +33,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from agents.ledger import costing
 from schemas.aftersales import is_quarantine
 from schemas.deadletter import ReasonCode
 from schemas.inventory import (
@@ -71,6 +77,8 @@ class SkuStock(msgspec.Struct, kw_only=True):
     levels: dict[str, Level] = msgspec.field(default_factory=dict)  # warehouse -> level
     origins: dict[str, OriginMark] = msgspec.field(default_factory=dict)
     version: int = 0
+    values: dict[str, int] = msgspec.field(default_factory=dict)  # warehouse -> value of its on-hand units (fen)
+    last_costs: dict[str, int] = msgspec.field(default_factory=dict)  # warehouse -> last unit cost (empty pool)
 
     def copy(self) -> SkuStock:
         return SkuStock(
@@ -79,7 +87,16 @@ class SkuStock(msgspec.Struct, kw_only=True):
             levels={wh: Level(v.on_hand, v.reserved) for wh, v in self.levels.items()},
             origins={o: OriginMark(seq=m.seq, ts=m.ts, recent=list(m.recent)) for o, m in self.origins.items()},
             version=self.version,
+            values=dict(self.values),
+            last_costs=dict(self.last_costs),
         )
+
+    def unit_cost(self, warehouse: str) -> int:
+        """The moving-average unit cost at ``warehouse`` (the last one known when it holds nothing)."""
+        level = self.levels.get(warehouse)
+        if level is not None and level.on_hand > 0:
+            return costing.round_half_up(self.values.get(warehouse, 0), level.on_hand)
+        return self.last_costs.get(warehouse, 0)
 
     def available(self, warehouse: str) -> int:
         level = self.levels.get(warehouse)
@@ -102,6 +119,9 @@ class LineReservation(msgspec.Struct, kw_only=True):
     state: LineState
     closed_at: int | None = None  # command time it was refused, released or issued
     refusal: RejectReason | None = None
+    cost_fen: int = 0  # issued: what its units cost when they left (returns come back at it)
+    returned: int = 0  # issued: units returned so far, and the cost they came back at
+    returned_cost_fen: int = 0
 
     def expires_at(self, retention_ms: int) -> int | None:
         return None if self.closed_at is None else self.closed_at + retention_ms
@@ -188,13 +208,21 @@ def apply(stock: SkuStock, line: LineReservation | None, cmd: InventoryCommand, 
             out.refused = (ReasonCode.NOT_RESERVED, f"line {cmd.line_id} holds no reservation")
         else:
             q = line.quantity
-            _change(new, line.warehouse or "", -q, -q, cmd, out, line.order_id)
+            cost = -_change(new, line.warehouse or "", -q, -q, cmd, out, line.order_id)
             out.line = LineReservation(
-                order_id=line.order_id, warehouse=line.warehouse, quantity=q, state=LineState.ISSUED, closed_at=cmd.ts
+                order_id=line.order_id,
+                warehouse=line.warehouse,
+                quantity=q,
+                state=LineState.ISSUED,
+                closed_at=cmd.ts,
+                cost_fen=cost,
             )
             out.line_changed = True
-    elif isinstance(cmd, Receive | Return):
-        _change(new, cmd.warehouse, cmd.quantity, 0, cmd, out, getattr(cmd, "order_id", None))
+    elif isinstance(cmd, Receive):
+        unit_cost = cmd.unit_cost_fen if cmd.unit_cost_fen is not None else new.unit_cost(cmd.warehouse)
+        _change(new, cmd.warehouse, cmd.quantity, 0, cmd, out, None, value_in=cmd.quantity * unit_cost)
+    elif isinstance(cmd, Return):
+        _return(new, line, cmd, out)
     elif isinstance(cmd, Adjust):
         _adjust(new, cmd, out)
     elif isinstance(cmd, ShortPick):
@@ -314,8 +342,8 @@ def _issue_after_release(new: SkuStock, line: LineReservation, cmd: Issue, out: 
         out.refused = (ReasonCode.WOULD_OVERSELL, f"{cmd.line_id} shipped {line.quantity} after it was released")
         return
     out.note = "issue_after_release"
-    _change(new, warehouse, -line.quantity, 0, cmd, out, line.order_id)
-    out.line = msgspec.structs.replace(line, state=LineState.ISSUED, closed_at=cmd.ts)
+    cost = -_change(new, warehouse, -line.quantity, 0, cmd, out, line.order_id)
+    out.line = msgspec.structs.replace(line, state=LineState.ISSUED, closed_at=cmd.ts, cost_fen=cost)
     out.line_changed = True
 
 
@@ -332,7 +360,27 @@ def _adjust(new: SkuStock, cmd: Adjust, out: Outcome) -> None:
         )
         return
     if cmd.delta:
-        _change(new, cmd.warehouse, cmd.delta, 0, cmd, out, None)
+        gain = cmd.delta * new.unit_cost(cmd.warehouse) if cmd.delta > 0 else None  # 盘盈 at the current cost
+        _change(new, cmd.warehouse, cmd.delta, 0, cmd, out, None, value_in=gain)
+
+
+def _return(new: SkuStock, line: LineReservation | None, cmd: Return, out: Outcome) -> None:
+    """A customer return comes back at the cost its line left with (pro rata of the units; the last units
+    returned take exactly what is left of it). A line forgotten (returned after the retention) or never issued
+    here comes back at the location's current cost, and says so."""
+    if line is not None and line.state is LineState.ISSUED and line.quantity > 0:
+        returned = min(line.returned + cmd.quantity, line.quantity)
+        if returned == line.quantity:
+            value = line.cost_fen - line.returned_cost_fen
+        else:
+            value = costing.round_half_up(line.cost_fen * cmd.quantity, line.quantity)
+        value = max(0, value)
+        out.line = msgspec.structs.replace(line, returned=returned, returned_cost_fen=line.returned_cost_fen + value)
+        out.line_changed = True
+    else:
+        out.note = "return_at_current_cost"
+        value = cmd.quantity * new.unit_cost(cmd.warehouse)
+    _change(new, cmd.warehouse, cmd.quantity, 0, cmd, out, cmd.order_id, value_in=value)
 
 
 def _change(
@@ -343,8 +391,23 @@ def _change(
     cmd: InventoryCommand,
     out: Outcome,
     order_id: str | None,
-) -> None:
+    value_in: int | None = None,
+) -> int:
+    """Apply a change at one warehouse and record it as a stock event; returns the change in inventory value
+    (units in add ``value_in``; units out take their moving-average cost, agents.ledger.costing)."""
     level = new.levels.setdefault(warehouse, Level(0, 0))
+    d_value = 0
+    if d_on_hand > 0:
+        d_value = value_in or 0
+    elif d_on_hand < 0:
+        pool = costing.CostPool(level.on_hand, new.values.get(warehouse, 0))
+        _, cost = costing.issue(pool, -d_on_hand)
+        d_value = -cost
+    if d_on_hand:
+        value = new.values.get(warehouse, 0) + d_value
+        new.values[warehouse] = value
+        if d_on_hand > 0 and level.on_hand + d_on_hand > 0:
+            new.last_costs[warehouse] = costing.round_half_up(value, level.on_hand + d_on_hand)
     level.on_hand += d_on_hand
     level.reserved += d_reserved
     if level.reserved < 0 or level.on_hand < level.reserved:  # unreachable by the rules above; a guard
@@ -364,12 +427,15 @@ def _change(
             version=new.version,
             order_id=order_id,
             line_id=getattr(cmd, "line_id", None),
-            unit_cost_fen=getattr(cmd, "unit_cost_fen", None),
+            unit_cost_fen=costing.round_half_up(abs(d_value), abs(d_on_hand)) if d_on_hand else None,
+            d_value_fen=d_value,
+            value_fen=new.values.get(warehouse, 0),
             origin=cmd.origin,
             seq=cmd.seq,
             ts=cmd.ts,
         )
     )
+    return d_value
 
 
 def _result(

@@ -88,6 +88,7 @@ class OrderLogic(Logic):
             PickupReady: topics.aftersales_inbox,
             ReturnRequested: topics.aftersales_inbox,
         }
+        self.ledger_inbox = topics.ledger_inbox  # approvals also go to finance: what was paid, per line
         self.holds: HoldsModel | None = None
         self.sync: ReadModelSync | None = None
         self.stage: Stage | None = None
@@ -159,6 +160,8 @@ class OrderLogic(Logic):
             work.side_effects.append(SagaProgress(step.order.key, step.order.phase is Phase.RESERVING))
         for out in step.outputs:
             work.emit(self.routes[type(out)], out.key, out)
+            if isinstance(out, OrderOpened):
+                work.emit(self.ledger_inbox, out.key, out)
         work.side_effects.extend(step.holds)
         if step.note:
             work.note(step.note)

@@ -21,6 +21,7 @@ from schemas.aftersales import WaybillRegistered
 from schemas.deadletter import ReasonCode
 from schemas.fulfilment import ShipmentPicked
 from schemas.inventory import Issue
+from schemas.ledger import ParcelsShipped
 from schemas.shipping import (
     GoodsIssued,
     ShipmentFailed,
@@ -51,11 +52,12 @@ class ShippingLogic(Logic):
         self.partitions = partitions
         self.retention_ms = retention_ms
         self.origin_prefix = f"shipping.{inbox_epoch or 'x'}"  # the idempotency origin of its issue commands
+        self.ledger_inbox = topics.ledger_inbox
         self.routes: dict[type, tuple[str, ...]] = {
             WaybillWanted: (topics.waybill_requests,),
             ShipmentShipped: (topics.shipped,),
             ShipmentFailed: (topics.shipping_failures,),
-            GoodsIssued: (topics.goods_issued, topics.aftersales_inbox),
+            GoodsIssued: (topics.goods_issued, topics.aftersales_inbox, topics.ledger_inbox),
             Issue: (topics.inventory_commands,),
             WaybillRegistered: (topics.tracking_inbox,),
         }
@@ -88,6 +90,9 @@ class ShippingLogic(Logic):
         if step.changed and step.state is not None:
             work.put(SHIPMENTS, item.key, step.state, expires_at=self._expiry(step.state))
         for out in step.outputs:
+            if isinstance(out, ShipmentShipped):  # finance books its freight
+                parcels = ParcelsShipped(shipped=out)
+                work.emit(self.ledger_inbox, parcels.key, parcels)
             for topic in self.routes[type(out)]:
                 work.emit(topic, out.key, out)
         if step.note:

@@ -1,9 +1,11 @@
-"""Local Apache Kafka (KRaft, single node) and Redis on 127.0.0.1: provision, start, status, stop.
+"""Local Apache Kafka (KRaft, single node), Redis and PostgreSQL on 127.0.0.1: provision, start, status, stop.
 
 Kafka runs from jars that Maven resolves from Maven Central (``deploy/local/pom.xml``) into a cache
 keyed by the Kafka version and the pom's hash, so only the first start downloads. Redis is Debian's
-``redis-server``, installed with apt when missing and we are root. Each server writes a pid file and a
-log under ``$OMS_STATE_DIR``; readiness is a real round trip (Kafka metadata, Redis PING).
+``redis-server``, installed with apt when missing and we are root; PostgreSQL likewise (Debian's ``postgresql``,
+its binaries run as the ``postgres`` user when we are root, since the server refuses to run as root). Each
+server writes a pid file and a log under ``$OMS_STATE_DIR``; readiness is a real round trip (Kafka metadata,
+Redis PING, a PostgreSQL query).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from engine.kafka.admin import KafkaUnavailable, wait_for_broker
 from engine.settings import REPO_ROOT, Settings
@@ -42,7 +45,7 @@ class Status:
     def line(self) -> str:
         state = "running" if self.running else "stopped"
         who = f"pid {self.pid}" if self.pid else ("external" if self.running else "-")
-        return f"{self.name:6s} {state:8s} {self.address:22s} {who:12s} {self.detail}"
+        return f"{self.name:8s} {state:8s} {self.address:22s} {who:12s} {self.detail}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -81,9 +84,9 @@ def _tail(path: Path, lines: int = 25) -> str:
         return "(no log)"
 
 
-def _stop_pid(pid: int, timeout_s: float) -> None:
+def _stop_pid(pid: int, timeout_s: float, sig: int = signal.SIGTERM) -> None:
     try:
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, sig)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout_s
@@ -95,7 +98,10 @@ def _stop_pid(pid: int, timeout_s: float) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def _spawn(cmd: list[str], log: Path, pid_file: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def _spawn(
+    cmd: list[str], log: Path, pid_file: Path, env: dict[str, str] | None = None, user: str | None = None
+) -> subprocess.Popen:
+    """Start ``cmd`` in its own session, output to ``log``; as ``user`` (its own group, no other) if given."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(
@@ -105,6 +111,9 @@ def _spawn(cmd: list[str], log: Path, pid_file: Path, env: dict[str, str] | None
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             env=env,
+            user=user,
+            group=user,
+            extra_groups=[] if user else None,
         )
     pid_file.write_text(str(proc.pid))
     return proc
@@ -360,13 +369,176 @@ class RedisServer:
         return True
 
 
+class PostgresServer:
+    """A PostgreSQL cluster of its own under ``$OMS_STATE_DIR/postgres`` (not the system's), 127.0.0.1 only, trust
+    auth; its superuser and database are the user and database of ``settings.postgres_url``."""
+
+    name = "postgres"
+    os_user = "postgres"  # who runs initdb and the server when we are root (the Debian package creates it)
+
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.home = Path(settings.state_dir) / "postgres"
+        self.data = self.home / "data"
+        self.pid_file = self.home / "postgres.pid"
+        self.log = Path(settings.state_dir) / "logs" / "postgres.log"
+        url = urlsplit(settings.postgres_url)
+        self.user = url.username or "oms"
+        self.database = url.path.lstrip("/") or self.user
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.s.local_postgres_port}"
+
+    @staticmethod
+    def bindir(echo=print) -> Path:
+        """Where ``initdb`` and ``postgres`` are: Debian's newest /usr/lib/postgresql/<major>/bin, else PATH."""
+
+        def find() -> Path | None:
+            majors = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/postgres") if p.parts[-3].isdigit()]
+            if majors:
+                return max(majors, key=lambda d: int(d.parts[-2]))
+            on_path = shutil.which("postgres")
+            bindir = Path(on_path).resolve().parent if on_path else None
+            return bindir if bindir and (bindir / "initdb").exists() else None
+
+        found = find()
+        if found:
+            return found
+        if os.geteuid() == 0 and shutil.which("apt-get"):
+            echo("Installing postgresql from Debian (apt-get)…")
+            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"]
+            if subprocess.run(cmd, capture_output=True, env=env).returncode != 0:
+                subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                if proc.returncode != 0:
+                    raise LocalServerError(f"apt-get install postgresql failed:\n{proc.stderr[-2000:]}")
+            found = find()
+            if found:
+                return found
+        raise LocalServerError(
+            "PostgreSQL (initdb, postgres) not found. Install it (Debian: sudo apt-get install postgresql) "
+            "or point OMS_POSTGRES_URL at an existing PostgreSQL."
+        )
+
+    def _run_as(self) -> str | None:
+        """PostgreSQL refuses to run as root: then it runs as the ``postgres`` user, else as we are."""
+        if os.geteuid() != 0:
+            return None
+        try:
+            import pwd
+
+            pwd.getpwnam(self.os_user)
+        except KeyError:
+            raise LocalServerError(
+                f"running as root, and PostgreSQL refuses to: create a '{self.os_user}' user for it "
+                "(the Debian package does: apt-get install postgresql)"
+            ) from None
+        return self.os_user
+
+    def _connect(self, **kwargs):
+        import psycopg
+
+        return psycopg.connect(self.s.postgres_url, dbname="postgres", connect_timeout=2, **kwargs)
+
+    def _query_ok(self) -> bool:
+        import psycopg
+
+        try:
+            with self._connect() as conn:
+                conn.execute("SELECT 1")
+            return True
+        except psycopg.Error:
+            return False
+
+    def _initdb(self, bindir: Path, user: str | None) -> None:
+        if (self.data / "PG_VERSION").exists():
+            return
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.data.chmod(0o700)
+        if user:
+            shutil.chown(self.data, user, user)
+            # the server's user must reach its data directory through every directory above it
+            probe = subprocess.run(["test", "-w", str(self.data)], user=user, group=user, extra_groups=[])
+            if probe.returncode != 0:
+                raise LocalServerError(
+                    f"the '{user}' user cannot reach {self.data} (a directory above it is closed to other users): "
+                    "set OMS_STATE_DIR to a directory it can traverse"
+                )
+        cmd = [str(bindir / "initdb"), "-D", str(self.data), "-U", self.user, "--auth=trust", "-E", "UTF8"]
+        cmd += ["--no-locale", "--no-instructions"]
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, user=user, group=user, extra_groups=[] if user else None
+        )
+        if proc.returncode != 0:
+            shutil.rmtree(self.data, ignore_errors=True)
+            raise LocalServerError(f"initdb failed:\n{(proc.stdout + proc.stderr)[-2000:]}")
+
+    def _create_database(self) -> None:
+        from psycopg import sql
+
+        with self._connect(autocommit=True) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)).fetchone():
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.database)))
+
+    def status(self) -> Status:
+        pid = _read_pid(self.pid_file)
+        return Status(self.name, self._query_ok(), pid, self.address, pid is not None, self.log)
+
+    def start(self, echo=print, timeout_s: float = 60.0) -> bool:
+        if self._query_ok():
+            self._create_database()
+            return False
+        if _port_open(self.s.local_postgres_port):
+            raise LocalServerError(
+                f"port {self.s.local_postgres_port} is taken by something that does not let user {self.user!r} in "
+                "(put a free port in OMS_POSTGRES_URL)"
+            )
+        bindir = self.bindir(echo)
+        user = self._run_as()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._initdb(bindir, user)
+        cmd = [
+            str(bindir / "postgres"),
+            "-D",
+            str(self.data),
+            "-p",
+            str(self.s.local_postgres_port),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "unix_socket_directories=",  # TCP only: no socket in a system directory we may not own
+        ]
+        proc = _spawn(cmd, self.log, self.pid_file, user=user)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise LocalServerError(f"postgres exited with {proc.returncode}; log {self.log}:\n{_tail(self.log)}")
+            if self._query_ok():
+                self._create_database()
+                return True
+            time.sleep(0.2)
+        _stop_pid(proc.pid, 10, signal.SIGINT)
+        raise LocalServerError(f"postgres did not answer in {timeout_s:.0f}s; log {self.log}:\n{_tail(self.log)}")
+
+    def stop(self) -> bool:
+        pid = _read_pid(self.pid_file)
+        if pid is None:
+            return False
+        _stop_pid(pid, 30.0, signal.SIGINT)  # fast shutdown: SIGTERM would wait for every client to leave
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+
 class LocalServers:
-    """The local Kafka and Redis that the CLI and the tests start when no external ones are configured."""
+    """The local Kafka, Redis and PostgreSQL that the CLI and the tests start when no external ones are configured."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.kafka = KafkaServer(settings)
         self.redis = RedisServer(settings)
+        self.postgres = PostgresServer(settings)
         self.started: list[str] = []
 
     def start(self, echo=print) -> list[str]:
@@ -376,16 +548,18 @@ class LocalServers:
             started.append("kafka")
         if self.settings.uses_local_redis and self.redis.start(echo):
             started.append("redis")
+        if self.settings.uses_local_postgres and self.postgres.start(echo):
+            started.append("postgres")
         self.started += started
         return started
 
     def stop(self, only_started: bool = True) -> list[str]:
         stopped = []
-        for name, server in (("redis", self.redis), ("kafka", self.kafka)):
+        for name, server in (("postgres", self.postgres), ("redis", self.redis), ("kafka", self.kafka)):
             if (not only_started or name in self.started) and server.stop():
                 stopped.append(name)
         self.started = [n for n in self.started if n not in stopped]
         return stopped
 
     def status(self) -> list[Status]:
-        return [self.kafka.status(), self.redis.status()]
+        return [self.kafka.status(), self.redis.status(), self.postgres.status()]

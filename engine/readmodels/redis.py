@@ -41,6 +41,10 @@ class Keys:
     def catalog(self, tenant: str) -> str:
         return f"{self.p}:catalog:{tenant}"
 
+    def trial_balance(self, tenant: str) -> str:
+        """The ledger's trial balance of a tenant: a hash, one field per partition's share."""
+        return f"{self.p}:trial-balance:{tenant}"
+
 
 def client(settings: Settings) -> aioredis.Redis:
     return aioredis.Redis.from_url(

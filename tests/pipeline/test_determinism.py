@@ -1,5 +1,5 @@
 """Replay determinism against a real run (I7): each stage's recorded input (orders, inventory, fulfilment,
-aftersales, ingest), replayed in-process from offset 0 and from a restart point, gives byte-identical outputs to
+aftersales, ledger, ingest), replayed in-process from offset 0 and from a restart point, gives byte-identical outputs to
 what the engine wrote — through a kill -9 and the
 takeover it caused — and the same final state as the engine's changelogs."""
 
@@ -17,6 +17,7 @@ from agents.fulfilment.layout import generate_layout
 from agents.fulfilment.publish import publish_layouts
 from agents.ingest.agent import IngestLogic
 from agents.inventory.agent import InventoryLogic
+from agents.ledger.agent import LedgerLogic
 from agents.orders.agent import OrderLogic
 from engine.kafka.admin import topic_epochs
 from engine.kafka.clients import read_topics
@@ -37,6 +38,7 @@ from schemas.fulfilment import (
 )
 from schemas.inbox import InboxRecord, OperatorAction
 from schemas.inventory import InventoryCommand
+from schemas.ledger import LedgerRecord, ProgressMade, ReturnBooked, StockMoved
 from schemas.saga import LineResult, StockQuote
 from schemas.shipping import GoodsIssued, ShippingRecord
 from tests.pipeline.harness import Pipeline
@@ -128,6 +130,13 @@ def test_replaying_each_stage_reproduces_what_the_engine_wrote(pipeline: Pipelin
     commands = recorded(pipeline, [t.inventory_commands])
     raw = recorded(pipeline, list(t.raw.values()))
     letters = [m.value for m in read_topics(pipeline.bootstrap, [t.dead_letters])]
+    business = recorded(pipeline, [t.ledger_inbox])
+
+    def ledger_inbox(*kinds: type) -> Counter:
+        """What the stages wrote to the ledger inbox, of these kinds."""
+        return Counter(
+            (r.topic, r.key, r.value) for r in business if isinstance(wire.decode(r.value, LedgerRecord), kinds)
+        )
 
     # -- the order stage -----------------------------------------------------------------------------------
     def orders() -> OrderLogic:
@@ -146,6 +155,7 @@ def test_replaying_each_stage_reproduces_what_the_engine_wrote(pipeline: Pipelin
     for m in read_topics(pipeline.bootstrap, [t.aftersales_inbox]):
         if isinstance(wire.decode(m.value, AftersalesRecord), OrderOpened | PickupReady | ReturnRequested):
             wrote[(m.topic, m.key, m.value)] += 1
+    wrote += ledger_inbox(OrderOpened)
     wrote += Counter((t.dead_letters, None, v) for v in letters if b'"stage":"orders"' in (v or b""))
     replayed_dlq = Counter({(topic, None, v): n for (topic, _k, v), n in replayed.items() if topic == t.dead_letters})
     replayed = Counter({k: n for k, n in replayed.items() if k[0] != t.dead_letters}) + replayed_dlq
@@ -162,6 +172,7 @@ def test_replaying_each_stage_reproduces_what_the_engine_wrote(pipeline: Pipelin
     for m in read_topics(pipeline.bootstrap, [t.order_inbox]):
         if isinstance(wire.decode(m.value, InboxRecord), LineResult | StockQuote):
             wrote[(m.topic, m.key, m.value)] += 1
+    wrote += ledger_inbox(StockMoved)
     assert Counter({k: n for k, n in replayed.items() if k[0] != t.dead_letters}) == wrote
     for table in InventoryLogic.tables:
         assert state.get(table, {}) == changelog_state(pipeline, table), f"table {table} differs"
@@ -223,9 +234,28 @@ def test_replaying_each_stage_reproduces_what_the_engine_wrote(pipeline: Pipelin
         record = wire.decode(m.value, InboxRecord)
         if isinstance(record, OperatorAction) and record.actor == "pickup-expiry":
             wrote[(m.topic, m.key, m.value)] += 1
+    wrote += Counter(  # goods handed over in a store, deliveries and returns, for the books
+        (r.topic, r.key, r.value)
+        for r in business
+        if isinstance(record := wire.decode(r.value, LedgerRecord), ProgressMade | ReturnBooked)
+        or (isinstance(record, GoodsIssued) and record.issue_id.startswith("pickup."))
+    )
     assert any(k[0] == t.inventory_commands for k in wrote), "no counter sale was handed over: nothing to compare"
     assert Counter({k: n for k, n in replayed.items() if k[0] != t.dead_letters}) == wrote, _diff(replayed, wrote)
     for table in AftersalesLogic.tables:
+        assert state.get(table, {}) == changelog_state(pipeline, table), f"table {table} differs"
+
+    # -- the ledger stage: the day's business events replayed give byte-identical vouchers ----------------------
+    def ledger() -> LedgerLogic:
+        return LedgerLogic(t, s.partitions)
+
+    replayed, state = replay_both_ways(LedgerLogic, ledger, business, t.dead_letters)
+    wrote = Counter()
+    for topic in (t.vouchers, t.reconciliations):
+        wrote += Counter((m.topic, m.key, m.value) for m in read_topics(pipeline.bootstrap, [topic]))
+    assert any(k[0] == t.vouchers for k in wrote), "no voucher was written: nothing to compare"
+    assert Counter({k: n for k, n in replayed.items() if k[0] != t.dead_letters}) == wrote, _diff(replayed, wrote)
+    for table in LedgerLogic.tables:
         assert state.get(table, {}) == changelog_state(pipeline, table), f"table {table} differs"
 
     # -- the ingest stage: every order it produced is in the inbox, byte for byte --------------------------

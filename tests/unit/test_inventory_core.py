@@ -34,7 +34,7 @@ RETENTION = 7 * 86_400_000
 REPLY = "t1:s1:b-buyer"
 
 
-def receive(wh: str, qty: int, seq: int, origin: str = "loader") -> Receive:
+def receive(wh: str, qty: int, seq: int, origin: str = "loader", unit_cost: int | None = None) -> Receive:
     return Receive(
         command_id=receive_id(T, SKU, wh, f"doc{seq}"),
         tenant=T,
@@ -44,6 +44,7 @@ def receive(wh: str, qty: int, seq: int, origin: str = "loader") -> Receive:
         ts=1,
         warehouse=wh,
         quantity=qty,
+        unit_cost_fen=100 + (seq * 37) % 91 if unit_cost is None else unit_cost,
         document_id=f"doc{seq}",
     )
 
@@ -398,6 +399,8 @@ def test_random_command_streams_keep_the_invariants(ops: list[tuple]) -> None:
         seqs[origin] += 1
         return seqs[origin]
 
+    received_value = 0
+    value_moved = 0
     for op, a, b in ops:
         if op == "redeliver" or (op == "reserve" and any(getattr(c, "line_id", None) == a for c in sent)):
             if not sent:
@@ -406,6 +409,7 @@ def test_random_command_streams_keep_the_invariants(ops: list[tuple]) -> None:
         elif op == "receive":
             cmd = receive(a, b, next_seq("loader"))
             unique_received[cmd.command_id] = b
+            received_value += b * cmd.unit_cost_fen
         elif op == "reserve":
             cmd = reserve(a, b, next_seq("coord.o0"))
         elif op == "release":
@@ -425,6 +429,9 @@ def test_random_command_streams_keep_the_invariants(ops: list[tuple]) -> None:
         assert not (out.refused and out.refused[0] is ReasonCode.STALE_SEQUENCE), "a redelivery is not stale"
         for ev in out.events:
             assert ev.on_hand - ev.reserved >= 0 and ev.reserved >= 0  # I1 at every step
+            value_moved += ev.d_value_fen
+            assert ev.value_fen >= 0 and (ev.on_hand > 0 or ev.value_fen == 0)  # no value without units
+            assert ev.d_value_fen == 0 or ev.d_on_hand != 0
             issued += -ev.d_on_hand if ev.kind in (CommandKind.ISSUE, CommandKind.SHORT) else 0
             if ev.kind is CommandKind.RESERVE:
                 reserve_effects[ev.line_id] = reserve_effects.get(ev.line_id, 0) + 1
@@ -432,6 +439,8 @@ def test_random_command_streams_keep_the_invariants(ops: list[tuple]) -> None:
                 close_effects[ev.line_id] = close_effects.get(ev.line_id, 0) + 1
             elif ev.kind is CommandKind.ISSUE:  # the goods of a released line left (too late to stop them)
                 late_issues[ev.line_id] = late_issues.get(ev.line_id, 0) + 1
+    # valuation: what the events moved is what the pools hold; units out took value, never more than came in
+    assert sum(stock.values.values()) == value_moved <= received_value
     # I2: conservation against the unique commands
     assert sum(v.on_hand for v in stock.levels.values()) == sum(unique_received.values()) - issued
     # reserved equals what the open reservations hold
@@ -459,3 +468,64 @@ def test_an_issue_after_the_line_was_released_takes_the_goods_off_the_count_once
     assert refused.refused[0] is ReasonCode.WOULD_OVERSELL and not refused.events
     never = run(stock, None, release("o3#1", 1))  # released before any reserve: nothing was picked
     assert run(stock, never.line, issue("o3#1", 2)).refused[0] is ReasonCode.NOT_RESERVED
+
+
+# ---- moving-average cost (移动加权平均) kept by the SKU's writer ----
+
+
+def returned(line: str, qty: int, seq: int, wh: str = "WH-A") -> Return:
+    return Return(
+        command_id=return_id(T, line, f"rma{seq}"),
+        tenant=T,
+        sku=SKU,
+        origin="after.0",
+        seq=seq,
+        ts=6,
+        warehouse=wh,
+        quantity=qty,
+        order_id=line.split("#")[0],
+        line_id=line,
+        document_id=f"rma{seq}",
+    )
+
+
+def test_moving_average_through_the_stock_writer_on_the_worked_numbers() -> None:
+    """R1 100 @ ¥10, R2 100 @ ¥12, a sale of 150, R3 50 @ ¥9, then 10 of the sale returned: the sale costs ¥1,650
+    (avg ¥11.00), the average is ¥10.00 after R3, and the return comes back at ¥11.00 → ¥10.09."""
+    s = run(empty(), None, receive("WH-A", 100, 1, unit_cost=1000)).stock
+    s = run(s, None, receive("WH-A", 100, 2, unit_cost=1200)).stock
+    assert s.values["WH-A"] == 220_000 and s.unit_cost("WH-A") == 1100
+    held = run(s, None, reserve("o1#1", 150, 1))
+    shipped = run(held.stock, held.line, issue("o1#1", 1))
+    (ev,) = shipped.events
+    assert (ev.d_value_fen, ev.unit_cost_fen, ev.value_fen) == (-165_000, 1100, 55_000)
+    assert shipped.line.cost_fen == 165_000 and shipped.stock.unit_cost("WH-A") == 1100  # an outflow keeps it
+    s = run(shipped.stock, None, receive("WH-A", 50, 3, unit_cost=900)).stock
+    assert s.unit_cost("WH-A") == 1000
+    back = run(s, shipped.line, returned("o1#1", 10, 1))
+    (ev,) = back.events
+    assert (ev.kind, ev.d_value_fen, ev.unit_cost_fen, ev.value_fen) == (CommandKind.RETURN, 11_000, 1100, 111_000)
+    assert back.stock.unit_cost("WH-A") == 1009  # ¥10.09
+    assert (back.line.returned, back.line.returned_cost_fen) == (10, 11_000)
+    rest = run(back.stock, back.line, returned("o1#1", 140, 2))  # the rest of the line: exactly what is left
+    assert rest.events[0].d_value_fen == 165_000 - 11_000 and rest.line.returned_cost_fen == 165_000
+
+
+def test_a_return_the_writer_no_longer_remembers_comes_back_at_the_current_cost_and_says_so() -> None:
+    s = run(empty(), None, receive("WH-A", 4, 1, unit_cost=250)).stock
+    out = run(s, None, returned("o9#1", 2, 1))
+    assert out.note == "return_at_current_cost" and out.events[0].d_value_fen == 500
+
+
+def test_losses_and_gains_are_valued_at_the_average_and_an_empty_pool_keeps_its_last_cost() -> None:
+    s = run(empty(), None, receive("WH-A", 3, 1, unit_cost=101)).stock
+    s = run(s, None, receive("WH-A", 3, 2, unit_cost=100)).stock  # 6 units worth 603: avg 100.5 → 101 shown
+    adjust = Adjust(
+        command_id=adjust_id(T, SKU, "WH-A", "count1"), tenant=T, sku=SKU, origin="count", seq=1, ts=7,
+        warehouse="WH-A", delta=-6, document_id="count1",
+    )  # fmt: skip
+    gone = run(s, None, adjust)
+    assert gone.events[0].d_value_fen == -603 and gone.stock.values["WH-A"] == 0  # the last units take the rest
+    gain = msgspec.structs.replace(adjust, command_id=adjust_id(T, SKU, "WH-A", "count2"), seq=2, delta=2)
+    found = run(gone.stock, None, gain)
+    assert found.events[0].d_value_fen == 2 * 101  # 盘盈 at the last known cost

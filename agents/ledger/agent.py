@@ -1,0 +1,196 @@
+"""The ledger stage (总账): one writer per order's books (key ``tenant:order_id``; stock moves without an order
+by ``tenant:sku``, freight by ``tenant:shipment_id``).
+
+Reads the ledger inbox, books each business event with agents.ledger.core under the tenant's ledger policy (a
+versioned record in the log, one copy per partition; the standard chart, 13 % VAT and revenue at shipment until
+one is published), and publishes the vouchers (``vouchers``) and reconciliation results (``reconciliations``).
+Each partition keeps its share of every tenant's trial balance (试算平衡表) in a table; after each committed
+transaction it is written to Redis, where ``GET /api/v1/{tenant}/trial-balance`` sums the partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+
+from agents.ledger.core import OrderBook, book
+from engine.app import context
+from engine.readmodels.redis import ERRORS, Keys
+from engine.readmodels.sync import ReadModelSync
+from engine.runtime.stage import Stage
+from engine.runtime.work import Input, Logic, PartitionWork
+from engine.topics import Topics
+from schemas import wire
+from schemas.deadletter import ReasonCode
+from schemas.ledger import (
+    AccountBalance,
+    LedgerPolicy,
+    LedgerPolicyVersion,
+    LedgerRecord,
+    ParcelsShipped,
+    StockMoved,
+    TrialBalance,
+    Voucher,
+)
+
+log = logging.getLogger("oms.ledger")
+
+BOOKS, POLICIES, BALANCES = "ledger-books", "ledger-policies", "ledger-balances"
+DEFAULT_POLICY = LedgerPolicy()
+#: An order's books are kept this long after their last event (record time): returns and settlements come late.
+BOOK_RETENTION_MS = 120 * 86_400_000
+
+
+def policy_key(tenant: str, partition: int) -> str:
+    return f"{tenant}#p{partition}"
+
+
+def post(balance: TrialBalance, voucher: Voucher) -> None:
+    """Add a voucher's lines to a trial balance (in place)."""
+    for line in voucher.lines:
+        current = balance.accounts.get(line.account)
+        debit, credit = (current.debit_fen, current.credit_fen) if current else (0, 0)
+        balance.accounts[line.account] = AccountBalance(debit + line.debit_fen, credit + line.credit_fen)
+        balance.names.setdefault(line.account, line.name)
+    balance.vouchers += 1
+
+
+class LedgerLogic(Logic):
+    name = "ledger"
+    tables = (BOOKS, POLICIES, BALANCES)
+
+    def __init__(self, topics: Topics, partitions: int) -> None:
+        self.inputs = (topics.ledger_inbox,)
+        self.topics = topics
+        self.partitions = partitions
+        self.keys: Keys | None = None
+        self.redis: Any = None
+        self.sync: ReadModelSync | None = None
+        self.stage: Stage | None = None
+        self._pending: set[asyncio.Future] = set()
+
+    def process(self, work: PartitionWork, record: Input) -> None:
+        try:
+            item = wire.decode(record.value, LedgerRecord)
+        except wire.WireError as exc:
+            work.dead_letter(record, exc.reason, exc.detail)
+            return
+        p = record.partition
+        if isinstance(item, LedgerPolicyVersion):  # broadcast: one copy on every partition
+            key = policy_key(item.tenant, p)
+            current = work.get_as(POLICIES, key, LedgerPolicyVersion)
+            work.put_if_newer(POLICIES, key, item, item.version, current.version if current else None, "policy")
+            return
+        tenant = item.tenant
+        if work.misrouted(record, item.key, self.partitions, tenant):
+            return
+        work.advance(record.timestamp_ms)
+        found = work.get_as(POLICIES, policy_key(tenant, p), LedgerPolicyVersion)
+        policy, version = (found.policy, found.version) if found is not None else (DEFAULT_POLICY, 0)
+        stateless = isinstance(item, ParcelsShipped) or (isinstance(item, StockMoved) and item.event.order_id is None)
+        state = None if stateless else work.get_as(BOOKS, item.key, OrderBook)
+        step = book(state, item, policy, version)
+        if step.changed and step.state is not None:
+            step.state.last_ts = max(step.state.last_ts, record.timestamp_ms)
+            work.put(BOOKS, item.key, step.state, expires_at=step.state.last_ts + BOOK_RETENTION_MS)
+        if step.vouchers:
+            balance_key = policy_key(tenant, p)
+            balance = work.get_as(BALANCES, balance_key, TrialBalance) or TrialBalance(tenant=tenant)
+            for voucher in step.vouchers:
+                post(balance, voucher)
+                work.emit(self.topics.vouchers, voucher.key, voucher)
+            encoded = wire.encode(balance)
+            work.put(BALANCES, balance_key, encoded)
+            work.side_effects.append((tenant, encoded))
+            work.note("vouchers", len(step.vouchers))
+        for result in step.results:
+            work.emit(self.topics.reconciliations, result.key, result)
+        if step.note:
+            work.note(step.note)
+        if step.refused is not None:
+            work.dead_letter(record, ReasonCode(step.refused[0]), step.refused[1], tenant)
+
+    def expires_at(self, table: str, value: bytes) -> int | None:
+        if table != BOOKS:
+            return None
+        return wire.decode_state(value, OrderBook).last_ts + BOOK_RETENTION_MS
+
+    # -- the trial balance read model (Redis: one hash per tenant, a field per partition) ---------------------
+    def on_assigned(self, partitions: set[int]) -> None:
+        if self.sync is not None:
+            self.sync.mark_dirty("trial-balance", partitions)
+
+    def after_commit(self, partition: int, side_effects: list[Any]) -> None:
+        if self.redis is None or not side_effects:
+            return
+        latest = dict(side_effects)  # tenant -> its balance after the transaction's last voucher
+        future = asyncio.ensure_future(self._write(partition, latest))
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
+
+    async def _write(self, partition: int, balances: dict[str, bytes]) -> bool:
+        assert self.keys is not None
+        pipe = self.redis.pipeline(transaction=False)
+        for tenant, encoded in balances.items():
+            pipe.hset(self.keys.trial_balance(tenant), f"p{partition}", encoded)
+        try:
+            await pipe.execute()
+            return True
+        except ERRORS as exc:
+            log.warning("trial balance not written to Redis (%s); rebuilt when it answers again", exc)
+            if self.sync is not None:
+                self.sync.mark_dirty("trial-balance", {partition})
+            return False
+
+    async def rebuild(self, partition: int) -> bool:
+        """Write this partition's share of every tenant's trial balance again from the table."""
+        if self.stage is None or self.redis is None:
+            return True
+        balances = {}
+        for _key, value in self.stage.store(BALANCES).items(partition):
+            balance = wire.decode_state(value, TrialBalance)
+            balances[balance.tenant] = value
+        return await self._write(partition, balances) if balances else True
+
+
+async def trial_balance(redis: Any, keys: Keys, tenant: str) -> dict[str, Any]:
+    """A tenant's trial balance: the partitions' shares summed, per account; ``balanced`` when Σ debit = Σ credit."""
+    raw = await redis.hgetall(keys.trial_balance(tenant))
+    accounts: dict[str, list[int]] = {}
+    names: dict[str, str] = {}
+    vouchers = 0
+    for value in raw.values():
+        share = wire.decode_state(value, TrialBalance)
+        vouchers += share.vouchers
+        names.update(share.names)
+        for code, amounts in share.accounts.items():
+            total = accounts.setdefault(code, [0, 0])
+            total[0] += amounts.debit_fen
+            total[1] += amounts.credit_fen
+    rows = [
+        {"account": code, "name": names.get(code, ""), "debit_fen": d, "credit_fen": c, "balance_fen": d - c}
+        for code, (d, c) in sorted(accounts.items())
+    ]
+    debit, credit = sum(r["debit_fen"] for r in rows), sum(r["credit_fen"] for r in rows)
+    return {
+        "tenant": tenant,
+        "partitions": len(raw),
+        "vouchers": vouchers,
+        "accounts": rows,
+        "debit_fen": debit,
+        "credit_fen": credit,
+        "balanced": debit == credit,
+    }
+
+
+def install(app: faust.App, redis: Any = None, keys: Keys | None = None, sync: ReadModelSync | None = None) -> Stage:
+    ctx = context(app)
+    logic = LedgerLogic(ctx.topics, ctx.settings.partitions)
+    logic.redis, logic.keys, logic.sync = redis, keys, sync
+    stage = logic.stage = Stage(app, logic)
+    if sync is not None:
+        sync.register("trial-balance", stage.owned, logic.rebuild)
+    return stage
