@@ -128,6 +128,12 @@ class Settings:
         "(channel time); a later update for it is dead-lettered (forgotten_order), not taken for a new order.",
         7 * 86400,
     )
+    ledger_retention_s: int = setting(
+        "OMS_LEDGER_RETENTION_S",
+        "The ledger keeps an order's books (what was sold and billed, its open receivable) this long after its last "
+        "business event (record time): returns and settlement lines must come within it.",
+        120 * 86400,
+    )
     line_retention_s: int = setting(
         "OMS_LINE_RETENTION_S",
         "The stock side forgets a released or shipped line, and an idle idempotency origin, this long after "
@@ -245,6 +251,7 @@ class Settings:
         need(self.aftersales_tick_s > 0, "OMS_AFTERSALES_TICK_S", "must be positive")
         need(len(self.pickup_secret) >= 8, "OMS_PICKUP_SECRET", "must be at least 8 characters")
         need(self.line_retention_s >= 60, "OMS_LINE_RETENTION_S", "must be at least 60 seconds")
+        need(self.ledger_retention_s >= 86400, "OMS_LEDGER_RETENTION_S", "must be at least a day")
         need(self.transaction_timeout_s >= 5, "OMS_TRANSACTION_TIMEOUT_S", "must be at least 5 seconds")
         need(self.batch_max >= 1, "OMS_BATCH_MAX", "must be at least 1")
         need(self.batch_within_s > 0, "OMS_BATCH_WITHIN_S", "must be positive")

@@ -4,6 +4,8 @@ own ``engine.local`` starts on test ports (so a developer's running instance is 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,25 +20,25 @@ TEST_PORTS = {"local_kafka_port": 29092, "local_controller_port": 29093, "local_
 TEST_POSTGRES_URL = "postgresql://oms@127.0.0.1:25432/oms"
 
 
-def _let_postgres_in(state: Path, base: Path) -> None:
-    """As root, the local PostgreSQL runs as the ``postgres`` user, which must traverse (not list) the directories
-    pytest made for its data directory: pytest makes them closed to other users (and closes its own again)."""
+def _state_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bool]:
+    """Where the session's servers keep their data, and whether to remove it at the end. As root the local
+    PostgreSQL runs as the ``postgres`` user, which must traverse the directories above its data: pytest's own
+    temporary directories are closed to other users (and any pytest session that starts closes them again, which
+    would cut a running server off from its files), so the servers get a directory of their own under the system
+    temporary directory instead."""
+    if os.environ.get("OMS_TEST_STATE_DIR"):
+        return Path(os.environ["OMS_TEST_STATE_DIR"]), False
     if os.geteuid() != 0:
-        return
-    for d in (state, *state.parents):
-        if not d.is_relative_to(base):
-            break
-        d.chmod(d.stat().st_mode | 0o001)
+        return tmp_path_factory.mktemp("oms-state"), False
+    state = Path(tempfile.mkdtemp(prefix="oms-test-state-"))
+    state.chmod(0o711)
+    return state, True
 
 
 @pytest.fixture(scope="session")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Kafka + Redis + PostgreSQL for the whole session; yields the base settings pointing at them."""
-    if os.environ.get("OMS_TEST_STATE_DIR"):
-        state = Path(os.environ["OMS_TEST_STATE_DIR"])
-    else:
-        state = tmp_path_factory.mktemp("oms-state")
-        _let_postgres_in(state, tmp_path_factory.getbasetemp().parent)
+    state, remove = _state_dir(tmp_path_factory)
     env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP", "REDIS_URL", "OMS_POSTGRES_URL")}
     pg = os.environ.get("OMS_TEST_POSTGRES_URL") or TEST_POSTGRES_URL
     base = Settings.from_env(env, state_dir=str(state), postgres_url=pg, **TEST_PORTS)
@@ -48,6 +50,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         yield base
     finally:
         local.stop(only_started=True)
+        if remove:
+            shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

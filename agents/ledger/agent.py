@@ -40,8 +40,6 @@ log = logging.getLogger("oms.ledger")
 
 BOOKS, POLICIES, BALANCES = "ledger-books", "ledger-policies", "ledger-balances"
 DEFAULT_POLICY = LedgerPolicy()
-#: An order's books are kept this long after their last event (record time): returns and settlements come late.
-BOOK_RETENTION_MS = 120 * 86_400_000
 
 
 def policy_key(tenant: str, partition: int) -> str:
@@ -62,8 +60,9 @@ class LedgerLogic(Logic):
     name = "ledger"
     tables = (BOOKS, POLICIES, BALANCES)
 
-    def __init__(self, topics: Topics, partitions: int) -> None:
+    def __init__(self, topics: Topics, partitions: int, retention_ms: int = 120 * 86_400_000) -> None:
         self.inputs = (topics.ledger_inbox,)
+        self.retention_ms = retention_ms  # an order's books are kept this long after their last event
         self.topics = topics
         self.partitions = partitions
         self.keys: Keys | None = None
@@ -95,7 +94,7 @@ class LedgerLogic(Logic):
         step = book(state, item, policy, version)
         if step.changed and step.state is not None:
             step.state.last_ts = max(step.state.last_ts, record.timestamp_ms)
-            work.put(BOOKS, item.key, step.state, expires_at=step.state.last_ts + BOOK_RETENTION_MS)
+            work.put(BOOKS, item.key, step.state, expires_at=step.state.last_ts + self.retention_ms)
         if step.vouchers:
             balance_key = policy_key(tenant, p)
             balance = work.get_as(BALANCES, balance_key, TrialBalance) or TrialBalance(tenant=tenant)
@@ -116,7 +115,7 @@ class LedgerLogic(Logic):
     def expires_at(self, table: str, value: bytes) -> int | None:
         if table != BOOKS:
             return None
-        return wire.decode_state(value, OrderBook).last_ts + BOOK_RETENTION_MS
+        return wire.decode_state(value, OrderBook).last_ts + self.retention_ms
 
     # -- the trial balance read model (Redis: one hash per tenant, a field per partition) ---------------------
     def on_assigned(self, partitions: set[int]) -> None:
@@ -188,7 +187,7 @@ async def trial_balance(redis: Any, keys: Keys, tenant: str) -> dict[str, Any]:
 
 def install(app: faust.App, redis: Any = None, keys: Keys | None = None, sync: ReadModelSync | None = None) -> Stage:
     ctx = context(app)
-    logic = LedgerLogic(ctx.topics, ctx.settings.partitions)
+    logic = LedgerLogic(ctx.topics, ctx.settings.partitions, ctx.settings.ledger_retention_s * 1000)
     logic.redis, logic.keys, logic.sync = redis, keys, sync
     stage = logic.stage = Stage(app, logic)
     if sync is not None:

@@ -379,7 +379,7 @@ class PostgresServer:
     def __init__(self, settings: Settings) -> None:
         self.s = settings
         self.home = Path(settings.state_dir) / "postgres"
-        self.data = self.home / "data"
+        self.data = self.home / "data"  # or under /var/lib/postgresql when its user cannot reach it (_place_data)
         self.pid_file = self.home / "postgres.pid"
         self.log = Path(settings.state_dir) / "logs" / "postgres.log"
         url = urlsplit(settings.postgres_url)
@@ -452,14 +452,26 @@ class PostgresServer:
         except psycopg.Error:
             return False
 
+    def _place_data(self, user: str | None) -> None:
+        """As root the server runs as ``user``, which must reach its data directory through every directory above
+        it. A checkout under a closed home (``/root/...``) does not let it: then the data live under the Debian
+        package's ``/var/lib/postgresql`` (one directory per state directory, so the next start finds them)."""
+        if user is None or (self.data / "PG_VERSION").exists():
+            return
+        self.home.mkdir(parents=True, exist_ok=True)
+        if subprocess.run(["test", "-x", str(self.home)], user=user, group=user, extra_groups=[]).returncode == 0:
+            return
+        digest = hashlib.sha1(str(self.home.resolve()).encode()).hexdigest()[:12]
+        self.data = Path("/var/lib/postgresql") / f"oms-{digest}" / "data"
+
     def _initdb(self, bindir: Path, user: str | None) -> None:
+        self._place_data(user)
         if (self.data / "PG_VERSION").exists():
             return
         self.data.mkdir(parents=True, exist_ok=True)
         self.data.chmod(0o700)
         if user:
             shutil.chown(self.data, user, user)
-            # the server's user must reach its data directory through every directory above it
             probe = subprocess.run(["test", "-w", str(self.data)], user=user, group=user, extra_groups=[])
             if probe.returncode != 0:
                 raise LocalServerError(

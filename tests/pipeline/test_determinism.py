@@ -247,7 +247,7 @@ def test_replaying_each_stage_reproduces_what_the_engine_wrote(pipeline: Pipelin
 
     # -- the ledger stage: the day's business events replayed give byte-identical vouchers ----------------------
     def ledger() -> LedgerLogic:
-        return LedgerLogic(t, s.partitions)
+        return LedgerLogic(t, s.partitions, s.ledger_retention_s * 1000)
 
     replayed, state = replay_both_ways(LedgerLogic, ledger, business, t.dead_letters)
     wrote = Counter()
