@@ -87,10 +87,10 @@ def test_a_day_is_booked_once_balanced_through_a_crash_and_lands_in_postgres_onc
     confirmed: set[str] = set()
     killed_at: list[int] = []
 
-    def pick() -> None:
+    def pick(most: int | None = None) -> None:
         lists = {p.pick_list_id: p for p in pipeline.read(pipeline.topics.pick_lists, PickList)}
         for pid, pick_list in sorted(lists.items()):
-            if pid not in confirmed:
+            if pid not in confirmed and (most is None or len(confirmed) < most):
                 confirmation = report(pick_list, DAY_START_MS)
                 pipeline.inputs.picks.append(confirmation)
                 pipeline.send(pipeline.topics.fulfilment_inbox, [confirmation])
@@ -99,10 +99,10 @@ def test_a_day_is_booked_once_balanced_through_a_crash_and_lands_in_postgres_onc
     def vouchers() -> int:
         return len(pipeline.outputs().vouchers)
 
-    def booked_some() -> bool:
-        pick()
+    def booked_some() -> bool:  # one pick list only before the kill: the rest is booked after it
+        pick(most=1)
         pool.supervise()
-        return vouchers() >= 10
+        return any(v.kind is VoucherKind.REVENUE for v in pipeline.outputs().vouchers)
 
     wait_for(booked_some, 180, "the first vouchers")
     accepted = {d.order_id for d in pipeline.decisions().values() if d.status.value == "accepted"}
