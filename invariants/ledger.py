@@ -64,7 +64,7 @@ def _revenue(inputs: Any, out: Any, vouchers: dict[str, Voucher], v: Any) -> Non
     revenue = _by_kind(vouchers, VoucherKind.REVENUE)
     issues = {g.issue_id: g for g in out.goods_issued}
     for issue_id in issues.keys() - revenue.keys():
-        if not getattr(inputs, "revenue_deferred", False):
+        if not inputs.revenue_deferred:
             v.fail("I5", f"goods issue {issue_id} has no revenue voucher")
     for source in revenue.keys() - issues.keys():
         v.fail("I5", f"revenue voucher for {source}, which is no goods issue")

@@ -30,6 +30,7 @@ from rich.table import Table
 
 from agents.fulfilment.layout import generate_layout, load_layouts
 from agents.fulfilment.publish import publish_layouts
+from agents.ledger.agent import post
 from agents.ledger.publish import publish_policies as publish_ledger_policies
 from agents.orders.publish import load_rules_file, publish_rules
 from agents.shipping.publish import demo_policy, publish_policies
@@ -44,7 +45,7 @@ from engine.topics import Topics
 from invariants import Inputs, check, collect
 from schemas import wire
 from schemas.fulfilment import Layout, WavePolicy
-from schemas.ledger import LedgerPolicy, LedgerPolicyVersion
+from schemas.ledger import LedgerPolicy, LedgerPolicyVersion, TrialBalance
 from schemas.review import Action, OperatorActionKind, Outcome, ReviewDecision
 from schemas.saga import DecisionStatus, OrderDecision
 from schemas.shipping import ShippingPolicyVersion
@@ -853,19 +854,18 @@ def _stores_row(a: dict[str, Any]) -> str:
 def books_summary(outputs: Any, counts: dict[str, Any]) -> dict[str, Any]:
     """Revenue, cost and margin of the day from the vouchers on the topic (standard chart), and the trial balance."""
     vouchers = {v.voucher_id: v for v in outputs.vouchers}
-    by_account: dict[str, list[int]] = {}
+    books = TrialBalance(tenant="all")
     for voucher in vouchers.values():
-        for line in voucher.lines:
-            total = by_account.setdefault(line.account, [0, 0])
-            total[0] += line.debit_fen
-            total[1] += line.credit_fen
+        post(books, voucher)
 
     def net(code: str, credit: bool = False) -> int:
-        debit_fen, credit_fen = by_account.get(code, [0, 0])
+        amounts = books.accounts.get(code)
+        debit_fen, credit_fen = (amounts.debit_fen, amounts.credit_fen) if amounts else (0, 0)
         return credit_fen - debit_fen if credit else debit_fen - credit_fen
 
     revenue, cost = net("6001", credit=True), net("6401")
-    debit, credit = sum(d for d, _ in by_account.values()), sum(c for _, c in by_account.values())
+    debit = sum(a.debit_fen for a in books.accounts.values())
+    credit = sum(a.credit_fen for a in books.accounts.values())
     kinds: dict[str, int] = {}
     for voucher in vouchers.values():
         kinds[voucher.kind.value] = kinds.get(voucher.kind.value, 0) + 1

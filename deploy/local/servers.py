@@ -119,6 +119,22 @@ def _spawn(
     return proc
 
 
+def _apt_install(package: str, echo=print) -> bool:
+    """Install a Debian package when we are root and have apt (``apt-get update`` once if the first try fails);
+    False when we cannot install anything here. A failed install is an error that says why."""
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return False
+    echo(f"Installing {package} from Debian (apt-get)…")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", package]
+    if subprocess.run(cmd, capture_output=True, env=env).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise LocalServerError(f"apt-get install {package} failed:\n{proc.stderr[-2000:]}")
+    return True
+
+
 class KafkaServer:
     name = "kafka"
 
@@ -294,15 +310,7 @@ class RedisServer:
         )
         if found:
             return found
-        if os.geteuid() == 0 and shutil.which("apt-get"):
-            echo("Installing redis-server from Debian (apt-get)…")
-            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-            cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "redis-server"]
-            if subprocess.run(cmd, capture_output=True, env=env).returncode != 0:
-                subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                if proc.returncode != 0:
-                    raise LocalServerError(f"apt-get install redis-server failed:\n{proc.stderr[-2000:]}")
+        if _apt_install("redis-server", echo):
             found = shutil.which("redis-server") or "/usr/bin/redis-server"
             if os.path.exists(found):
                 return found
@@ -405,15 +413,7 @@ class PostgresServer:
         found = find()
         if found:
             return found
-        if os.geteuid() == 0 and shutil.which("apt-get"):
-            echo("Installing postgresql from Debian (apt-get)…")
-            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-            cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"]
-            if subprocess.run(cmd, capture_output=True, env=env).returncode != 0:
-                subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                if proc.returncode != 0:
-                    raise LocalServerError(f"apt-get install postgresql failed:\n{proc.stderr[-2000:]}")
+        if _apt_install("postgresql", echo):
             found = find()
             if found:
                 return found
