@@ -22,6 +22,7 @@ from typing import TextIO
 from confluent_kafka import KafkaException
 
 from agents.ledger.settlement import (
+    MAX_FILE_BYTES,
     SettlementFileError,
     batch_id_for,
     mentioned_orders,
@@ -57,8 +58,9 @@ def settle(settings: Settings, opts: SettleOptions, out: TextIO | None = None, e
     """Blocking: the whole ``oms settle`` run. Returns the exit code."""
     out = out or sys.stdout
     err = err or sys.stderr
-    try:
-        data = opts.file.read_bytes()
+    try:  # never more than the parser takes (and one byte, so that it can say the file is too big)
+        with opts.file.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         print(f"oms settle: cannot read {opts.file}: {exc}", file=err)
         return 2

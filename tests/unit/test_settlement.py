@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import msgspec
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agents.ledger.settlement import (
+    CHINA,
+    MAX_AMOUNT_FEN,
+    MAX_FILE_BYTES,
+    MAX_LINE_CHARS,
+    MAX_LINES,
     AmountError,
     RowError,
     SettlementFileError,
@@ -104,8 +111,8 @@ def test_bad_rows_are_reported_with_their_row_numbers_and_the_good_rows_still_pa
         "A5,10.00,1.00,9.00,2024-13-01 00:00:00\n"  # 8: bad time
         "A6,10.00,1.00,9.00,01/05/2024 10:00\n"  # 9: not the format
         ",10.00,1.00,9.00,\n"  # 10: no order id
-        "A7,10.00,-1.00,11.00,\n"  # 11: good (a negative fee is what it says)
-        "A8,10.00,-1.00,9.00,\n"  # 12: fee written negative
+        "A7,10.00,-1.00,11.00,\n"  # 11: a negative commission: the fees kept are never negative
+        "A8,10.00,-1.00,9.00,\n"  # 12: fee written negative (and net as if it was taken off)
         "A9,,1.00,9.00,\n"  # 13: no gross
         "A10,5.00,,5.00,\n"  # 14: no commission: 0
         "A11,1,23.00,1.00,0.23,\n"  # 15: unquoted thousands separator shifts the cells: net mismatch
@@ -114,8 +121,8 @@ def test_bad_rows_are_reported_with_their_row_numbers_and_the_good_rows_still_pa
         "A13,1.00\n"  # 18: short row
     )
     lines, errors = parse(text)
-    assert [ln.platform_order_id for ln in lines] == ["A1", "A7", "A10", "A12"]
-    assert [ln.gross_fen for ln in lines] == [1000, 1000, 500, -1235]
+    assert [ln.platform_order_id for ln in lines] == ["A1", "A10", "A12"]
+    assert [ln.gross_fen for ln in lines] == [1000, 500, -1235]
     assert [(e.row, e.reason) for e in errors] == [
         (3, "bad_amount"),
         (4, "too_many_decimals"),
@@ -124,7 +131,8 @@ def test_bad_rows_are_reported_with_their_row_numbers_and_the_good_rows_still_pa
         (8, "bad_time"),
         (9, "bad_time"),
         (10, "missing_value"),
-        (12, "net_mismatch"),
+        (11, "negative_commission"),
+        (12, "negative_commission"),
         (13, "missing_value"),
         (15, "net_mismatch"),
         (17, "bad_order_id"),
@@ -132,7 +140,8 @@ def test_bad_rows_are_reported_with_their_row_numbers_and_the_good_rows_still_pa
     ]
     by_row = {e.row: e for e in errors}
     assert "row 2" in by_row[6].message and by_row[6].order_id == "tmall-s1-A1"
-    assert "negative" in by_row[12].message
+    assert "positive" in by_row[12].message and by_row[12].column == "commission"
+    assert by_row[3].column == "gross" and by_row[8].column == "settled_at" and by_row[18].column == ""
     assert by_row[3].line().startswith("row 3 (A2): bad_amount")
     # orders named by bad rows are in the file: not missing in it
     assert {"tmall-s1-A2", "tmall-s1-A4", "tmall-s1-A1"} <= mentioned_orders(lines, errors)
@@ -228,6 +237,281 @@ def test_amounts_that_are_not_yuan_with_at_most_two_decimals_are_refused(text: s
 @given(st.integers(min_value=-(10**15), max_value=10**15), st.booleans())
 def test_formatting_fen_as_yuan_and_parsing_it_back_is_the_identity(fen: int, thousands: bool) -> None:
     assert parse_yuan(format_yuan(fen, thousands=thousands)) == fen
+
+
+# -- hostile cells and files: row errors with their place, file errors, never anything else ------------------
+
+HEAD = "order_id,gross,commission,net,settled_at\n"
+
+
+def test_a_5000_digit_amount_is_a_row_error_of_its_cell_and_the_other_rows_still_parse() -> None:
+    huge = "9" * 5000
+    lines, errors = parse(HEAD + f"A1,{huge},0,1.00,\nA2,1.00,0,1.00,\nA3,1.00,{'1' * 300}.00,1.00,\n")
+    assert [ln.platform_order_id for ln in lines] == ["A2"]
+    assert [(e.row, e.reason, e.column) for e in errors] == [
+        (2, "out_of_range", "gross"),
+        (4, "out_of_range", "commission"),
+    ]
+    assert "5,000 characters" in errors[0].message and len(errors[0].line()) < 200
+    with pytest.raises(AmountError) as caught:
+        parse_yuan("1" * 5000)
+    assert caught.value.reason == "out_of_range"
+    # the largest amount the schema holds is read; one fen more is out of range
+    assert parse_yuan(format_yuan(MAX_AMOUNT_FEN, thousands=True)) == MAX_AMOUNT_FEN
+    with pytest.raises(AmountError, match="out of range"):
+        parse_yuan(format_yuan(MAX_AMOUNT_FEN + 1))
+
+
+@pytest.mark.parametrize(
+    "digits",
+    [
+        "１２３",  # full-width
+        "١٢٣",  # Arabic-Indic
+        "۱۲۳",  # extended Arabic-Indic (Persian)
+        "१२३",  # Devanagari
+        "¹²³",  # superscripts
+        "𝟏𝟐𝟑",  # mathematical bold
+        "1２3",  # one full-width digit among ASCII ones
+    ],
+)
+def test_only_ascii_digits_are_amounts_and_times(digits: str) -> None:
+    with pytest.raises(AmountError) as caught:
+        parse_yuan(digits)
+    assert caught.value.reason == "bad_amount"
+    with pytest.raises(AmountError):
+        parse_yuan(f"{digits}.00")
+    lines, errors = parse(
+        HEAD
+        + f"A1,{digits},0,{digits},\n"
+        + f"A2,1.00,{digits},1.00,\n"
+        + f"A3,1.00,0,1.00,{digits[:1] * 4}-05-01 10:00:00\n"
+        + "A4,1.00,0,1.00,2024-05-01 10:00:00\n"
+    )
+    assert [ln.platform_order_id for ln in lines] == ["A4"]
+    assert [(e.row, e.reason, e.column) for e in errors] == [
+        (2, "bad_amount", "gross"),
+        (3, "bad_amount", "commission"),
+        (4, "bad_time", "settled_at"),
+    ]
+
+
+def test_the_commission_is_never_negative_gross_and_net_may_be() -> None:
+    lines, errors = parse(
+        "商户订单号,收入金额（+元）,服务费（元）,实收金额\n"
+        "A1,-12.35,0.00,-12.35\n"  # a refund settled
+        "A2,-12.35,1.00,-13.35\n"  # a refund with a fee kept
+        "A3,1.00,2.00,-1.00\n"  # fees over the amount: paid out negative
+        "A4,10.00,-0.01,10.01\n"  # negative commission
+        "A5,-10.00,-0.50,-9.50\n"  # a refunded fee
+        "A6,10.00,-0.00,10.00\n"  # minus zero is zero
+    )
+    assert [(ln.platform_order_id, ln.gross_fen, ln.commission_fen, ln.net_fen) for ln in lines] == [
+        ("A1", -1235, 0, -1235),
+        ("A2", -1235, 100, -1335),
+        ("A3", 100, 200, -100),
+        ("A6", 1000, 0, 1000),
+    ]
+    assert [(e.row, e.reason, e.column) for e in errors] == [
+        (5, "negative_commission", "服务费（元）"),
+        (6, "negative_commission", "服务费（元）"),
+    ]
+    assert errors[0].message.startswith("commission (服务费（元）): -0.01")
+
+
+def test_garbage_nul_long_lines_stray_quotes_and_wrong_cell_counts_are_row_errors_of_their_line() -> None:
+    rows = [
+        "A1,1.00,0,1.00,",  # 2: good
+        "A2,1.00,0,1.00\x00,",  # 3: NUL
+        "A3," + "x" * (MAX_LINE_CHARS + 10),  # 4: too long
+        'A4,"1.00,0,1.00,',  # 5: a stray quote: the rest of the line is one cell
+        "A5,1.00,0,1.00,",  # 6: good (the stray quote spoils its own line only)
+        "A6,1,000.00,0,1,000.00,",  # 7: unquoted thousands: cells shifted beyond the header
+        "A7,1.00,0",  # 8: short
+        "A8,\t ,0,1.00,",  # 9: gross blank
+        "A9,1.00,0,1.00,,,,",  # 10: empty cells beyond the header are fine (Alipay ends rows with ',')
+        "A10,1.00,0,1.00,2024-05-01 10:00:00\x01",  # 11: a control byte in a time
+        "A11,NaN,0,NaN,",  # 12
+        "A12,inf,0,inf,",  # 13
+        "A13,0x10,0,0x10,",  # 14
+        "A14,1_000,0,1_000,",  # 15: int() takes underscores, an amount does not
+        "A15,١.00,0,١.00,",  # 16
+        ",,,,",  # 17: an empty record: skipped
+        "A16," + "1" * 3000 + ",0,1,",  # 18: a long cell in a line within the limit
+        "\u3000A17\u3000,1.00,0,1.00,",  # 19: ideographic blanks around a cell are blanks
+    ]
+    lines, errors = parse(HEAD + "\n".join(rows) + "\n")
+    assert [ln.platform_order_id for ln in lines] == ["A1", "A5", "A9", "A17"]
+    assert [(e.row, e.reason) for e in errors] == [
+        (3, "bad_text"),
+        (4, "line_too_long"),
+        (5, "short_row"),
+        (7, "too_many_cells"),
+        (8, "short_row"),
+        (9, "missing_value"),
+        (11, "bad_time"),
+        (12, "bad_amount"),
+        (13, "bad_amount"),
+        (14, "bad_amount"),
+        (15, "bad_amount"),
+        (16, "bad_amount"),
+        (18, "out_of_range"),
+    ]
+    assert all(len(e.line()) < 300 for e in errors), [e.line() for e in errors]
+
+
+def test_a_file_that_is_not_a_csv_text_is_a_file_error_with_a_clear_message() -> None:
+    png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10"
+    xlsx = b"PK\x03\x04\x14\x00\x06\x00\x08\x00\x00\x00!\x00" + bytes(range(256))
+    for data in (png, xlsx, b"\x00" * 100, b"order_id,gross\x00,commission,net\n"):
+        with pytest.raises(SettlementFileError, match=r"not|neither") as caught:
+            parse(data)
+        assert len(str(caught.value)) < 400
+    with pytest.raises(SettlementFileError, match="header is 20,000 characters"):
+        parse("x" * 20_000 + "\nA1,1,0,1\n")
+    with pytest.raises(SettlementFileError, match="missing column") as caught:
+        parse(",".join(["junk"] * 900) + "\n")
+    assert len(str(caught.value)) < 600  # the header it shows is cut
+
+
+def test_a_file_over_the_byte_or_line_limit_is_a_file_error() -> None:
+    with pytest.raises(SettlementFileError, match="over 32 MiB"):
+        parse(b"x" * (MAX_FILE_BYTES + 1))
+    with pytest.raises(SettlementFileError, match="more than 200,000 lines"):
+        parse(HEAD + "\n" * MAX_LINES)
+    lines, errors = parse(HEAD + "\n" * (MAX_LINES - 2) + "A1,1.00,0,1.00,\n")  # the last line allowed
+    assert [ln.line_id for ln in lines] == [f"b1.{MAX_LINES}"] and errors == []
+
+
+def test_oms_settle_reads_no_more_of_a_huge_file_than_the_limit(
+    fake_kafka: FakeKafka,
+    tmp_path,  # type: ignore[no-untyped-def]
+    capsys,  # type: ignore[no-untyped-def]
+) -> None:
+    with (tmp_path / "settle.csv").open("wb") as f:
+        f.truncate(8 * MAX_FILE_BYTES)  # sparse: 256 MiB that take no room
+    code, report, printed = run_settle(tmp_path, capsys)
+    assert code == 2 and report == {} and "over 32 MiB" in printed and fake_kafka.transactions == []
+
+
+# Cells a hostile or broken file holds: digits of every script, signs, separators, quotes, blanks, controls.
+HOSTILE_CELL = st.one_of(
+    st.text(alphabet="0123456789.,+-eE_ \t\"'#１٢³\x00\x01\u3000¥", max_size=30),
+    st.text(max_size=30),
+    st.integers(min_value=-(10**30), max_value=10**30).map(str),
+    st.sampled_from(["", "9" * 5000, "NaN", "-0", "1,234.50", "2024-05-01 10:00:00", "२०२४-05-01 10:00:00"]),
+)
+BOUNDED = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def check_result(data: bytes) -> None:
+    """What any file gives: lines that keep every rule, row errors that say where, or one SettlementFileError."""
+    try:
+        lines, errors = parse(data)
+    except SettlementFileError as exc:
+        assert str(exc) and len(str(exc)) < 1000
+        return
+    count = data.count(b"\n") + data.count(b"\r") + 1
+    for ln in lines:
+        assert ln.net_fen == ln.gross_fen - ln.commission_fen and ln.commission_fen >= 0
+        assert max(abs(ln.gross_fen), abs(ln.net_fen), ln.commission_fen) <= MAX_AMOUNT_FEN
+        assert wire.decode(wire.encode(ln), SettlementLine) == ln
+    for e in errors:
+        assert 2 <= e.row <= count and e.reason and len(e.line()) < 1000
+
+
+@BOUNDED
+@given(st.binary(max_size=2000))
+def test_any_bytes_are_lines_row_errors_or_a_file_error(data: bytes) -> None:
+    check_result(data)
+    check_result(HEAD.encode() + data)
+
+
+@BOUNDED
+@given(st.text(max_size=2000))
+def test_any_text_after_a_header_is_lines_row_errors_or_a_file_error(text: str) -> None:
+    check_result((HEAD + text).encode("utf-8", "surrogatepass"))
+    check_result(text.encode("utf-8", "surrogatepass"))
+
+
+@BOUNDED
+@given(st.lists(st.lists(HOSTILE_CELL, max_size=8), max_size=12))
+def test_rows_of_hostile_cells_are_lines_or_row_errors(rows: list[list[str]]) -> None:
+    import csv
+    import io
+
+    out = io.StringIO()
+    csv.writer(out).writerows([["order_id", "gross", "commission", "net", "settled_at"], *rows])
+    check_result(out.getvalue().encode("utf-8", "surrogatepass"))
+
+
+def valid_rows(n: int) -> st.SearchStrategy:
+    gross = st.integers(min_value=-(10**13), max_value=10**13)
+    commission = st.integers(min_value=0, max_value=10**13)
+    when = st.one_of(st.none(), st.integers(min_value=0, max_value=4_102_444_800))  # to 2100
+    return st.lists(st.tuples(gross, commission, when), min_size=1, max_size=n)
+
+
+@BOUNDED
+@given(
+    valid_rows(12),
+    st.booleans(),  # Chinese headers
+    st.booleans(),  # thousands separators
+    st.sampled_from(["utf-8", "utf-8-sig", "gb18030"]),
+    st.sampled_from(["\n", "\r\n"]),
+    st.lists(st.integers(min_value=0, max_value=12), max_size=4),  # comment lines before these rows
+    st.sampled_from(["", "\t", " "]),  # padding of cells
+)
+def test_a_generated_file_round_trips_exactly_in_fen(
+    rows: list, chinese: bool, thousands: bool, encoding: str, newline: str, comments: list[int], pad: str
+) -> None:
+    head = ["商户订单号", "收入金额（+元）", "服务费（元）", "实收金额", "入账时间", "备注"]
+    out = [
+        "#支付宝账务明细查询",
+        ",".join(head if chinese else ["order_id", "gross", "commission", "net", "settled_at", "note"]),
+    ]
+    expected = []
+    for i, (gross, commission, when) in enumerate(rows):
+        out += ["# 小计"] * comments.count(i)
+        net = gross - commission
+        cells = [f"T{i:04d}", *(format_yuan(v, thousands=thousands) for v in (gross, commission, net))]
+        cells = [f'"{c}"' if "," in c else c for c in cells]
+        stamp = "" if when is None else dt.datetime.fromtimestamp(when, CHINA).strftime("%Y-%m-%d %H:%M:%S")
+        out.append(",".join(c + pad for c in [*cells, stamp, "备注"]))
+        expected.append((f"b1.{len(out)}", f"T{i:04d}", gross, commission, net, TS if when is None else when * 1000))
+    data = (newline.join(out) + newline).encode(encoding)
+    lines, errors = parse(data)
+    assert errors == []
+    assert [
+        (ln.line_id, ln.platform_order_id, ln.gross_fen, ln.commission_fen, ln.net_fen, ln.ts) for ln in lines
+    ] == expected
+
+
+@BOUNDED
+@given(valid_rows(8), st.data())
+def test_a_mutated_line_spoils_only_itself(rows: list, data: st.DataObject) -> None:
+    text = [HEAD.rstrip("\n")]
+    for i, (gross, commission, _) in enumerate(rows):
+        text.append(f"T{i:04d},{format_yuan(gross)},{format_yuan(commission)},{format_yuan(gross - commission)},")
+    target = data.draw(st.integers(min_value=1, max_value=len(text) - 1), label="line")
+    original = text[target]
+    mutated = data.draw(
+        st.one_of(
+            st.text(max_size=200).map(lambda t: t.replace("\n", "").replace("\r", "")),
+            st.integers(min_value=0, max_value=len(original)).flatmap(
+                lambda at: st.text(max_size=20).map(lambda t: original[:at] + t + original[at + 1 :])
+            ),
+        ).filter(lambda t: "\n" not in t and "\r" not in t),
+        label="mutated",
+    )
+    text[target] = mutated
+    lines, errors = parse("\n".join(text) + "\n")
+    others = {f"T{i:04d}" for i in range(len(rows)) if i + 1 != target and f"T{i:04d}" not in mutated}
+    got = {ln.platform_order_id: ln for ln in lines}
+    for i, (gross, commission, _) in enumerate(rows):
+        if f"T{i:04d}" in others:
+            assert got[f"T{i:04d}"].gross_fen == gross and got[f"T{i:04d}"].commission_fen == commission
+            assert got[f"T{i:04d}"].line_id == f"b1.{i + 2}"
+    assert all(e.row == target + 1 for e in errors), errors
 
 
 # -- the books -----------------------------------------------------------------------------------------------
