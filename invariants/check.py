@@ -15,7 +15,9 @@
   a short pick, and the remainder lines re-reserved for them); a rejected or cancelled order holds nothing.
   The reserved quantity per SKU and warehouse equals the open lines of accepted orders.
 * **I6 Bad input.** Every dead letter is justified by its own bytes (they do not decode, or are misrouted) or by
-  the sender's intent; every record crafted to be bad was dead-lettered.
+  the sender's intent; every record crafted to be bad was dead-lettered (recognised by the SHA-256 of its whole
+  value: a letter keeps only a bounded prefix of a large record, whose full bytes are read back from the source
+  topic and must match the letter's size and digest).
 
 Then the fulfilment invariants F1–F5 (invariants.fulfilment), the picking invariants F6–F8
 (invariants.picking), shipping S1–S4, aftersales A1–A4 and the books I5 (invariants.ledger).
@@ -38,7 +40,7 @@ from invariants.picking import Truth, check_picking
 from invariants.shipping import check_shipping, shipped_lines
 from schemas import wire
 from schemas.aftersales import AftersalesRecord
-from schemas.deadletter import DeadLetter, ReasonCode
+from schemas.deadletter import MAX_VALUE_PREFIX, DeadLetter, ReasonCode, sha256
 from schemas.inbox import InboxRecord, OrderSnapshot
 from schemas.inventory import Adjust, CommandKind, InventoryCommand, Receive, Return, StockEvent
 from schemas.order import LineState, OrderStatus, root_line
@@ -168,8 +170,11 @@ def _stock_inputs(inputs: Inputs, out: Outputs, applied: dict[str, StockEvent], 
     """I2 from the commands as sent: each took effect once (or was refused on purpose), and on-hand adds up."""
     refused_ids: dict[str, ReasonCode] = {}
     for letter in out.dead_letters:
+        raw = _letter_value(out, letter)
+        if raw is None:
+            continue
         with contextlib.suppress(wire.WireError):
-            refused_ids[wire.decode(letter.original_value, InventoryCommand).command_id] = letter.reason
+            refused_ids[wire.decode(raw, InventoryCommand).command_id] = letter.reason
     expected: dict[tuple[str, str, str], int] = defaultdict(int)
     seen: set[str] = set()
     for cmd in inputs.stock:
@@ -297,9 +302,10 @@ def _orders(
         shipped[ref] = units
     forgotten = set()  # orders whose snapshot the engine dead-lettered as forgotten
     for letter in out.dead_letters:
-        if letter.reason is ReasonCode.FORGOTTEN_ORDER:
+        raw = _letter_value(out, letter)
+        if letter.reason is ReasonCode.FORGOTTEN_ORDER and raw is not None:
             with contextlib.suppress(wire.WireError):
-                record = wire.decode(letter.original_value, InboxRecord)
+                record = wire.decode(raw, InboxRecord)
                 if isinstance(record, OrderSnapshot):
                     forgotten.add(record.order.key)
     counts: Counter = Counter()
@@ -454,27 +460,75 @@ def _reserved_totals(v: Verdict, held_units: dict[tuple[str, str, str], int]) ->
 def _dead_letters(
     inputs: Inputs, out: Outputs, v: Verdict, partitions: int | None, forgotten_before: int | None
 ) -> None:
+    bad = {sha256(raw): raw for raw in inputs.bad_records}
+    bad_digests = set(bad)
     lettered = set()
     for letter in out.dead_letters:
-        raw = letter.original_value
-        lettered.add(raw)
-        why = _justified(inputs, letter, raw, partitions, forgotten_before)
+        lettered.add(letter.digest)
+        name = f"dead letter {letter.dead_letter_id} ({letter.reason.value}, stage {letter.stage})"
+        broken = _unfaithful(out, letter)
+        if broken is not None:
+            v.fail("I6", f"{name} {broken}")
+            continue
+        why = _justified(inputs, letter, _letter_value(out, letter), bad_digests, partitions, forgotten_before)
         if why is not None:
-            v.fail("I6", f"dead letter {letter.dead_letter_id} ({letter.reason.value}, stage {letter.stage}) {why}")
-    for raw in inputs.bad_records:
-        if raw not in lettered:
-            v.fail("I6", f"a bad record was never dead-lettered: {raw[:80]!r}")
+            v.fail("I6", f"{name} {why}")
+    for digest, raw in bad.items():
+        if digest not in lettered:
+            v.fail("I6", f"a bad record was never dead-lettered: {raw[:80]!r} ({len(raw)} bytes)")
     v.counts["dead_letters"] = dict(Counter(d.reason.value for d in out.dead_letters))
 
 
+def _letter_value(out: Outputs, letter: DeadLetter) -> bytes | None:
+    """The whole value a dead letter stands for: held in the letter, or read back from its source (only when it
+    is the record the letter describes); None when neither is at hand."""
+    whole = letter.original_value
+    if whole is not None:
+        return whole
+    source = out.originals.get(letter.dead_letter_id)
+    return source if source is not None and letter.matches(source) else None
+
+
+def _unfaithful(out: Outputs, letter: DeadLetter) -> str | None:
+    """Why the letter misdescribes its record (more than the bounded prefix, or a size or digest that is not
+    the record's); None when it is faithful."""
+    prefix = letter.value_prefix
+    if letter.v >= 2 and len(prefix) > MAX_VALUE_PREFIX:
+        return f"holds {len(prefix)} bytes of its record, more than the bound of {MAX_VALUE_PREFIX}"
+    if not letter.value_truncated and not letter.matches(prefix):
+        return "holds a value whose size or digest is not the one it states"
+    source = out.originals.get(letter.dead_letter_id)
+    if not letter.value_truncated or source is None:
+        return None
+    if not letter.matches(source):
+        return (
+            f"states {letter.original_size} bytes with sha256 {letter.digest[:16]}…, its source record has "
+            f"{len(source)} bytes with sha256 {sha256(source)[:16]}…"
+        )
+    if not source.startswith(prefix):
+        return "holds a prefix that is not the start of its source record"
+    return None
+
+
 def _justified(
-    inputs: Inputs, letter: DeadLetter, raw: bytes, partitions: int | None, forgotten_before: int | None
+    inputs: Inputs,
+    letter: DeadLetter,
+    raw: bytes | None,
+    bad: set[str],
+    partitions: int | None,
+    forgotten_before: int | None,
 ) -> str | None:
-    """None when the dead letter is justified by its input; otherwise why not."""
+    """None when the dead letter is justified by its input (``raw``, its whole value when at hand; ``bad``, the
+    digests of the records crafted to be bad); otherwise why not."""
     if letter.reason in ENGINE_DEAD_LETTERS:
         return "is the engine's own failure, not bad input"
-    if raw in inputs.bad_records:
+    if letter.digest in bad:
         return None
+    if raw is None:
+        return (
+            f"holds {len(letter.value_prefix)} of its record's {letter.original_size} bytes, and the record could "
+            f"not be read back from {letter.source_topic}/{letter.source_partition}@{letter.source_offset}"
+        )
     if letter.reason is ReasonCode.FORGOTTEN_ORDER:
         try:
             snapshot = wire.decode(raw, InboxRecord)

@@ -1,13 +1,18 @@
 """What the engine wrote: every result topic read back ``read_committed`` (a fenced writer's aborted records
-are not the engine's output and must not count)."""
+are not the engine's output and must not count). A dead letter holds only a bounded prefix of a large record:
+its full bytes are read back from its source coordinates, so the checker judges the record itself."""
 
 from __future__ import annotations
 
-from collections import Counter
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.kafka.clients import read_topics
+from confluent_kafka import KafkaError, TopicPartition
+
+from engine.kafka.clients import _reader, read_topics
 from engine.topics import Topics
 from schemas import wire
 from schemas.aftersales import CustomerNotification, OrderProgress, ReturnSettled, WriteBackRequest
@@ -66,6 +71,9 @@ class Outputs:
     voucher_bytes: dict[str, set[bytes]] = field(default_factory=dict)  # voucher id -> every distinct copy
     reconciliations: list[Reconciliation] = field(default_factory=list)
     undecodable: Counter = field(default_factory=Counter)  # result topic -> records that fail their schema
+    #: dead letter id -> the full value at the letter's source coordinates, for letters that hold a prefix only
+    #: (absent when the source record could not be read: deleted by retention, or never there)
+    originals: dict[str, bytes] = field(default_factory=dict)
 
 
 def collect(bootstrap: str, topics: Topics, timeout_s: float = 120.0) -> Outputs:
@@ -112,4 +120,36 @@ def collect(bootstrap: str, topics: Topics, timeout_s: float = 120.0) -> Outputs
             out.decision_bytes.setdefault(record.decision_id, set()).add(bytes(msg.value or b""))
         elif typ is Voucher:
             out.voucher_bytes.setdefault(record.voucher_id, set()).add(bytes(msg.value or b""))
+    out.originals = read_originals(bootstrap, out.dead_letters, timeout_s=min(timeout_s, 60.0))
     return out
+
+
+_NOTHING_MORE = (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION)
+
+
+def read_originals(bootstrap: str, letters: Iterable[DeadLetter], timeout_s: float = 60.0) -> dict[str, bytes]:
+    """The full value of every truncated dead letter, read at its source coordinates (letters that hold their
+    whole value need nothing). Reads each source partition from the first such offset to the last only."""
+    wanted: dict[tuple[str, int], dict[int, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for letter in letters:
+        if letter.value_truncated:
+            wanted[(letter.source_topic, letter.source_partition)][letter.source_offset].append(letter.dead_letter_id)
+    found: dict[str, bytes] = {}
+    for (topic, partition), offsets in wanted.items():
+        last = max(offsets)
+        consumer = _reader(bootstrap, "originals")
+        try:
+            consumer.assign([TopicPartition(topic, partition, min(offsets))])
+            deadline = time.monotonic() + timeout_s
+            done = False
+            while not done and time.monotonic() < deadline:
+                for m in consumer.consume(num_messages=100, timeout=0.5):
+                    if m.error():  # the end of the partition, or a topic that is gone: nothing more to find
+                        done = done or m.error().code() in _NOTHING_MORE
+                        continue
+                    for letter_id in offsets.get(m.offset(), ()):
+                        found[letter_id] = bytes(m.value() or b"")
+                    done = done or m.offset() >= last
+        finally:
+            consumer.close()
+    return found

@@ -76,7 +76,8 @@ class Inputs:
     stock: list[InventoryCommand] = field(default_factory=list)
     #: command id → the reason it must be dead-lettered (a sender that meant it to be refused)
     refused_commands: dict[str, ReasonCode] = field(default_factory=dict)
-    #: records crafted to be bad (malformed, wrong schema, misrouted …), by their exact bytes
+    #: records crafted to be bad (malformed, wrong schema, misrouted …), by their exact bytes (a dead letter is
+    #: matched to one by the SHA-256 of its whole value: it holds only a prefix of a large record)
     bad_records: set[bytes] = field(default_factory=set)
     #: whether the engine's review rules may hold or reject orders (without rules every paid order is reviewed
     #: through; with them the checker accepts the engine's explicit "held" as an open state)

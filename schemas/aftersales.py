@@ -20,6 +20,11 @@ from schemas.fulfilment import Tick
 from schemas.order import Address, Channel, Delivery
 from schemas.shipping import CarrierEvent, GoodsIssued, TrackingStatus
 
+#: Most lines one return request or one return receipt may name: far more than any order has (at most
+#: ``MAX_LINES_PER_ORDER`` lines, plus remainder lines after short picks), few enough that the record stays small.
+#: More is a schema violation on the topic (dead-lettered) and a 413 at the API.
+MAX_RETURN_LINES = 500
+
 #: What a received return line is fit for: back on the shelf, or set aside (次品, a quarantine location).
 Disposition = Literal["sellable", "damaged"]
 QUARANTINE_SUFFIX = "/quarantine"
@@ -175,7 +180,7 @@ class ReturnRequested(Record, tag="return_requested", tag_field="kind", kw_only=
     tenant: Tenant
     order_id: Ident
     return_id: Ident
-    lines: Annotated[list[ReturnLine], Meta(min_length=1)]
+    lines: Annotated[list[ReturnLine], Meta(min_length=1, max_length=MAX_RETURN_LINES)]
     reason: Text = ""
     source: Literal["channel", "api"] = "api"
     ts: EpochMs
@@ -199,7 +204,7 @@ class ReturnReceived(Record, tag="return_received", tag_field="kind", kw_only=Tr
     order_id: Ident
     return_id: Ident
     warehouse: Ident
-    lines: Annotated[list[ReceivedLine], Meta(min_length=1)]
+    lines: Annotated[list[ReceivedLine], Meta(min_length=1, max_length=MAX_RETURN_LINES)]
     ts: EpochMs
 
     @property

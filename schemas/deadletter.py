@@ -1,11 +1,26 @@
-"""Dead letters (I6): bad input is parked here with a reason code and its original bytes."""
+"""Dead letters (I6): bad input is parked here with a reason code, where it came from and a bounded excerpt.
+
+A dead letter must always fit in a record, however large the record it stands for: a poison record near the
+broker's size limit must not make a dead letter the producer refuses (and a worker that retries it for ever). So
+it holds the source coordinates (topic, partition, offset: the full bytes stay in the source topic, read them
+there), the original sizes and SHA-256 digests of the key and value, and only a prefix of each
+(``MAX_VALUE_PREFIX`` / ``MAX_KEY_PREFIX`` bytes), with ``value_truncated`` / ``key_truncated`` saying whether
+it was cut.
+"""
 
 from __future__ import annotations
 
 import base64
 import enum
+import hashlib
 
 from schemas.common import EpochMs, Ident, Record, Text
+
+#: How much of the original value and key a dead letter keeps (bytes, before base64). Together with ``detail``
+#: (at most 2000 characters) a dead letter stays well under 16 KiB.
+MAX_VALUE_PREFIX = 4096
+MAX_KEY_PREFIX = 1024
+MAX_DETAIL = 2000
 
 
 class ReasonCode(enum.StrEnum):
@@ -35,10 +50,16 @@ class ReasonCode(enum.StrEnum):
 
 
 class DeadLetter(Record, kw_only=True):
-    """Key: the original record's key when it had one. ``dead_letter_id`` is the source coordinates, so a
-    redelivered bad record dead-letters to the same id."""
+    """Key: the original record's key (when it had one). ``dead_letter_id`` is the source coordinates, so a
+    redelivered bad record dead-letters to the same id.
 
-    v: int = 1
+    ``value_b64`` / ``key_b64`` hold the original bytes when they fit (``MAX_VALUE_PREFIX`` / ``MAX_KEY_PREFIX``),
+    else their prefix (``value_truncated`` / ``key_truncated``); ``value_size`` and ``value_sha256`` describe the
+    whole original value, so it can be recognised and verified when read back from ``source_topic`` at
+    ``source_partition``/``source_offset``. Letters of version 1 (before the bound) held the whole bytes and no
+    sizes or digests: the properties below work for both."""
+
+    v: int = 2
     dead_letter_id: Ident
     reason: ReasonCode
     detail: Text
@@ -46,14 +67,45 @@ class DeadLetter(Record, kw_only=True):
     source_topic: str
     source_partition: int
     source_offset: int
-    key_b64: str | None
-    value_b64: str
+    key_b64: str | None  # the key (or its first MAX_KEY_PREFIX bytes); None when the record had no key
+    value_b64: str  # the value (or its first MAX_VALUE_PREFIX bytes)
+    key_size: int | None = None
+    key_sha256: str | None = None
+    key_truncated: bool = False
+    value_size: int | None = None
+    value_sha256: str | None = None
+    value_truncated: bool = False
     tenant: str | None = None
     ts: EpochMs
 
     @property
-    def original_value(self) -> bytes:
+    def value_prefix(self) -> bytes:
+        """The value as kept in the letter: all of it, or its first ``MAX_VALUE_PREFIX`` bytes if truncated."""
         return base64.b64decode(self.value_b64)
+
+    @property
+    def original_value(self) -> bytes | None:
+        """The whole original value when the letter holds it; None when it holds a prefix only (the full bytes
+        are in the source topic at the letter's coordinates)."""
+        return None if self.value_truncated else self.value_prefix
+
+    @property
+    def original_size(self) -> int:
+        """The original value's size in bytes."""
+        return self.value_size if self.value_size is not None else len(self.value_prefix)
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 (hex) of the whole original value."""
+        return self.value_sha256 if self.value_sha256 is not None else sha256(self.value_prefix)
+
+    def matches(self, value: bytes) -> bool:
+        """Whether ``value`` (e.g. read back from the source topic) is the record this letter stands for."""
+        return len(value) == self.original_size and sha256(value) == self.digest
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def dead_letter_id(topic: str, partition: int, offset: int) -> str:
@@ -72,17 +124,25 @@ def dead_letter(
     ts: int,
     tenant: str | None = None,
 ) -> DeadLetter:
-    """A dead letter for one input record: why, where it came from, and its original bytes."""
+    """A dead letter for one input record: why, where it came from, its sizes and digests, and a bounded prefix
+    of its bytes (the whole of them when they are small). However large the record, the letter fits."""
+    value = value or b""
     return DeadLetter(
         dead_letter_id=dead_letter_id(topic, partition, offset),
         reason=reason,
-        detail=detail[:2000],
+        detail=detail[:MAX_DETAIL],
         stage=stage,
         source_topic=topic,
         source_partition=partition,
         source_offset=offset,
-        key_b64=None if key is None else base64.b64encode(key).decode(),
-        value_b64=base64.b64encode(value or b"").decode(),
-        tenant=tenant,
+        key_b64=None if key is None else base64.b64encode(key[:MAX_KEY_PREFIX]).decode(),
+        key_size=None if key is None else len(key),
+        key_sha256=None if key is None else sha256(key),
+        key_truncated=key is not None and len(key) > MAX_KEY_PREFIX,
+        value_b64=base64.b64encode(value[:MAX_VALUE_PREFIX]).decode(),
+        value_size=len(value),
+        value_sha256=sha256(value),
+        value_truncated=len(value) > MAX_VALUE_PREFIX,
+        tenant=None if tenant is None else tenant[:64],
         ts=max(0, ts),
     )

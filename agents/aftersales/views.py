@@ -1,6 +1,7 @@
 """Aftersales API (on every worker; bearer token of the tenant). Each call puts one record in the order's
 aftersales inbox and answers 202; what came of it is on ``order-progress`` (or, refused, on the dead letters
-with the reason ``return_invalid`` / ``pickup_refused``). 400/422 with a reason for a body that is not valid.
+with the reason ``return_invalid`` / ``pickup_refused``). 400/422 with a reason for a body that is not valid;
+413 ``oversize`` for a body over ``OMS_MAX_PAYLOAD_BYTES`` or more than ``MAX_RETURN_LINES`` (500) lines.
 
 * ``POST /api/v1/{tenant}/orders/{order_id}/returns`` — 退货申请: ``{"return_id", "lines": [{"line_id",
   "quantity"}], "reason"}``. ``return_id`` is the caller's RMA number (a retry with the same id is the same
@@ -19,9 +20,9 @@ from typing import Any
 import faust
 
 from engine.app import context
-from engine.http.edge import Edge, Problem, json_object, problem, reply
+from engine.http.edge import Edge, Problem, at_most, json_object, problem, reply
 from schemas import wire
-from schemas.aftersales import PickupClaim, ReturnReceived, ReturnRequested
+from schemas.aftersales import MAX_RETURN_LINES, PickupClaim, ReturnReceived, ReturnRequested
 
 
 def convert(fields: dict[str, Any], tenant: str, kind: str, typ: Any, now: int) -> Any:
@@ -36,8 +37,16 @@ def convert(fields: dict[str, Any], tenant: str, kind: str, typ: Any, now: int) 
         raise Problem(422, exc.reason.value, exc.detail) from None
 
 
+def _lines(fields: dict[str, Any], what: str) -> None:
+    """At most ``MAX_RETURN_LINES`` lines (413 naming the limit); the schema says what else a line must be."""
+    lines = fields.get("lines")
+    if isinstance(lines, list):
+        at_most(lines, MAX_RETURN_LINES, f"lines in one {what}")
+
+
 def return_request(body: bytes, tenant: str, order_id: str, now: int) -> ReturnRequested:
     fields = json_object(body)
+    _lines(fields, "return request")
     if "return_id" not in fields:  # the same body is the same request
         fields["return_id"] = "r." + hashlib.blake2b(body, digest_size=8).hexdigest()
     fields = {**fields, "order_id": order_id, "source": "api"}
@@ -46,6 +55,7 @@ def return_request(body: bytes, tenant: str, order_id: str, now: int) -> ReturnR
 
 def return_receipt(body: bytes, tenant: str, order_id: str, return_id: str, now: int) -> ReturnReceived:
     fields = {**json_object(body), "order_id": order_id, "return_id": return_id}
+    _lines(fields, "return receipt")
     return convert(fields, tenant, "return_received", ReturnReceived, now)
 
 

@@ -1,6 +1,7 @@
 """The HTTP edge's validation, as a pure function: bytes and a path in, orders or clear errors out.
 
-Status codes: 400 malformed JSON or a bad path, 404 unknown channel, 413 too large, 415 not JSON,
+Status codes: 400 malformed JSON or a bad path, 404 unknown channel, 413 too large (more than ``max_bytes``, or
+more than ``MAX_BATCH`` orders in one batch), 415 not JSON,
 422 an order that cannot be used (missing or wrong-typed fields, quantity ≤ 0, absurd amounts, unknown
 SKU), each with the reason code that a dead letter would carry and a message naming the field.
 """

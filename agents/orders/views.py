@@ -5,25 +5,48 @@
   (optional); 202 once the action is in the order's inbox, 404 if the order is not held, 503 while the holds
   list cannot be read (Redis down: retry);
 * ``GET  /api/v1/{tenant}/rules`` and ``PUT /api/v1/{tenant}/rules`` — the tenant's rule set; a PUT is validated
-  and published into the log (agents.orders.publish), which is where every partition's writer reads it.
+  and published into the log (agents.orders.publish), which is where every partition's writer reads it. At most
+  ``MAX_RULES`` (500) rules.
+
+Bodies are read with ``Edge.body``: more than ``OMS_MAX_PAYLOAD_BYTES`` (or more rules than the limit) is a 413
+``oversize`` naming the limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
 import faust
+import orjson
 
 from agents.orders.publish import publish_rules
 from agents.orders.registry import Registry
 from engine.app import context
-from engine.http.edge import Edge, Problem, json_object, problem, reply
+from engine.http.edge import Edge, Problem, at_most, json_object, problem, reply
 from engine.readmodels.holds import HoldsModel, Unavailable
 from schemas import wire
 from schemas.inbox import OperatorAction
 from schemas.review import OperatorActionKind, RuleSet
+
+#: Most rules one rule set may have: the record's own limit (``RuleSet.rules``), told as a 413.
+MAX_RULES = 500
+
+
+def parse_rules(body: bytes) -> RuleSet:
+    """A PUT body as a rule set, or a Problem: 400 not JSON, 413 more than ``MAX_RULES`` rules, 422 not a rule
+    set."""
+    with contextlib.suppress(orjson.JSONDecodeError):
+        fields = orjson.loads(body)
+        if isinstance(fields, dict) and isinstance(fields.get("rules"), list):
+            at_most(fields["rules"], MAX_RULES, "rules in one rule set")
+    try:
+        return wire.decode(body, RuleSet)
+    except wire.WireError as exc:
+        status = 422 if exc.reason.value == "schema_violation" else 400
+        raise Problem(status, exc.reason.value, exc.detail) from None
 
 
 def install(app: faust.App, edge: Edge, holds: HoldsModel, registry: Registry) -> None:
@@ -94,11 +117,7 @@ def install(app: faust.App, edge: Edge, holds: HoldsModel, registry: Registry) -
         async def put(self, request: Any, tenant: str) -> faust.web.Response:
             try:
                 edge.authenticate(request, tenant)
-                try:
-                    rules = wire.decode(await edge.body(request), RuleSet)
-                except wire.WireError as exc:
-                    status = 422 if exc.reason.value == "schema_violation" else 400
-                    raise Problem(status, exc.reason.value, exc.detail) from None
+                rules = parse_rules(await edge.body(request))
                 if rules.tenant != tenant:
                     raise Problem(
                         422, "tenant_mismatch", f"the rule set is for {rules.tenant!r}, the path says {tenant!r}"

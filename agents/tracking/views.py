@@ -3,8 +3,10 @@
 * ``POST /api/v1/{tenant}/carrier-events`` — one carrier event or a list of them, each ``{"carrier",
   "waybill", "event_id", "status", "occurred_at", "location", "detail"}`` (``status`` one of created, picked_up,
   in_transit, out_for_delivery, delivered, exception, returned_to_sender). 202 once every event is in its
-  waybill's tracking inbox; 400/422 with a reason (and the index of the bad event) otherwise — nothing of a
-  refused batch is taken, so the carrier can send it again whole. Late and repeated events are expected.
+  waybill's tracking inbox; 400/422 with a reason (and the index of the bad event) otherwise, 413 ``oversize``
+  for more than ``MAX_EVENTS`` (500) events or a body over ``OMS_MAX_PAYLOAD_BYTES`` — nothing of a refused
+  batch is taken, so the carrier can send it again whole (in smaller calls if it was too large). Late and
+  repeated events are expected.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import faust
 import orjson
 
 from engine.app import context
-from engine.http.edge import Edge, Problem, problem, reply
+from engine.http.edge import Edge, Problem, at_most, problem, reply
 from schemas import wire
 from schemas.shipping import CarrierEvent
 
@@ -29,8 +31,9 @@ def parse(body: bytes, tenant: str) -> list[CarrierEvent]:
     except orjson.JSONDecodeError:
         raise Problem(400, "malformed_json", "body is not JSON") from None
     items = fields if isinstance(fields, list) else [fields]
-    if not items or len(items) > MAX_EVENTS:
-        raise Problem(422, "schema_violation", f"send 1 to {MAX_EVENTS} events per call")
+    if not items:
+        raise Problem(422, "schema_violation", f"an empty list: send 1 to {MAX_EVENTS} events per call")
+    at_most(items, MAX_EVENTS, "events in one request")
     events = []
     for i, item in enumerate(items):
         if not isinstance(item, dict):

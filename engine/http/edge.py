@@ -1,8 +1,14 @@
-"""What every HTTP endpoint of the engine needs: tenant auth, bounded bodies, JSON errors, a producer."""
+"""What every HTTP endpoint of the engine needs: tenant auth, bounded bodies, JSON errors, a producer.
+
+Every route that takes a body reads it with :meth:`Edge.body` (at most ``OMS_MAX_PAYLOAD_BYTES``), and every list
+in a body has a documented maximum number of items (:func:`at_most`): more is a **413** ``oversize`` whose
+message names the limit, never a record too large for a topic or a stage.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,14 +67,22 @@ class Edge:
         """The whole request body, however the client's segments cut it, refusing more than the limit."""
         limit = self.settings.max_payload_bytes
         if request.content_length is not None and request.content_length > limit:
-            raise Problem(413, "oversize", f"body of {request.content_length} bytes exceeds {limit}")
+            raise Problem(
+                413, "oversize", f"body of {request.content_length} bytes exceeds {limit} (OMS_MAX_PAYLOAD_BYTES)"
+            )
         chunks, size = [], 0
         async for chunk in request.content.iter_any():  # to the end of the body, not the first segment
             size += len(chunk)
             if size > limit:
-                raise Problem(413, "oversize", f"body exceeds {limit} bytes")
+                raise Problem(413, "oversize", f"body exceeds {limit} bytes (OMS_MAX_PAYLOAD_BYTES)")
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def at_most(items: Sized, limit: int, what: str) -> None:
+    """A 413 ``oversize`` Problem naming the limit when a request carries more than ``limit`` ``what``."""
+    if len(items) > limit:
+        raise Problem(413, "oversize", f"{len(items)} {what}; at most {limit}")
 
 
 def json_object(body: bytes, empty_ok: bool = False) -> dict[str, Any]:
