@@ -10,7 +10,8 @@ where the fewest parcels ship it). Orders are sent at once, and a run ends when 
 Reported per mode: decisions per second, shipments per second over the whole run, when the last wave was
 written after the last decision, orders split and parcels per order — and the ratio of the two modes, measured
 in the same session. Every run's invariants (I1–I6, F1–F8, complete) must hold. Rewrites its BENCHMARKS.md
-section.
+section. A run that cannot complete is a failure row with its error and the workers' last log lines: the other
+runs go on, the medians are over the valid runs, and the exit code is 1.
 """
 
 from __future__ import annotations
@@ -21,8 +22,18 @@ import sys
 import msgspec
 
 from agents.fulfilment.layout import generate_layout
-from bench.pipeline import measure_engine
-from bench.report import emit, measured_on, median, table, write_section
+from bench.pipeline import measure_engine, why_invalid
+from bench.report import (
+    attempt,
+    emit,
+    exit_code,
+    failure_lines,
+    measured_on,
+    median,
+    setup_failed,
+    table,
+    write_section,
+)
 from deploy.local.servers import LocalServers
 from engine.settings import Settings
 from schemas.fulfilment import AllocationStrategy, WavePolicy
@@ -48,16 +59,25 @@ def run(settings: Settings, orders_n: int, reps: int, seed: int) -> list[dict]:
                 msgspec.structs.replace(lay, allocation=msgspec.structs.replace(lay.allocation, strategy=mode))
                 for lay in layouts
             ]
-            row = {"bench": "fulfilment", "mode": mode, "rep": rep}
-            row.update(measure_engine(settings, workload, orders, 2, layouts=layouts))
-            row["valid"] = row.get("invariants") == "ok" and bool(row.get("fulfilment_settled"))
+            context = {"bench": "fulfilment", "mode": mode, "rep": rep}
+            row = attempt(
+                lambda chosen=layouts: measure_engine(settings, workload, orders, 2, layouts=chosen), context, verdict
+            )
             emit(row)
             rows.append(row)
     return rows
 
 
+def verdict(row: dict) -> str | None:
+    """None when the run counts: the engine's verdict, and fulfilment settled."""
+    why = why_invalid({**row, "what": "engine"})
+    if why is None and not row.get("fulfilment_settled"):
+        why = "fulfilment did not settle (not every shipment in a wave)"
+    return why
+
+
 def write(settings: Settings, rows: list[dict], orders_n: int, reps: int) -> None:
-    good = {mode: [r for r in rows if r["valid"] and r["mode"] == mode] for mode in MODES}
+    good = {mode: [r for r in rows if r.get("valid") and r.get("mode") == mode] for mode in MODES}
 
     def med(mode: str, key: str) -> float | None:
         return median([r[key] for r in good[mode] if r.get(key) is not None])
@@ -95,6 +115,7 @@ def write(settings: Settings, rows: list[dict], orders_n: int, reps: int) -> Non
             body,
             ["l", "r", "r", "r"],
         ),
+        *(["", *failures] if (failures := failure_lines(rows)) else []),
         "",
         "`region` reserves each line in the first warehouse of the order's ranking that has its units: no extra "
         "round, but the lines of one order can land in different warehouses. `fewest-parcels` first asks every SKU "
@@ -115,13 +136,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     servers = LocalServers(settings)
-    servers.start(echo=lambda m: print(m, file=sys.stderr))
+    try:
+        servers.start(echo=lambda m: print(m, file=sys.stderr))
+    except Exception as exc:
+        return setup_failed("fulfilment", exc)
     try:
         rows = run(settings, args.orders, args.reps, args.seed)
     finally:
         servers.stop(only_started=True)
     write(settings, rows, args.orders, args.reps)
-    return 0 if all(r["valid"] for r in rows) else 1
+    return exit_code(rows)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@
 
 Figures come from the other parts' last runs (``.oms/bench/*.json``, written by bench.pipeline, bench.latency
 and bench.variants) and from the main job itself. A goal that is not met says so in one line, with the figure
-and the profile's top entries that stand in the way.
+and the profile's top entries that stand in the way. A day that fails (a non-zero exit, no JSON summary, a
+command that cannot start) is recorded with its error and the tail of its output, and the exit code is 1; a
+part whose last run failed shows its failure instead of a figure.
 """
 
 from __future__ import annotations
@@ -15,20 +17,35 @@ import json
 import subprocess
 import sys
 
-from bench.report import load_result, measured_on, save_result, table, write_section
+from bench.report import error_text, load_result, measured_on, save_result, table, write_section
 from engine.settings import REPO_ROOT, Settings
 
 
-def run_day(orders: int = 100_000) -> dict:
-    """The main job as a user runs it; its last stdout line is its JSON summary."""
-    proc = subprocess.run(
-        [str(REPO_ROOT / "oms"), "run", "--orders", str(orders)], capture_output=True, text=True, cwd=REPO_ROOT
-    )
-    summary: dict = {"ok": False, "error": f"exit {proc.returncode}"}
+def run_day(orders: int = 100_000, command: list[str] | None = None) -> dict:
+    """The main job as a user runs it; its last JSON stdout line is its summary. Never raises: a day that could not
+    start, exited non-zero or printed no summary is ``ok: False`` with its error and the tail of its output."""
+    argv = command or [str(REPO_ROOT / "oms"), "run", "--orders", str(orders)]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO_ROOT)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return {"ok": False, "error": error_text(exc), "exit_code": None}
+    summary: dict = {}
     for line in reversed(proc.stdout.strip().splitlines()):
         if line.startswith("{"):
-            summary = json.loads(line)
-            break
+            try:
+                found = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(found, dict):
+                summary = found
+                break
+    if not summary:
+        summary = {"ok": False, "error": f"exit {proc.returncode}, no JSON summary on stdout"}
+    elif proc.returncode != 0:
+        summary.setdefault("error", f"exit {proc.returncode}")
+    if proc.returncode != 0 or not summary.get("ok"):
+        tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-15:]
+        summary["log_tail"] = "\n".join(tail)
     summary["exit_code"] = proc.returncode
     return summary
 
@@ -43,31 +60,50 @@ def _profile_line() -> str:
 def goals() -> list[list[str]]:
     rows = []
     pipe = load_result("pipeline")
+    goal = "Engine ÷ Kafka Streams exactly_once_v2 ≥ 1.0, guarantees intact"
     if pipe and pipe.get("engine_vs", {}).get("kstreams_eos_v2") is not None:
         ratio = pipe["engine_vs"]["kstreams_eos_v2"]
         rates = pipe["median_orders_per_s"]
         met = ratio >= 1.0 and pipe.get("engine_ok")
+        failures = sum((pipe.get("failed_runs") or {}).values())
         rows.append(
             [
-                "Engine ÷ Kafka Streams exactly_once_v2 ≥ 1.0, guarantees intact",
+                goal,
                 f"{ratio:.2f} ({rates['engine']:,.0f} vs {rates['kstreams_eos_v2']:,.0f} orders/s, "
-                f"{pipe['orders']:,} orders, {pipe['date']})",
+                f"{pipe.get('orders', 0):,} orders, {pipe.get('date', '?')})"
+                + (f"; {failures} run(s) failed" if failures else ""),
                 "met" if met else "**not met**",
             ]
         )
+    elif pipe:  # no ratio: the engine's or the peer's runs all failed
+        errors = "; ".join(str(e.get("error", ""))[:120] for e in pipe.get("errors") or [])
+        rows.append([goal, f"no figure: {errors or 'no valid run'} ({pipe.get('date', '?')})", "**not met**"])
     day = load_result("day")
     if day:
-        met = day.get("ok") and day.get("elapsed_s", 1e9) <= 50 and day.get("exit_code") == 0
+        met = day.get("ok") and (day.get("elapsed_s") or 1e9) <= 50 and day.get("exit_code") == 0
+        measured = (
+            f"{day.get('elapsed_s', '—')} s, {day.get('orders_per_s', '—')} orders/s, invariants "
+            f"{day.get('invariants', '—')}, exit {day.get('exit_code')} ({day.get('date', '?')})"
+        )
+        if day.get("error"):
+            measured += f"; **failed**: {str(day['error'])[:200]}"
         rows.append(
             [
                 "`./oms run --orders 100000` decides the day in ≤ 50 s (≥ 2,000 orders/s), invariants ok",
-                f"{day.get('elapsed_s', '—')} s, {day.get('orders_per_s', '—')} orders/s, invariants "
-                f"{day.get('invariants', '—')}, exit {day.get('exit_code')} ({day['date']})",
+                measured,
                 "met" if met else "**not met**",
             ]
         )
     lat = load_result("latency")
-    if lat:
+    if lat and lat.get("error"):
+        rows.append(
+            [
+                "p99 produced → decision ≤ 250 ms at 500 orders/s offered",
+                f"**failed**: {str(lat['error'])[:200]} ({lat.get('date', '?')})",
+                "**not met**",
+            ]
+        )
+    elif lat:
         at = [s for s in lat.get("steps", []) if abs(float(s.get("offered_per_s", 0)) - 500) < 1]
         if at:
             p99 = at[0].get("p99_ms")
@@ -75,7 +111,7 @@ def goals() -> list[list[str]]:
             rows.append(
                 [
                     "p99 produced → decision ≤ 250 ms at 500 orders/s offered",
-                    f"p99 {p99:,.0f} ms ({lat['date']})" if p99 is not None else "no decisions timed",
+                    f"p99 {p99:,.0f} ms ({lat.get('date', '?')})" if p99 is not None else "no decisions timed",
                     "met" if met else "**not met**",
                 ]
             )
@@ -86,7 +122,9 @@ def goals() -> list[list[str]]:
         rows.append(
             [
                 "Flash sale on one SKU ≥ 10,000 reserve attempts/s, exactly the stock sold",
-                f"{rate:,.0f} attempts/s, stock sold exactly: {'yes' if flash.get('ok') else 'NO'} ({flash['date']})",
+                f"{rate:,.0f} attempts/s, stock sold exactly: {'yes' if flash.get('ok') else 'NO'} "
+                f"({flash.get('date', '?')})"
+                + (f"; {flash['failed_runs']} run(s) failed" if flash.get("failed_runs") else ""),
                 "met" if met else "**not met**",
             ]
         )
@@ -121,9 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     ok = True
     if not args.no_day:
         day = run_day(args.orders)
-        print(json.dumps({"what": "day", **{k: day.get(k) for k in ("ok", "orders", "elapsed_s", "orders_per_s")}}))
+        keys = ("ok", "orders", "elapsed_s", "orders_per_s", "exit_code", "error", "log_tail")
+        print(json.dumps({"what": "day", **{k: day.get(k) for k in keys if k in day}}, default=str))
         save_result("day", day)
         ok = bool(day.get("ok")) and day.get("exit_code") == 0
+        if not ok:
+            print(f"goals: the day failed: {day.get('error') or day.get('invariants')}", file=sys.stderr)
     write_goals(Settings.from_env())
     return 0 if ok else 1
 

@@ -17,6 +17,11 @@ checked from the result topics against everything sent, as ``bench.pipeline.meas
 
 The load generator shares the machine with the broker and the two workers: on a small machine its CPU is part of
 what is measured (its own share is small: one encode and one produce per order).
+
+A step that fails (a worker died, a client thread failed) is a failure row with its error and the tail of the
+workers' logs; the steps after it and the knee search are skipped (the engine is not in a state to measure), the
+invariants are still checked, and the run is not ok (exit 1). A run that cannot complete at all prints one JSON
+line with its error and the logs' tails (exit 2) and leaves BENCHMARKS.md alone.
 """
 
 from __future__ import annotations
@@ -37,7 +42,22 @@ from typing import Any
 import msgspec
 from confluent_kafka import OFFSET_BEGINNING, Consumer, ConsumerGroupTopicPartitions, KafkaError, TopicPartition
 
-from bench.report import emit, machine, measured_on, save_result, table, write_section
+from bench.report import (
+    RunError,
+    cleanup_quietly,
+    emit,
+    failed,
+    failure_lines,
+    failure_row,
+    log_tails,
+    machine,
+    measured_on,
+    save_result,
+    setup_failed,
+    short_error,
+    table,
+    write_section,
+)
 from deploy.local.servers import LocalServers
 from engine.kafka.admin import CLIENT_LOG, admin, create_topics, delete_topics
 from engine.kafka.clients import producer as make_producer
@@ -287,6 +307,7 @@ class Run:
     echo: Callable[[str], None]
     rows: list[dict[str, Any]] = field(default_factory=list)
     exhausted: bool = False
+    current: tuple[float, str] = (0.0, "fixed")  # the step being run: rate, phase
 
 
 def _send(run: Run, index: int, rate: float, orders: list[Order]) -> dict[str, Any]:
@@ -364,6 +385,7 @@ def _drain(run: Run) -> bool:
 def run_step(run: Run, rate: float, duration_s: float, phase: str = "fixed") -> dict[str, Any]:
     """Send ``rate`` orders/s for ``duration_s``, let the engine catch up, and judge whether it kept up."""
     index = len(run.rows)
+    run.current = (rate, phase)
     n = max(1, round(rate * duration_s))
     orders = []
     for order in run.orders:
@@ -508,7 +530,9 @@ def run_latency(
     echo: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """The first rate of ``steps`` runs for ``base_s`` (the real day's pace), the others for ``step_s`` each; then,
-    with ``knee``, the knee search. Returns every step and the summary (``ok`` is the invariants' verdict)."""
+    with ``knee``, the knee search. Returns every step and the summary (``ok``: the invariants held and no step
+    failed). A step that raises is a failure row (the rest are skipped); RunError (with the workers' log tails)
+    when the run cannot complete at all."""
     say = echo or (lambda m: print(m, file=sys.stderr, flush=True))
     started = time.monotonic()
     run_id = uuid.uuid4().hex[:8]
@@ -563,18 +587,29 @@ def run_latency(
             stall_s,
             say,
         )
-        for rate, duration in zip(steps, durations, strict=True):
-            run_step(run, rate, duration)
-        search = (
-            find_knee(run, step_s, knee_trials, knee_max)
-            if knee
-            else {"knee_per_s": max((r["offered_per_s"] for r in run.rows if r["sustained"]), default=None)}
-        )
+        search: dict[str, Any] = {"knee_per_s": None}
+        try:
+            for rate, duration in zip(steps, durations, strict=True):
+                run_step(run, rate, duration)
+            search = (
+                find_knee(run, step_s, knee_trials, knee_max)
+                if knee
+                else {"knee_per_s": max((r["offered_per_s"] for r in run.rows if r["sustained"]), default=None)}
+            )
+        except Exception as exc:  # the step is a failure row; the invariants are still checked below
+            rate, phase = run.current
+            say(f"latency: the step at {rate:g}/s failed: {exc}")
+            row = failure_row(step_failure(rate, phase, len(run.rows)), exc, log_tails(pool))
+            run.rows.append(row)
+            emit(row)
+            # best effort: let what was sent be decided before the check (the run has failed either way)
+            cleanup_quietly(lambda: wait_idle(settings, engine_inputs(topics), pool, timeout_s=120))
         sampler.stop()
         follower.stop()
         stats = [pool.stats(i) or {} for i in range(workers)]
         pool.stop()
-        inputs.add_orders(run.sent_orders)
+        # what was handed to the producer (a failed step may not have sent all it took)
+        inputs.add_orders([o for o in run.sent_orders if o.key in tracker.produced])
         say("latency: checking the invariants from the result topics")
         verdict = check(inputs, collect(settings.bootstrap, topics), settings.partitions)
         stages = [st for w in stats for st in w.get("stages", {}).values()]
@@ -617,18 +652,38 @@ def run_latency(
             "elapsed_s": round(time.monotonic() - started, 1),
             "command": command_line(steps, step_s, base_s, knee, workers, knee_trials, stock_ratio),
             "steps": run.rows,
+            "failed_steps": len(failed(run.rows)),
         }
-        result["ok"] = verdict.ok and tracker.engine_errors == 0
+        result["ok"] = verdict.ok and tracker.engine_errors == 0 and not failed(run.rows)
         emit({k: v for k, v in result.items() if k != "steps"})
         return result
+    except Exception as exc:
+        raise RunError(exc, log_tails(pool)) from exc
     finally:
-        if sampler is not None and sampler.is_alive():
-            sampler.stop()
-        if follower is not None and follower.is_alive():
-            follower.stop()
-        pool.stop(timeout_s=20)
-        delete_topics(settings.bootstrap, settings.topic_prefix + ".")
-        delete_topics(settings.bootstrap, settings.app_id + "-")
+        cleanup_quietly(
+            lambda: sampler.stop() if sampler is not None and sampler.is_alive() else None,
+            lambda: follower.stop() if follower is not None and follower.is_alive() else None,
+            lambda: pool.stop(timeout_s=20),
+            lambda: delete_topics(settings.bootstrap, settings.topic_prefix + "."),
+            lambda: delete_topics(settings.bootstrap, settings.app_id + "-"),
+        )
+
+
+def step_failure(rate: float, phase: str, index: int) -> dict[str, Any]:
+    """The row of a step that could not complete: its rate, no figures, not sustained."""
+    return {
+        "what": "latency",
+        "phase": phase,
+        "step": index,
+        "offered_per_s": rate,
+        "achieved_send_per_s": None,
+        "decided": 0,
+        **percentiles([]),
+        "lag_max": None,
+        "sustained": False,
+        "failed": ["error"],
+        "downstream_n": 0,
+    }
 
 
 # -- BENCHMARKS.md ------------------------------------------------------------------------------------------------
@@ -641,24 +696,26 @@ def write_markdown(result: dict[str, Any]) -> None:
     rows = [
         [
             f"{r['offered_per_s']:,g}" + (" (knee search)" if r.get("phase") == "knee" else ""),
-            f"{r['achieved_send_per_s']:,.1f}",
-            f"{r['decided']:,}",
-            _ms(r["p50_ms"]),
-            _ms(r["p95_ms"]),
-            _ms(r["p99_ms"]),
-            _ms(r["max_ms"]),
-            f"{r['lag_max']:,}",
-            "yes" if r["sustained"] else "no (" + ", ".join(r["failed"]) + ")",
+            "–" if r.get("achieved_send_per_s") is None else f"{r['achieved_send_per_s']:,.1f}",
+            f"{r.get('decided', 0):,}",
+            _ms(r.get("p50_ms")),
+            _ms(r.get("p95_ms")),
+            _ms(r.get("p99_ms")),
+            _ms(r.get("max_ms")),
+            "–" if r.get("lag_max") is None else f"{r['lag_max']:,}",
+            f"**failed**: {short_error(r, 80)}"
+            if r.get("error")
+            else ("yes" if r["sustained"] else "no (" + ", ".join(r["failed"]) + ")"),
         ]
         for r in sorted(result["steps"], key=lambda r: r["offered_per_s"])
     ]
     knee = result.get("knee_per_s")
-    failed = result.get("first_failed_per_s")
+    first_failed = result.get("first_failed_per_s")
     if knee is None:
         knee_line = "**Knee:** not even the first rate was sustained."
     else:
         knee_line = f"**Knee (highest sustained rate): {knee:,g} orders/s**" + (
-            f"; {failed:,g}/s was not sustained." if failed is not None else "; no rate tried failed."
+            f"; {first_failed:,g}/s was not sustained." if first_failed is not None else "; no rate tried failed."
         )
         knee_line += f" That is {knee * 86_400:,.0f} orders a day at a constant rate."
     inv = result["invariants"]
@@ -695,6 +752,11 @@ def write_markdown(result: dict[str, Any]) -> None:
         f"Invariants, checked from the result topics against every order and stock command sent: "
         f"{'ok' if inv == 'ok' else 'FAILED: ' + '; '.join(inv)}; oversold units {result['oversold_units']}; "
         f"engine errors {result['engine_errors']}; worker restarts {len(result['restarts'])}.",
+        *(
+            ["", *failure_lines(result["steps"], lambda r: f"step at {r['offered_per_s']:g}/s")]
+            if failed(result["steps"])
+            else []
+        ),
         "",
         "The floor of the latency is two transactional hops (order stage → inventory → order stage), each a "
         "batch window plus one Kafka transaction commit. The load generator, the broker and both workers share "
@@ -727,26 +789,37 @@ def main(argv: list[str] | None = None) -> int:
     trials = args.knee_trials if args.knee_trials is not None else (2 if args.quick else 6)
     settings = Settings.from_env()
     servers = LocalServers(settings)
-    servers.start(echo=lambda m: print(m, file=sys.stderr))
     try:
-        result = run_latency(
-            settings,
-            rates,
-            step_s,
-            base_s,
-            not args.no_knee,
-            workers=args.workers,
-            seed=args.seed,
-            knee_trials=trials,
-            p99_limit_ms=args.p99_limit_ms,
-            stock_ratio=args.stock_ratio,
-        )
+        servers.start(echo=lambda m: print(m, file=sys.stderr))
+    except Exception as exc:
+        return setup_failed("latency", exc)
+    try:
+        try:
+            result = run_latency(
+                settings,
+                rates,
+                step_s,
+                base_s,
+                not args.no_knee,
+                workers=args.workers,
+                seed=args.seed,
+                knee_trials=trials,
+                p99_limit_ms=args.p99_limit_ms,
+                stock_ratio=args.stock_ratio,
+            )
+        except Exception as exc:  # reported with its error and the workers' logs, never a traceback
+            row = failure_row({"what": "latency_summary"}, exc)
+            emit(row)
+            save_result("latency", {"ok": False, "error": row["error"]})
+            print(f"latency: the run could not complete: {row['error']}\n{row.get('log_tail', '')}", file=sys.stderr)
+            return 2
         if not args.no_markdown:
             write_markdown(result)
         save_result("latency", {"ok": result["ok"], "steps": result["steps"], "knee": result.get("knee")})
         if not result["ok"]:
             print(
-                f"latency: the run FAILED: invariants {result['invariants']}, engine errors {result['engine_errors']}",
+                f"latency: the run FAILED: invariants {result['invariants']}, engine errors {result['engine_errors']}, "
+                f"failed steps {result['failed_steps']}",
                 file=sys.stderr,
             )
         return 0 if result["ok"] else 1

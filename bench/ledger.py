@@ -21,7 +21,10 @@ records' own, partitions the project's murmur2 over the ledger inbox's partition
   and the vouchers on the topic must be the in-process replay's, byte for byte. A violation is a failure (exit 1),
   never a number.
 
-Prints one JSON line per measurement and a summary, and rewrites its section of BENCHMARKS.md.
+Prints one JSON line per measurement and a summary, and rewrites its section of BENCHMARKS.md. A run that cannot
+complete (the core raised, a stage run's workers died) is a failure row with its error and the tail of the
+workers' logs: the other stage runs still run, the medians are over the valid runs and say how many failed, and
+the exit code is 1.
 """
 
 from __future__ import annotations
@@ -43,7 +46,25 @@ from typing import Any
 
 from agents.ledger.agent import LedgerLogic
 from agents.ledger.costing import round_half_up
-from bench.report import BENCHMARKS, emit, measured_on, median, save_result, table, write_section
+from bench.report import (
+    BENCHMARKS,
+    RunError,
+    attempt,
+    cleanup_quietly,
+    emit,
+    exit_code,
+    failed,
+    failure_lines,
+    failure_row,
+    log_tails,
+    measured_on,
+    median,
+    save_result,
+    setup_failed,
+    short_error,
+    table,
+    write_section,
+)
 from engine.kafka.clients import Message, Sender, partition_for, read_topics, tail
 from engine.runtime.replay import Replay
 from engine.runtime.work import Input, Output
@@ -475,9 +496,9 @@ def measure_stage(base: Settings, day: Day, workers: int, want: Counter) -> dict
     partitions = settings.partitions
     rows = day.encoded(partitions)
     expected = sum(want.values())
-    create_topics(settings.bootstrap, topics.all(), partitions, configs=topics.configs())
     pool = WorkerPool(settings, workers)
     try:
+        create_topics(settings.bootstrap, topics.all(), partitions, configs=topics.configs())
         pool.start()
         pool.wait_ready([topics.ledger_inbox])
         cpu = CpuMeter({"workers": [pool.pid(i) or 0 for i in range(workers)], "broker": broker_pids(settings)})
@@ -508,10 +529,14 @@ def measure_stage(base: Settings, day: Day, workers: int, want: Counter) -> dict
         inbox = list(read_topics(settings.bootstrap, [topics.ledger_inbox]))
         written = list(read_topics(settings.bootstrap, [topics.vouchers]))
         letters = list(read_topics(settings.bootstrap, [topics.dead_letters]))
+    except Exception as exc:
+        raise RunError(exc, log_tails(pool)) from exc
     finally:
-        pool.stop(timeout_s=20)
-        delete_topics(settings.bootstrap, settings.topic_prefix + ".")
-        delete_topics(settings.bootstrap, settings.app_id + "-")
+        cleanup_quietly(
+            lambda: pool.stop(timeout_s=20),
+            lambda: delete_topics(settings.bootstrap, settings.topic_prefix + "."),
+            lambda: delete_topics(settings.bootstrap, settings.app_id + "-"),
+        )
 
     # lag: each voucher's Kafka timestamp minus its source record's
     source_ts: dict[str, int] = {}
@@ -609,36 +634,58 @@ def measure_stage(base: Settings, day: Day, workers: int, want: Counter) -> dict
     }
 
 
+def stage_verdict(row: dict) -> str | None:
+    """None when a stage run counts: I5 held and every voucher's lag was measured."""
+    if row["invariants"] != "ok":
+        return f"invariants: {row['invariants']}"
+    if row["lag_ms"]["matched"] != row["vouchers"]:
+        return f"lag measured for {row['lag_ms']['matched']} of {row['vouchers']} vouchers"
+    return None
+
+
 def combine(runs: list[dict]) -> dict:
-    """The stage's runs as one row: medians of the rates and lags; valid only if every run was."""
-    failed = [r for r in runs if "error" in r]
-    if failed:
-        return {"bench": "ledger", "what": "stage", "valid": False, "error": failed[0]["error"], "runs": len(runs)}
-    first = runs[0]
-    bad = [r for r in runs if not r["valid"]]
+    """The stage's runs as one row: medians of the rates and lags over the valid runs only, with how many runs
+    failed and why; valid only if every run was."""
+    bad = failed(runs)
+    good = [r for r in runs if r not in bad]
+    errors = [f"rep {r.get('rep')}: {short_error(r, 300)}" for r in bad]
+    if not good:
+        first_error = errors[0] if errors else "no run"
+        return {
+            "bench": "ledger",
+            "what": "stage_summary",
+            "valid": False,
+            "error": first_error,
+            "errors": errors,
+            "runs": len(runs),
+            "failed_runs": len(bad),
+        }
+    first = good[0]
 
     def med(key: str) -> float | None:
-        return median([r[key] for r in runs if r.get(key) is not None])
+        return median([r[key] for r in good if r.get(key) is not None])
 
     return {
         **{k: v for k, v in first.items() if k != "rep"},
         "what": "stage_summary",
         "runs": len(runs),
+        "failed_runs": len(bad),
+        "errors": errors,
         "valid": not bad,
-        "invariants": bad[0]["invariants"] if bad else "ok",
+        "invariants": next((r["invariants"] for r in bad if r.get("invariants") not in (None, "ok")), "ok"),
         "send_s": med("send_s"),
         "vouchers_per_s": med("vouchers_per_s"),
         "events_per_s": med("events_per_s"),
         "goods_issued_per_s": med("goods_issued_per_s"),
-        "runs_vouchers_per_s": [r["vouchers_per_s"] for r in runs],
+        "runs_vouchers_per_s": [r.get("vouchers_per_s") if r in good else None for r in runs],
         "lag_ms": {
-            q: median([r["lag_ms"][q] for r in runs if r["lag_ms"][q] is not None]) for q in ("p50", "p95", "max")
+            q: median([r["lag_ms"][q] for r in good if r["lag_ms"][q] is not None]) for q in ("p50", "p95", "max")
         },
         "cpu_ms_per_event": {
-            side: median([r["cpu_ms_per_event"].get(side, 0.0) for r in runs]) for side in first["cpu_ms_per_event"]
+            side: median([r["cpu_ms_per_event"].get(side, 0.0) for r in good]) for side in first["cpu_ms_per_event"]
         },
         "transactions": med("transactions"),
-        "restarts": sum(r["restarts"] for r in runs),
+        "restarts": sum(r.get("restarts", 0) for r in runs),
     }
 
 
@@ -669,28 +716,11 @@ def _n(value: float | None, digits: int = 0) -> str:
     return "—" if value is None else f"{value:,.{digits}f}"
 
 
-def write(
-    settings: Settings,
-    day: Day,
-    core: dict,
-    stage: dict | None,
-    stage_day: Day | None,
-    profile: list[tuple[str, float, float]],
-    args: argparse.Namespace,
-) -> None:
-    command = (
-        f"python -m bench ledger --orders {args.orders} --reps {args.reps} --stage-orders {args.stage_orders} "
-        f"--stage-reps {args.stage_reps}"
-    )
-    lines = [
-        measured_on(settings.kafka_version),
-        f"A day of the ledger's business events from {args.orders:,} seeded orders (seed {args.seed}): "
-        f"{day.counts['orders_opened']:,} approvals, {day.counts['goods_issued']:,} goods issues, "
-        f"{day.counts['stock_issue']:,} stock issues, {day.counts['stock_receive']:,} receipts and "
-        f"{day.counts['returns']:,} returns (1.5 %, each with its stock return) — {day.counts['records']:,} records "
-        f"over {settings.partitions} partitions. Command: `{command}`; medians of {args.reps} repetitions, "
-        "alternating with the baseline.",
-        "",
+def _core_lines(core: dict) -> list[str]:
+    """The in-process part: its table and the determinism verdict — or that it failed, and why."""
+    if core.get("error"):
+        return [f"**Core, in-process**: **failed**, the replay could not complete — {short_error(core, 400)}"]
+    return [
         "**Core, in-process** (`Replay(LedgerLogic)`: decode, book, post to the trial balance, encode — what the "
         f"stage runs per record, batches of {BATCH} per partition):",
         "",
@@ -714,6 +744,34 @@ def write(
         f"**{'yes' if core['byte_identical'] else 'no'}** (sha256 over every output in each output partition's "
         f"order, `{core['sha256'][:16]}…`; final tables equal too).",
     ]
+
+
+def write(
+    settings: Settings,
+    day: Day,
+    core: dict,
+    stage: dict | None,
+    stage_day: Day | None,
+    profile: list[tuple[str, float, float]],
+    args: argparse.Namespace,
+    failures: list[str] | None = None,
+) -> None:
+    """The section; a core that failed, or stage runs that did, are said so (``failures``: their lines)."""
+    command = (
+        f"python -m bench ledger --orders {args.orders} --reps {args.reps} --stage-orders {args.stage_orders} "
+        f"--stage-reps {args.stage_reps}"
+    )
+    lines = [
+        measured_on(settings.kafka_version),
+        f"A day of the ledger's business events from {args.orders:,} seeded orders (seed {args.seed}): "
+        f"{day.counts['orders_opened']:,} approvals, {day.counts['goods_issued']:,} goods issues, "
+        f"{day.counts['stock_issue']:,} stock issues, {day.counts['stock_receive']:,} receipts and "
+        f"{day.counts['returns']:,} returns (1.5 %, each with its stock return) — {day.counts['records']:,} records "
+        f"over {settings.partitions} partitions. Command: `{command}`; medians of {args.reps} repetitions, "
+        "alternating with the baseline.",
+        "",
+        *_core_lines(core),
+    ]
     if profile:
         lines += [
             "",
@@ -721,25 +779,29 @@ def write(
             "",
             *[f"* {share:.1f} % ({incl:.1f} %) — `{fn}`" for fn, share, incl in profile[:8]],
         ]
-    if stage is not None and "error" in stage:
-        lines += ["", f"**Stage on the broker**: **failed**, the run could not complete — {stage['error']}"]
+    if stage is not None and "lag_ms" not in stage:  # no run completed
+        lines += ["", f"**Stage on the broker**: **failed**, no run could complete — {stage.get('error')}"]
     elif stage is not None and stage_day is not None:
         lag = stage["lag_ms"]
         ok = stage["valid"]
-        verdict = "held" if ok else "**failed**: " + "; ".join(map(str, stage["invariants"]))[:400]
+        verdict = (
+            "held"
+            if ok
+            else f"**failed** ({stage['failed_runs']} of {stage['runs']} runs): " + "; ".join(stage["errors"])[:400]
+        )
         rows = [
             ["events sent (whole day at once)", _n(stage["events"]), f"sent in {stage['send_s']:.1f} s"],
             ["vouchers written", _n(stage["vouchers"]), f"{stage['vouchers_expected']:,} expected"],
             [
                 "vouchers per second (first → last voucher)",
-                _n(stage["vouchers_per_s"] if ok else None),
-                ", ".join(_n(x) for x in stage["runs_vouchers_per_s"]) if ok else "",
+                _n(stage["vouchers_per_s"]),
+                ", ".join("failed" if x is None else _n(x) for x in stage["runs_vouchers_per_s"]),
             ],
-            ["goods issues booked per second", _n(stage["goods_issued_per_s"] if ok else None, 1), ""],
-            ["events per second (first record sent → last voucher)", _n(stage["events_per_s"] if ok else None), ""],
+            ["goods issues booked per second", _n(stage["goods_issued_per_s"], 1), ""],
+            ["events per second (first record sent → last voucher)", _n(stage["events_per_s"]), ""],
             [
                 "lag per voucher p50 · p95 · max (ms)",
-                f"{_n(lag['p50'])} · {_n(lag['p95'])} · {_n(lag['max'])}" if ok else "—",
+                f"{_n(lag['p50'])} · {_n(lag['p95'])} · {_n(lag['max'])}",
                 "queueing: the day is sent at once",
             ],
             [
@@ -753,7 +815,8 @@ def write(
             "",
             f"**Stage on the broker**: {stage_day.counts['records']:,} records of a {args.stage_orders:,}-order day "
             f"({stage['goods_issued']:,} goods issues), {stage['workers']} workers with the full pipeline app (the "
-            f"other stages idle), {stage['partitions']} partitions, medians of {stage['runs']} runs (a fresh "
+            f"other stages idle), {stage['partitions']} partitions, medians of the "
+            f"{stage['runs'] - stage['failed_runs']} valid runs of {stage['runs']} (a fresh "
             "prefix and workers each). I5 on the vouchers topic of every run (every voucher "
             "balances, one revenue voucher per goods issue and one cost voucher per issue event, the moving-average "
             "chain, the trial balance equal to the stock's value, and every voucher byte-identical to the "
@@ -761,7 +824,7 @@ def write(
             "",
             *table(["Figure", "Value", "Note"], rows, ["l", "r", "l"]),
         ]
-        if ok and stage["goods_issued_per_s"]:
+        if stage["goods_issued_per_s"]:
             gi = stage["goods_issued_per_s"]
             keep = [
                 ["100,000 orders a day, average", f"{TARGET_AVG_PER_S:.2f}", f"{gi / TARGET_AVG_PER_S:,.0f}×"],
@@ -791,6 +854,8 @@ def write(
             ]
     elif stage is None:
         lines += ["", "Stage on the broker: not run (`--no-stage`)."]
+    if failures:
+        lines += ["", *failures]
     write_section(TITLE, lines)
 
 
@@ -824,53 +889,68 @@ def main(argv: list[str] | None = None) -> int:
             "generated_s": round(time.monotonic() - started, 1),
         }
     )
-    core = run_core(day, partitions, max(1, args.reps))
-    profile = [] if args.no_profile else profile_core(day, partitions)
+    core = attempt(lambda: run_core(day, partitions, max(1, args.reps)), {"bench": "ledger", "what": "core_summary"})
+    if "error" in core:
+        emit(core)
+    profile: list[tuple[str, float, float]] = []
+    if not args.no_profile and "error" not in core:
+        try:
+            profile = profile_core(day, partitions)
+        except Exception as exc:  # the profile is a courtesy: reported, never a crash
+            emit(failure_row({"bench": "ledger", "what": "profile"}, exc))
     if profile:
         emit({"bench": "ledger", "what": "profile", "top": profile})
 
     stage = stage_day = None
+    runs: list[dict] = []
     if not args.no_stage:
         from deploy.local.servers import LocalServers
 
         stage_day = day if args.stage_orders == args.orders else generate_day(args.stage_orders, args.seed)
         servers = LocalServers(settings)
-        servers.start(echo=lambda m: print(m, file=sys.stderr))
+        try:
+            servers.start(echo=lambda m: print(m, file=sys.stderr))
+        except Exception as exc:
+            return setup_failed("ledger", exc)
         want = replayed_vouchers(stage_day, partitions)
-        runs = []
         try:
             for rep in range(max(1, args.stage_reps)):
-                try:
-                    row = {"rep": rep, **measure_stage(settings, stage_day, args.workers, want)}
-                except Exception as exc:  # a run that could not complete is a failure, never a number
-                    row = {"bench": "ledger", "what": "stage", "rep": rep, "valid": False}
-                    row["error"] = f"{type(exc).__name__}: {exc}"
+                # a run that could not complete is a failure row, never a number; the next runs still run
+                context = {"bench": "ledger", "what": "stage", "rep": rep}
+                row = attempt(lambda: measure_stage(settings, stage_day, args.workers, want), context, stage_verdict)
                 emit(row)
                 runs.append(row)
-                if not row["valid"]:
-                    break  # a failure is the result: no median over it
         finally:
             servers.stop(only_started=True)
         stage = combine(runs)
         emit(stage)
-    ok = core["byte_identical"] and (stage is None or bool(stage.get("valid")))
+    ok = bool(core.get("byte_identical")) and (stage is None or bool(stage.get("valid")))
+    has_stage = stage is not None and "lag_ms" in stage  # medians over the valid runs, when one was
     summary = {
         "bench": "ledger",
         "summary": True,
         "ok": ok,
-        "core_events_per_s": core["events_per_s"],
-        "core_vouchers_per_s": core["vouchers_per_s"],
-        "core_vs_baseline": core["core_vs_baseline"],
-        "byte_identical": core["byte_identical"],
-        "stage_vouchers_per_s": stage.get("vouchers_per_s") if stage and stage.get("valid") else None,
-        "stage_goods_issued_per_s": stage.get("goods_issued_per_s") if stage and stage.get("valid") else None,
-        "stage_lag_ms": stage.get("lag_ms") if stage and stage.get("valid") else None,
+        "core_error": core.get("error"),
+        "core_events_per_s": core.get("events_per_s"),
+        "core_vouchers_per_s": core.get("vouchers_per_s"),
+        "core_vs_baseline": core.get("core_vs_baseline"),
+        "byte_identical": core.get("byte_identical"),
+        "stage_failed_runs": stage.get("failed_runs") if stage else None,
+        "stage_errors": stage.get("errors") if stage else None,
+        "stage_vouchers_per_s": stage.get("vouchers_per_s") if has_stage else None,
+        "stage_goods_issued_per_s": stage.get("goods_issued_per_s") if has_stage else None,
+        "stage_lag_ms": stage.get("lag_ms") if has_stage else None,
         "elapsed_s": round(time.monotonic() - started, 1),
     }
     emit(summary)
     save_result("ledger", summary)
-    write(settings, day, core, stage, stage_day, profile, args)
-    return 0 if ok else 1
+    every = [core, *runs]
+    write(settings, day, core, stage, stage_day, profile, args, failure_lines(every, _label))
+    return exit_code(every, ok)
+
+
+def _label(row: dict) -> str:
+    return "core (in-process)" if row.get("what") == "core_summary" else "stage on the broker"
 
 
 if __name__ == "__main__":

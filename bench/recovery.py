@@ -24,6 +24,11 @@ One namespace (topic prefix and app id) for the whole run, two workers, no revie
 The run ends with the invariants checked from the result topics against every order and stock command sent, as
 ``bench.pipeline.measure_engine`` does. A broken invariant, or an order the engine rejected by its own fault,
 fails the run (exit 1) whatever the timings: no figure here comes from a run that lost or oversold anything.
+
+A kill -9 measurement that raises is a failure row (its error and the tail of the workers' logs) and the next
+one still runs once the pool is ready again; the run is then not ok (exit 1). A run that cannot go on at all
+(the workers never get ready, the state cannot be built) prints one JSON line with its error, the workers' log
+tails and the rows measured so far (exit 2), and leaves BENCHMARKS.md alone.
 """
 
 from __future__ import annotations
@@ -48,7 +53,22 @@ from typing import Any
 import msgspec
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from bench.report import emit, machine, measured_on, median, table, write_section
+from bench.report import (
+    RunError,
+    cleanup_quietly,
+    emit,
+    failed,
+    failure_lines,
+    failure_row,
+    log_tails,
+    machine,
+    measured_on,
+    median,
+    setup_failed,
+    short_error,
+    table,
+    write_section,
+)
 from deploy.local.servers import LocalServers
 from engine.kafka.admin import CLIENT_LOG, admin, create_topics, delete_topics
 from engine.kafka.clients import end_offsets, partition_for, read_topics
@@ -406,7 +426,7 @@ def owned_partitions(pool: WorkerPool, index: int, topic: str) -> list[int]:
 def failover(run: Run, pool: WorkerPool, standby: int, restart: bool) -> dict[str, Any]:
     """Kill -9 worker ``VICTIM`` with orders flowing; time until each inbox partition it owned is served again."""
     settings, inbox = run.settings, run.topics.order_inbox
-    case = f"kill -9, {'restarted at once' if restart else 'not restarted'}, standby {standby}"
+    case = failover_case(standby, restart)
     run.echo(f"recovery: {case}")
     settle(run)
     time.sleep(BASELINE_S)
@@ -493,6 +513,35 @@ def failover(run: Run, pool: WorkerPool, standby: int, restart: bool) -> dict[st
     )
 
 
+def failover_case(standby: int, restart: bool) -> str:
+    return f"kill -9, {'restarted at once' if restart else 'not restarted'}, standby {standby}"
+
+
+def measure_failover(run: Run, pool: WorkerPool, standby: int, restart: bool) -> dict[str, Any]:
+    """``failover``'s row — or, when it raised, a failure row with its error and the workers' log tails, after
+    which the pool is made whole again for the next measurement (a pool that cannot be is the run's end)."""
+    try:
+        return failover(run, pool, standby, restart)
+    except Exception as exc:
+        context = {
+            "what": "recovery",
+            "case": failover_case(standby, restart),
+            "kind": "failover",
+            "standby_replicas": standby,
+            "restarted": restart,
+            "seconds": None,
+            "stall_rereads": 0,
+            "timed_out": False,
+        }
+        row = failure_row(context, exc, log_tails(pool))
+        run.rows.append(row)
+        emit(row)
+        run.echo(f"recovery: {row['case']} failed: {row['error']}")
+        pool.supervise()  # a worker that is down is started again
+        pool.wait_ready(run.engine_topics, timeout_s=600)
+        return row
+
+
 # -- the whole run ------------------------------------------------------------------------------------------------
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
@@ -524,7 +573,9 @@ def run_recovery(
     rate: float = RATE,
     echo: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Every measurement of the module docstring in one namespace; returns the rows and the verdict (``ok``)."""
+    """Every measurement of the module docstring in one namespace; returns the rows and the verdict (``ok``).
+    A failed kill -9 measurement is a failure row; RunError (with the workers' log tails and ``rows``, what was
+    measured so far) when the run cannot go on."""
     say = echo or (lambda m: print(m, file=sys.stderr, flush=True))
     started = time.monotonic()
     run_id = uuid.uuid4().hex[:8]
@@ -618,15 +669,15 @@ def run_recovery(
         # 3. failover, standby 0 then 1, orders flowing all along
         run.sender = PacedSender(settings, topics, stream, run.tracker, rate)
         run.sender.start()
-        failover(run, pool, 0, restart=False)
-        failover(run, pool, 0, restart=True)
+        measure_failover(run, pool, 0, restart=False)
+        measure_failover(run, pool, 0, restart=True)
         stop_pool(pool)
         standby = settings.with_(standby_replicas=1)
         say("recovery: start with 1 standby replica (stores kept, orders flowing)")
         pool, warm1, _ = start_pool(run, standby)
         run.record({"case": "ready, full state, stores kept, standby 1, orders flowing", "kind": "start", **warm1})
-        failover(run, pool, 1, restart=False)
-        failover(run, pool, 1, restart=True)
+        measure_failover(run, pool, 1, restart=False)
+        measure_failover(run, pool, 1, restart=True)
         run.sender.stop()
         run.check_threads()
         exhausted = run.sender.exhausted
@@ -666,10 +717,12 @@ def run_recovery(
             "worker_logs": [str(run.pools[0].log_path(i)) for i in range(WORKERS)],
             "elapsed_s": round(time.monotonic() - started, 1),
             "command": command_line(orders, settings),
+            "failed_measurements": len(failed(run.rows)),
             "rows": run.rows,
         }
         result["ok"] = (
-            verdict.ok
+            not failed(run.rows)
+            and verdict.ok
             and tracker.engine_errors == 0
             and tracker.unknown == 0
             and not run.sender.delivery_errors
@@ -678,15 +731,16 @@ def run_recovery(
         )
         emit({k: v for k, v in result.items() if k != "rows"})
         return result
+    except Exception as exc:
+        raise RunError(exc, log_tails(run.pools[-1] if run.pools else None), run.rows) from exc
     finally:
-        for thread in (run.sender, run.follower):
-            if thread is not None and thread.is_alive():
-                thread.stop()
-        for p in run.pools:
-            p.stop(timeout_s=20)
-        delete_topics(settings.bootstrap, settings.topic_prefix + ".")
-        delete_topics(settings.bootstrap, settings.app_id + "-")
-        shutil.rmtree(run.store_dir, ignore_errors=True)
+        cleanup_quietly(
+            *(lambda t=t: t.stop() for t in (run.sender, run.follower) if t is not None and t.is_alive()),
+            *(lambda p=p: p.stop(timeout_s=20) for p in run.pools),
+            lambda: delete_topics(settings.bootstrap, settings.topic_prefix + "."),
+            lambda: delete_topics(settings.bootstrap, settings.app_id + "-"),
+            lambda: shutil.rmtree(run.store_dir, ignore_errors=True),
+        )
 
 
 # -- BENCHMARKS.md ------------------------------------------------------------------------------------------------
@@ -742,6 +796,9 @@ def write_markdown(result: dict[str, Any]) -> None:
     session = result["session_timeout_s"]
     body: list[list[str]] = []
     for r in result["rows"]:
+        if r.get("error"):
+            body.append([r["case"][0].upper() + r["case"][1:], "–", f"**failed**: {short_error(r, 160)}"])
+            continue
         if r["kind"] == "state":
             body.append(
                 [
@@ -799,7 +856,7 @@ def write_markdown(result: dict[str, Any]) -> None:
         )
     else:
         reading += f"The session timeout in force was {session:g} s (`OMS_SESSION_TIMEOUT_S`)."
-    stalls = [r for r in fails.values() if r["stall_rereads"]]
+    stalls = [r for r in fails.values() if r.get("stall_rereads")]
     if stalls:
         reading += (
             f" After {len(stalls)} of the {len(fails)} kills, partitions stopped fetching after the rebalance until "
@@ -824,6 +881,7 @@ def write_markdown(result: dict[str, Any]) -> None:
         f"Invariants, checked from the result topics against every order and stock command sent "
         f"({result['orders_sent']:,} orders): {'ok' if inv == 'ok' else 'FAILED: ' + '; '.join(inv)}; oversold "
         f"units {result['oversold_units']}; engine errors {result['engine_errors']}.",
+        *(["", *failure_lines(result["rows"], lambda r: r["case"])] if failed(result["rows"]) else []),
         "",
         f"Command: `{result['command']}`.",
     ]
@@ -838,12 +896,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     settings = Settings.from_env()
     servers = LocalServers(settings)
-    servers.start(echo=lambda m: print(m, file=sys.stderr))
+    try:
+        servers.start(echo=lambda m: print(m, file=sys.stderr))
+    except Exception as exc:
+        return setup_failed("recovery", exc)
     try:
         try:
             result = run_recovery(settings, args.orders, seed=args.seed)
-        except (WorkerError, RuntimeError, TimeoutError) as exc:
-            print(f"recovery: the run could not complete: {exc}", file=sys.stderr)
+        except Exception as exc:  # reported with its error and the workers' logs, never a traceback
+            row = failure_row({"what": "recovery_summary", "rows": exc.rows if isinstance(exc, RunError) else []}, exc)
+            emit(row)
+            print(f"recovery: the run could not complete: {row['error']}\n{row.get('log_tail', '')}", file=sys.stderr)
             return 2
         if not args.no_markdown:
             write_markdown(result)

@@ -1,7 +1,13 @@
-"""What every benchmark shares: the machine it ran on, medians, and its own section of BENCHMARKS.md.
+"""What every benchmark shares: the machine it ran on, medians, failed runs, and its own section of BENCHMARKS.md.
 
 Each benchmark owns one ``## <title>`` section and rewrites only that one, so the file is always the latest
 run of every table, each with its date and machine, and a reader can regenerate one table without the rest.
+
+A run that fails — raises, or returns a row without its verdict — is a **failure row**, never a crash and never
+a number: :func:`attempt` runs one measurement and gives either its row or ``{..., "ok": False, "valid": False,
+"error": "<exception type>: <message>", "log_tail": "<the workers' last log lines>"}``; the benchmark goes on
+with its other runs, takes its medians over the valid runs only (:func:`valid_median`, saying how many failed),
+lists the failures under its table (:func:`failure_lines`) and exits non-zero at the end (:func:`exit_code`).
 """
 
 from __future__ import annotations
@@ -9,9 +15,14 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import statistics
+import sys
 import time
+import traceback
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from engine.settings import REPO_ROOT
 
@@ -99,3 +110,160 @@ def load_result(name: str) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+# -- failed runs ---------------------------------------------------------------------------------------------------
+#: The most characters of an error message, and the most lines of each worker's log, a failure row keeps.
+ERROR_CHARS = 2000
+LOG_LINES = 20
+
+
+class RunError(Exception):
+    """A measurement that could not complete: the exception that stopped it, and the tail of its workers' logs
+    (read while they still exist) — the worker's own error is usually there, not in the exception."""
+
+    def __init__(self, cause: BaseException, log_tail: str = "", rows: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(error_text(cause))
+        self.cause = cause
+        self.log_tail = log_tail
+        self.rows = rows or []  # what a run of several measurements had measured when it stopped
+
+
+def error_text(exc: BaseException) -> str:
+    """``<exception type>: <message>``, cut to ERROR_CHARS (a RunError is its cause's)."""
+    cause = exc.cause if isinstance(exc, RunError) else exc
+    text = f"{type(cause).__name__}: {cause}".rstrip(": ").strip()
+    return text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 1] + "…"
+
+
+def where(exc: BaseException) -> str:
+    """The innermost frame of the traceback as ``file:line in function`` ("" when there is none)."""
+    cause = exc.cause if isinstance(exc, RunError) else exc
+    frames = traceback.extract_tb(cause.__traceback__)
+    if not frames:
+        return ""
+    last = frames[-1]
+    return f"{Path(last.filename).name}:{last.lineno} in {last.name}"
+
+
+def log_tails(pool: Any, lines: int = LOG_LINES) -> str:
+    """The last ``lines`` of each worker's log of a WorkerPool (or None), labelled; never raises."""
+    if pool is None:
+        return ""
+    out = []
+    try:
+        for i in range(int(pool.count)):
+            out.append(f"--- worker {i} ({pool.log_path(i)}):\n{pool.log_tail(i, lines)}")
+    except Exception as exc:  # the tail is a courtesy: it must never hide the failure it explains
+        out.append(f"(the worker logs could not be read: {type(exc).__name__}: {exc})")
+    return "\n".join(out)
+
+
+def failure_row(context: dict[str, Any], exc: BaseException, log_tail: str = "") -> dict[str, Any]:
+    """The row of a run that raised: its context (what, rep, label…), not valid, and why."""
+    tail = log_tail or (exc.log_tail if isinstance(exc, RunError) else "")
+    row = {**context, "ok": False, "valid": False, "error": error_text(exc), "error_at": where(exc)}
+    if tail:
+        row["log_tail"] = tail
+    return row
+
+
+def attempt(
+    run: Callable[[], dict[str, Any]],
+    context: dict[str, Any],
+    verdict: Callable[[dict[str, Any]], str | None] | None = None,
+) -> dict[str, Any]:
+    """One measurement: ``context`` + its row, with ``valid`` set — or a failure row when it raised (any
+    Exception) or ``verdict`` found it invalid (``verdict``: None when the row is good, else why not; a row
+    ``verdict`` cannot read is invalid too). Never raises but KeyboardInterrupt and SystemExit."""
+    try:
+        row = {**context, **run()}
+        row.update(context)  # what the caller says the run is wins over what the run says
+    except Exception as exc:
+        return failure_row(context, exc)
+    if "error" in row:  # a run that reported its own failure
+        row.update(ok=False, valid=False)
+        return row
+    why = None
+    if verdict is not None:
+        try:
+            why = verdict(row)
+        except Exception as exc:  # a row without the keys its verdict reads is a failed run, not a crash
+            why = f"the run's row cannot be judged ({error_text(exc)}): keys {sorted(row)}"
+    row["valid"] = why is None
+    if why is not None:
+        row["invalid"] = why
+    return row
+
+
+def failed(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of runs that failed: raised, or not valid."""
+    return [r for r in rows if r.get("error") or r.get("valid") is False]
+
+
+def valid_median(rows: Iterable[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The median of ``key`` over the valid runs only, with how many runs there were and how many failed."""
+    rows = list(rows)
+    good = [r[key] for r in rows if not r.get("error") and r.get("valid") is not False and r.get(key) is not None]
+    return {"median": median(good), "runs": len(rows), "failed": len(failed(rows))}
+
+
+def short_error(row: dict[str, Any], limit: int = 120) -> str:
+    """One line for a table cell: the error (or why the run is not valid), cut, without ``|``."""
+    text = str(row.get("error") or row.get("invalid") or "not valid").splitlines()[0] if row else "not valid"
+    text = text.replace("|", "/")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def failure_lines(rows: Iterable[dict[str, Any]], label: Callable[[dict[str, Any]], str] | None = None) -> list[str]:
+    """Markdown lines listing each failed run with its error and the last lines of its workers' logs."""
+    bad = failed(rows)
+    if not bad:
+        return []
+    name = label or (lambda r: " ".join(str(r[k]) for k in ("what", "label", "mode", "case") if r.get(k)))
+    out = [f"**{len(bad)} run(s) failed** (left out of every median):", ""]
+    for r in bad:
+        rep = f", rep {r['rep']}" if r.get("rep") is not None else ""
+        at = f" (at {r['error_at']})" if r.get("error_at") else ""
+        out.append(f"* {name(r) or 'run'}{rep}: {short_error(r, 400)}{at}")
+        out += ["  `" + ln[:200].replace("`", "'") + "`" for ln in telling_lines(str(r.get("log_tail") or ""))]
+    return out
+
+
+_TELLING = re.compile(r"error|exception|traceback|fatal|exit|killed|fenced|refused", re.IGNORECASE)
+
+
+def telling_lines(log: str, count: int = 4) -> list[str]:
+    """The lines of a log tail a reader needs first: the last ``count`` that name an error or an exit, else its
+    last lines."""
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip() and not ln.startswith("--- worker")]
+    telling = [ln for ln in lines if _TELLING.search(ln)]
+    return (telling or lines)[-count:]
+
+
+def exit_code(rows: Iterable[dict[str, Any]], ok: bool = True) -> int:
+    """1 when any run failed (or ``ok`` is False), else 0 — reported at the end, after every run."""
+    bad = failed(rows)
+    if bad:
+        print(f"{len(bad)} run(s) failed: " + "; ".join(short_error(r) for r in bad), file=sys.stderr)
+    return 1 if bad or not ok else 0
+
+
+def setup_failed(part: str, exc: BaseException) -> int:
+    """A benchmark that could not even start (servers, arguments): one JSON line with the error, exit 2."""
+    emit({"bench": part, "what": "setup", "ok": False, "error": error_text(exc), "error_at": where(exc)})
+    print(f"bench {part}: could not start: {error_text(exc)}", file=sys.stderr)
+    return 2
+
+
+def cleanup_quietly(*steps: Callable[[], Any]) -> list[str]:
+    """Run every clean-up step even when one fails; the failures as text (printed), never raised — a clean-up
+    that fails must not hide the run's own result or error."""
+    errors = []
+    for step in steps:
+        try:
+            step()
+        except Exception as exc:
+            errors.append(error_text(exc))
+            print(f"clean-up failed: {error_text(exc)}", file=sys.stderr)
+    return errors

@@ -8,7 +8,9 @@
 * **Flash sale** — every order one unit of one SKU: reserve attempts per second at one writer, and exactly
   the stock sold.
 
-Every run ends with the invariants checked from the result topics; a run that broke one is a failure.
+Every run ends with the invariants checked from the result topics; a run that broke one is a failure. A run
+that cannot complete (a worker died, the broker went away) is a failure row with its error and the tail of the
+workers' logs; the other runs go on, medians are over the valid runs only, and the exit code is 1.
 """
 
 from __future__ import annotations
@@ -17,8 +19,21 @@ import argparse
 import sys
 from typing import Any
 
-from bench.pipeline import measure_engine
-from bench.report import emit, measured_on, median, save_result, table, write_section
+from bench.pipeline import measure_engine, why_invalid
+from bench.report import (
+    attempt,
+    emit,
+    exit_code,
+    failed,
+    failure_lines,
+    measured_on,
+    median,
+    save_result,
+    setup_failed,
+    short_error,
+    table,
+    write_section,
+)
 from deploy.local.servers import LocalServers
 from engine.settings import Settings
 from workload.generator import Workload, WorkloadSpec
@@ -48,14 +63,31 @@ SCALE = [(workers, partitions) for partitions in (8, 16) for workers in (1, 2, 4
 
 
 def _run(settings: Settings, workload: Workload, orders: list, workers: int, label: str, **extra: Any) -> dict:
-    row = measure_engine(settings, workload, orders, workers)
-    row.update(label=label, **extra)
+    """One engine run as a row — or, when it raised or has no verdict, a failure row with its error."""
+    row = attempt(lambda: measure_engine(settings, workload, orders, workers), {"label": label, **extra}, why_invalid)
+    row.setdefault("what", "engine")
     emit(row)
     return row
 
 
 def _ok(rows: list[dict]) -> bool:
-    return all(r["invariants"] == "ok" and r["decided"] == r["orders"] for r in rows)
+    return bool(rows) and not failed(rows)
+
+
+def _rate(rows: list[dict]) -> float | None:
+    """The median decided orders/s over the valid runs only."""
+    return median([r["orders_per_s"] for r in rows if r.get("valid") and r.get("orders_per_s") is not None])
+
+
+def _runs(rows: list[dict]) -> str:
+    return ", ".join(f"{r['orders_per_s']:,.0f}" if r.get("valid") else "**failed**" for r in rows)
+
+
+def _verdict(rows: list[dict]) -> str:
+    bad = failed(rows)
+    if not bad:
+        return "ok"
+    return f"**FAILED** ({len(bad)} of {len(rows)}): " + "; ".join(short_error(r, 80) for r in bad)
 
 
 def run_tuning(settings: Settings, orders_n: int, reps: int, seed: int = 17) -> dict:
@@ -108,6 +140,8 @@ def run_flash(settings: Settings, orders_n: int, reps: int, stock: int = 500, se
     for rep in range(reps):
         row = _run(settings, workload, orders, 2, "flash sale", rep=rep, variant="flash", flash_stock=stock)
         row["sold_exactly_the_stock"] = row.get("accepted") == stock
+        if row.get("valid") and not row["sold_exactly_the_stock"]:
+            row.update(valid=False, invalid=f"sold {row.get('accepted')} units, not the {stock} in stock")
         rows.append(row)
     return {
         "orders": orders_n,
@@ -118,11 +152,15 @@ def run_flash(settings: Settings, orders_n: int, reps: int, stock: int = 500, se
     }
 
 
+def _cell(value: float | None, spec: str = ",.0f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
 def write_flash(settings: Settings, result: dict) -> None:
     rows = result["rows"]
-    rate = median([r["orders_per_s"] for r in rows])
-    sold = ", ".join(str(r.get("accepted")) for r in rows)
-    verdict = "ok" if result["ok"] else "**FAILED**: " + "; ".join(str(r["invariants"]) for r in rows)
+    rate = _rate(rows)
+    sold = ", ".join(str(r.get("accepted")) if r.get("valid") else "**failed**" for r in rows)
+    verdict = "ok" if result["ok"] else _verdict(rows)
     lines = [
         measured_on(settings.kafka_version),
         f"{result['orders']:,} orders of one unit each of one SKU with {result['stock']} in stock, 2 workers, "
@@ -131,13 +169,15 @@ def write_flash(settings: Settings, result: dict) -> None:
         "",
         *table(
             ["Reserve attempts/s (orders decided/s, median)", "Runs", "Units sold per run", "Invariants"],
-            [[f"{rate:,.0f}", ", ".join(f"{r['orders_per_s']:,.0f}" for r in rows), sold, verdict]],
+            [[_cell(rate), _runs(rows), sold, verdict]],
             ["r", "l", "l", "l"],
         ),
         "",
         "Every attempt goes through the order stage (review, saga) and the SKU's one writer and back; the rate is "
         "decided orders per second end to end, so it bounds the writer's own rate from below.",
     ]
+    if failures := failure_lines(rows):
+        lines += ["", *failures]
     write_section("Flash sale: one SKU", lines)
 
 
@@ -145,23 +185,23 @@ def _summarise(rows: list[dict], labels: list[str]) -> list[list[str]]:
     out = []
     base = None
     for label in labels:
-        mine = [r for r in rows if r["label"] == label]
+        mine = [r for r in rows if r.get("label") == label]
         if not mine:
             continue
-        rate = median([r["orders_per_s"] for r in mine])
+        good = [r for r in mine if r.get("valid")]
+        rate = _rate(mine)
         base = base or rate
-        cpu_w = median([r["cpu_ms_per_order"].get("workers", 0.0) for r in mine])
-        cpu_b = median([r["cpu_ms_per_order"].get("broker", 0.0) for r in mine])
-        verdict = "ok" if _ok(mine) else "**FAILED**: " + "; ".join(str(r["invariants"]) for r in mine)
+        cpu_w = median([(r.get("cpu_ms_per_order") or {}).get("workers", 0.0) for r in good])
+        cpu_b = median([(r.get("cpu_ms_per_order") or {}).get("broker", 0.0) for r in good])
         out.append(
             [
                 label,
-                f"{rate:,.0f}",
-                f"{rate / base:.2f}",
-                f"{cpu_w:.2f}",
-                f"{cpu_b:.2f}",
-                ", ".join(f"{r['orders_per_s']:,.0f}" for r in mine),
-                verdict,
+                _cell(rate),
+                f"{rate / base:.2f}" if rate is not None and base else "—",
+                _cell(cpu_w, ".2f"),
+                _cell(cpu_b, ".2f"),
+                _runs(mine),
+                _verdict(mine),
             ]
         )
     return out
@@ -186,6 +226,7 @@ def write_tuning(settings: Settings, result: dict) -> None:
         f"`python -m bench.variants tuning --orders {result['orders']} --reps {result['reps']}`.",
         "",
         *table(HEADER, _summarise(result["rows"], [label for label, _ in TUNING]), ["l", "r", "r", "r", "r", "l", "l"]),
+        *(["", *failure_lines(result["rows"])] if failed(result["rows"]) else []),
         "",
         "CPU per order is what the workers (all processes) and the broker used while the orders were decided, "
         "divided by the orders: on two shared cores it says where the time goes better than the rate does. A "
@@ -204,6 +245,7 @@ def write_scale(settings: Settings, result: dict) -> None:
         f"`python -m bench.variants scale --orders {result['orders']} --reps {result['reps']}`.",
         "",
         *table(HEADER, _summarise(result["rows"], labels), ["l", "r", "r", "r", "r", "l", "l"]),
+        *(["", *failure_lines(result["rows"])] if failed(result["rows"]) else []),
         "",
         "Two cores run the broker and every worker: a worker beyond the second adds processes that compete for the "
         "same cores (and one transactional producer per owned partition each), so throughput here is bounded by "
@@ -222,30 +264,36 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     settings = Settings.from_env()
     servers = LocalServers(settings)
-    servers.start(echo=lambda m: print(m, file=sys.stderr))
+    try:
+        servers.start(echo=lambda m: print(m, file=sys.stderr))
+    except Exception as exc:
+        return setup_failed("variants", exc)
     ok = True
+    rows: list[dict] = []
     try:
         if args.which in ("tuning", "all"):
             tuning = run_tuning(settings, args.orders, args.reps)
+            rows += tuning["rows"]
             ok &= tuning["ok"]
             if not args.no_markdown:
                 write_tuning(settings, tuning)
         if args.which in ("scale", "all"):
             scale = run_scale(settings, args.orders, max(1, args.reps - 1))
+            rows += scale["rows"]
             ok &= scale["ok"]
             if not args.no_markdown:
                 write_scale(settings, scale)
         if args.which in ("flash", "all"):
             flash = run_flash(settings, 2 * args.orders, args.reps)
+            rows += flash["rows"]
             ok &= flash["ok"]
-            save_result(
-                "flash", {"ok": flash["ok"], "orders_per_s": median([r["orders_per_s"] for r in flash["rows"]])}
-            )
+            failures = len(failed(flash["rows"]))
+            save_result("flash", {"ok": flash["ok"], "orders_per_s": _rate(flash["rows"]), "failed_runs": failures})
             if not args.no_markdown:
                 write_flash(settings, flash)
     finally:
         servers.stop(only_started=True)
-    return 0 if ok else 1
+    return exit_code(rows, ok)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ published, engine workers started and supervised, the catalog and opening stock 
 headless for the fixed duration with CSV output, waits for the engine to go idle, checks the invariants from the
 result topics against what the Locust users logged as sent, and prints one JSON line. Exit 0 when the invariants
 hold, no order failed by the engine's fault and Locust saw no failure; 1 otherwise; 2 when the run could not
-complete. Its topics are deleted at the end unless ``--keep``; the CSVs stay in ``.oms/locust/``.
+complete — then its JSON line says why (exception type and message) with the tail of the workers' logs, and the
+next preset still runs. Its topics are deleted at the end unless ``--keep``; the CSVs stay in ``.oms/locust/``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.orders.publish import load_rules_file, publish_rules
-from bench.locust.results import AGGREGATED, MalformedStats, Row, by_type, read_failures, read_stats
+from bench.locust.results import AGGREGATED, Row, by_type, read_failures, read_stats
 from bench.locust.scenario import (
     ALL_CHANNELS,
     DECISION,
@@ -38,13 +39,13 @@ from bench.locust.scenario import (
     parse_rate,
     read_sent,
 )
-from deploy.local.servers import LocalServerError, LocalServers
-from engine.kafka.admin import KafkaUnavailable, create_topics, wait_for_broker
-from engine.kafka.clients import DeliveryFailed
+from bench.report import RunError, cleanup_quietly, failure_row, log_tails
+from deploy.local.servers import LocalServers
+from engine.kafka.admin import create_topics, wait_for_broker
 from engine.readmodels.catalog import publish as publish_catalog
 from engine.readmodels.redis import Keys
 from engine.settings import REPO_ROOT, Settings
-from engine.supervisor import WorkerError, WorkerPool
+from engine.supervisor import WorkerPool
 from engine.topics import Topics
 from invariants import Inputs, check, collect
 from workload.day import RunFailed, cleanup, engine_inputs, stuck_sagas, wait_idle
@@ -131,19 +132,17 @@ def run_one(base: Settings, opts: Options) -> tuple[dict[str, Any], int]:
         summary = run(settings, creds, opts, run_dir, run_id)
         print(json.dumps(summary, ensure_ascii=False), flush=True)
         return summary, 0 if summary["ok"] else 1
-    except (LocalServerError, WorkerError, RunFailed, KafkaUnavailable, DeliveryFailed, MalformedStats) as exc:
-        _say(f"bench.locust failed: {exc}")
-        failed = {"ok": False, "rate": opts.rate, "error": str(exc)[:2000], "invariants": "not checked"}
-        print(json.dumps(failed), flush=True)
-        return failed, 2
     except KeyboardInterrupt:
         _say("interrupted")
         return {"ok": False, "rate": opts.rate, "error": "interrupted", "invariants": "not checked"}, 130
+    except Exception as exc:  # any failure is this preset's row, with its error and the workers' logs
+        failed = failure_row({"rate": opts.rate, "invariants": "not checked"}, exc)
+        _say(f"bench.locust failed: {failed['error']}" + (f"\n{failed['log_tail']}" if failed.get("log_tail") else ""))
+        print(json.dumps(failed, default=str), flush=True)
+        return failed, 2
     finally:
-        if not opts.keep:
-            cleanup(settings)
-            shutil.rmtree(run_dir, ignore_errors=True)
-        servers.stop(only_started=True)
+        steps = [] if opts.keep else [lambda: cleanup(settings), lambda: shutil.rmtree(run_dir, ignore_errors=True)]
+        cleanup_quietly(*steps, lambda: servers.stop(only_started=True))
 
 
 def write_markdown(settings: Settings, summaries: list[dict[str, Any]], duration: str) -> None:
@@ -153,7 +152,8 @@ def write_markdown(settings: Settings, summaries: list[dict[str, Any]], duration
     rows = []
     for s in summaries:
         lat = (s.get("latency_ms") or {}).get("decision") or {}
-        verdict = "ok" if s.get("ok") else f"**FAILED**: {s.get('error') or s.get('invariants')}"
+        reason = str(s.get("error") or s.get("invariants")).splitlines()[0][:200].replace("|", "/")
+        verdict = "ok" if s.get("ok") else f"**FAILED**: {reason}"
         rows.append(
             [
                 str(s.get("rate")),
@@ -209,47 +209,67 @@ def run(settings: Settings, creds: Credentials, opts: Options, work_dir: Path, r
     pool = WorkerPool(settings, opts.workers)
     t0 = time.monotonic()
     try:
-        _say(f"starting {opts.workers} engine workers…")
-        pool.start()
-        pool.wait_ready([topics.order_inbox, topics.inventory_commands])
-        # the opening stock of a generated day as long as the run: the hottest SKUs sell out, as in oms run
-        workload = Workload(WorkloadSpec(orders=max(100, round(rate * opts.duration_s)), seed=opts.seed))
-        inputs = Inputs(rules=bool(rules))
-        publish_catalog(settings.redis, Keys(settings.topic_prefix), workload.catalog())
-        stock = list(workload.opening_stock("stock-loader", 0, int(time.time() * 1000)))
-        load_stock_and_wait(settings, topics, pool, stock)
-        inputs.add_stock(stock)
-        prefix = opts.csv or str(Path(settings.state_dir) / "locust" / f"{opts.rate}-{run_id or 'run'}")
-        Path(prefix).parent.mkdir(parents=True, exist_ok=True)
-        sent_dir = work_dir / "sent"
-        shutil.rmtree(sent_dir, ignore_errors=True)
-        _say(f"locust: {rate:.2f} orders/s for {opts.duration_s:.0f}s ({plan}); CSV {prefix}_stats.csv")
-        t1 = time.monotonic()
-        exit_code, locust_s = run_locust(settings, creds, opts, prefix, sent_dir, pool)
-        _say("waiting for the engine to go idle…")
-        t2 = time.monotonic()
-        wait_idle(settings, engine_inputs(topics), pool)
-        t3 = time.monotonic()
-        stuck = stuck_sagas(pool)
-        pool.stop()
-        sent = read_sent(sent_dir)
-        inputs.add_orders(sent.orders)
-        inputs.bad_records = sent.bad_records
-        _say("checking the invariants from the result topics against what was sent…")
-        outputs = collect(settings.bootstrap, topics)
-        verdict = check(inputs, outputs, settings.partitions)
-        rows = read_stats(prefix)
-        failures = read_failures(prefix)
-        timings = {
-            "setup_s": round(t1 - t0, 1),
-            "locust_s": round(locust_s, 1),
-            "idle_s": round(t3 - t2, 1),
-            "check_s": round(time.monotonic() - t3, 1),
-        }
+        return _run(settings, creds, opts, work_dir, run_id, topics, rate, plan, rules, pool, t0)
+    except Exception as exc:
+        raise RunError(exc, log_tails(pool)) from exc
     finally:
-        pool.stop(timeout_s=20)
+        cleanup_quietly(lambda: pool.stop(timeout_s=20))
+
+
+def _run(
+    settings: Settings,
+    creds: Credentials,
+    opts: Options,
+    work_dir: Path,
+    run_id: str,
+    topics: Topics,
+    rate: float,
+    plan: Plan,
+    rules: Any,
+    pool: WorkerPool,
+    t0: float,
+) -> dict[str, Any]:
+    _say(f"starting {opts.workers} engine workers…")
+    pool.start()
+    pool.wait_ready([topics.order_inbox, topics.inventory_commands])
+    # the opening stock of a generated day as long as the run: the hottest SKUs sell out, as in oms run
+    workload = Workload(WorkloadSpec(orders=max(100, round(rate * opts.duration_s)), seed=opts.seed))
+    inputs = Inputs(rules=bool(rules))
+    publish_catalog(settings.redis, Keys(settings.topic_prefix), workload.catalog())
+    stock = list(workload.opening_stock("stock-loader", 0, int(time.time() * 1000)))
+    load_stock_and_wait(settings, topics, pool, stock)
+    inputs.add_stock(stock)
+    prefix = opts.csv or str(Path(settings.state_dir) / "locust" / f"{opts.rate}-{run_id or 'run'}")
+    Path(prefix).parent.mkdir(parents=True, exist_ok=True)
+    sent_dir = work_dir / "sent"
+    shutil.rmtree(sent_dir, ignore_errors=True)
+    _say(f"locust: {rate:.2f} orders/s for {opts.duration_s:.0f}s ({plan}); CSV {prefix}_stats.csv")
+    t1 = time.monotonic()
+    exit_code, locust_s = run_locust(settings, creds, opts, prefix, sent_dir, pool)
+    _say("waiting for the engine to go idle…")
+    t2 = time.monotonic()
+    wait_idle(settings, engine_inputs(topics), pool)
+    t3 = time.monotonic()
+    stuck = stuck_sagas(pool)
+    pool.stop()
+    sent = read_sent(sent_dir)
+    inputs.add_orders(sent.orders)
+    inputs.bad_records = sent.bad_records
+    _say("checking the invariants from the result topics against what was sent…")
+    outputs = collect(settings.bootstrap, topics)
+    verdict = check(inputs, outputs, settings.partitions)
+    rows = read_stats(prefix)
+    failures = read_failures(prefix)
+    timings = {
+        "setup_s": round(t1 - t0, 1),
+        "locust_s": round(locust_s, 1),
+        "idle_s": round(t3 - t2, 1),
+        "check_s": round(time.monotonic() - t3, 1),
+    }
     c = verdict.counts
-    total = next(r for r in rows if r.name == AGGREGATED)
+    total = next((r for r in rows if r.name == AGGREGATED), None)
+    if total is None:
+        raise RunFailed(f"Locust wrote no {AGGREGATED!r} row in {prefix}_stats.csv (locust exit {exit_code})")
     decisions = next((r for r in rows if r.type == DECISION and r.name == ALL_CHANNELS), None)
     requests = by_type(rows)
     ok = (

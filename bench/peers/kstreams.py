@@ -30,6 +30,7 @@ from typing import IO, Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
+from bench.report import cleanup_quietly, failure_row
 from engine.kafka.admin import CLIENT_LOG, admin, create_topics, delete_topics, wait_for_broker
 from workload.generator import Workload, WorkloadSpec
 
@@ -125,9 +126,9 @@ def measure(
                 decisions, elapsed = _run_orders(bootstrap, topic, partitions, orders, peer, timeout_s)
                 peer_cpu = peer.cpu_s() - cpu_before  # includes the untimed settle, when the peer is idle
                 _progress(f"{len(decisions)} orders decided in {elapsed:.1f}s; stopping the peer")
-    finally:
+    finally:  # a clean-up that fails must not hide the run's own error
         _progress(f"deleting {prefix}.*")
-        delete_topics(bootstrap, prefix + ".")
+        cleanup_quietly(lambda: delete_topics(bootstrap, prefix + "."))
         client = admin(bootstrap)  # held: a collected AdminClient never resolves its futures
         for fut in client.delete_consumer_groups([app_id], request_timeout=10).values():
             with contextlib.suppress(KafkaException, TimeoutError):  # best effort: an empty group expires anyway
@@ -357,7 +358,13 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or "." not in name:
             p.error(f"--config wants a Kafka config NAME=VALUE, got {item!r}")
         tuning[name] = value
-    result = measure(bootstrap, orders, stock, a.guarantee, a.partitions, a.timeout, threads=a.threads, tuning=tuning)
+    try:
+        result = measure(
+            bootstrap, orders, stock, a.guarantee, a.partitions, a.timeout, threads=a.threads, tuning=tuning
+        )
+    except Exception as exc:  # one JSON line with the error (the peer's log tail is in its message), exit 2
+        print(json.dumps(failure_row({"what": f"kstreams_{a.guarantee}"}, exc), ensure_ascii=False))
+        return 2
     print(json.dumps(result, ensure_ascii=False))
     return 1 if result["violation_count"] else 0
 
