@@ -90,11 +90,12 @@ class Settings:
         "stock released.",
         3 * 86400,
     )
-    pickup_secret: str = setting(
+    pickup_secret: str | None = setting(
         "OMS_PICKUP_SECRET",
-        "The key pickup codes are derived from (a keyed digest of the order): set your own in production; "
-        "changing it changes the codes of pickups already announced.",
-        "oms-local-pickup-secret",
+        "The key store pickup codes are derived from (a keyed digest of the order), at least 16 characters; "
+        "changing it changes the codes of pickups already announced. Unset: no pickup codes are issued (a pickup "
+        "can only expire) and the pickup API answers 503. The main job and the tests set a random one.",
+        None,
     )
     writeback_fail_every: int = setting(
         "OMS_WRITEBACK_FAIL_EVERY",
@@ -249,7 +250,7 @@ class Settings:
         need(self.order_retention_s >= 60, "OMS_ORDER_RETENTION_S", "must be at least 60 seconds")
         need(self.pickup_hold_s >= 1, "OMS_PICKUP_HOLD_S", "must be at least 1 second")
         need(self.aftersales_tick_s > 0, "OMS_AFTERSALES_TICK_S", "must be positive")
-        need(len(self.pickup_secret) >= 8, "OMS_PICKUP_SECRET", "must be at least 8 characters")
+        need(self.pickup_secret is None or len(self.pickup_secret) >= 16, "OMS_PICKUP_SECRET", "16 characters or more")
         need(self.line_retention_s >= 60, "OMS_LINE_RETENTION_S", "must be at least 60 seconds")
         need(self.ledger_retention_s >= 86400, "OMS_LEDGER_RETENTION_S", "must be at least a day")
         need(self.transaction_timeout_s >= 5, "OMS_TRANSACTION_TIMEOUT_S", "must be at least 5 seconds")

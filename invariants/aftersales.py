@@ -11,11 +11,13 @@ where parcels are, what came back and who came for their goods.
   1, 2, … without gaps; when aftersales has settled, each key ended in exactly one acknowledgement or (after
   the last attempt) one failure.
 * **A3 Returns take effect as received.** Each receipt sent puts each line's units back once — to the warehouse
-  when sellable, to its quarantine when damaged — as the SKU of the line as sent; nothing else is returned; one
-  settled record per receipt, its refund the line's paid amount pro rata.
+  when sellable, to its quarantine when damaged — as the SKU of the line as sent; nothing else is returned, and
+  nothing comes back anywhere but where its line was issued from (or that place's quarantine); one settled
+  record per receipt, its refund the line's paid amount pro rata.
 * **A4 Pickups hand over only what was claimed.** A pickup order's lines are issued once, from its store, when
-  its buyer came with the code (a counter sale: at once); once the deadlines passed, an unclaimed pickup was
-  cancelled; the engine cancelled no other order by itself.
+  its buyer came with the code (a counter sale: at once) — a claim sent several times (a client's retries) is
+  one claim, handed over once and picked up once; once the deadlines passed, an unclaimed pickup was cancelled;
+  the engine cancelled no other order by itself.
 """
 
 from __future__ import annotations
@@ -189,9 +191,18 @@ def _returns(inputs: Any, out: Any, applied: dict[str, StockEvent], v: Any) -> N
                 f"return {command} put {ev.d_on_hand} of {ev.sku} in {ev.warehouse}, "
                 f"received {units} of {sku} for {where}",
             )
+    issued_from: dict[tuple[str, str], set[str]] = defaultdict(set)
     for ev in applied.values():
-        if ev.kind is CommandKind.RETURN and ev.event_id not in wanted and ev.event_id not in sent_by_loaders:
+        if ev.kind is CommandKind.ISSUE and ev.line_id:
+            issued_from[(ev.tenant, ev.line_id)].add(ev.warehouse)
+    for ev in applied.values():
+        if ev.kind is not CommandKind.RETURN or ev.event_id in sent_by_loaders:
+            continue
+        if ev.event_id not in wanted:
             v.fail("A3", f"{ev.event_id} returned {ev.d_on_hand} of {ev.sku} that nobody received")
+        left_from = issued_from.get((ev.tenant, ev.line_id or ""), set())
+        if ev.warehouse not in left_from | {quarantine(w) for w in left_from}:
+            v.fail("A3", f"{ev.event_id} put {ev.sku} in {ev.warehouse}; its line left from {sorted(left_from)}")
     settled = Counter(
         (s.tenant, s.return_id) for s in {(s.tenant, s.return_id, s.ts): s for s in out.returns_settled}.values()
     )
@@ -245,6 +256,14 @@ def _pickups(
         if len(events) != 1 or events[0].warehouse != store or events[0].d_on_hand != -units:
             got = [(e.warehouse, -e.d_on_hand) for e in events]
             v.fail("A4", f"{ref[1]} was handed over in {store} ({units}), issued as {got}")
+    picked_up = Counter(
+        p.key
+        for p in out.order_progress
+        if p.event is ProgressEvent.PICKED_UP and p.progress_id == f"{p.order_id}.picked_up.claimed"  # in a store
+    )
+    for key, count in picked_up.items():
+        if count > 1:  # committed output: a second copy is a second hand-over
+            v.fail("A4", f"{key} was picked up {count} times")
     engine_cancelled = {
         c.key for c in out.cancellations if c.kind is CancellationKind.ORDER and c.reason == "pickup_expired"
     }

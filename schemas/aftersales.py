@@ -114,13 +114,17 @@ class PickupReady(Record, tag="pickup_ready", tag_field="kind", kw_only=True):
 
 
 class PickupClaim(Record, tag="pickup_claim", tag_field="kind", kw_only=True):
-    """The buyer showed a pickup code at the store (API)."""
+    """The buyer showed a pickup code at the store (API). ``claim_id`` is the client's idempotency key: the same
+    claim sent again gets its first answer (without one, order, store and code make the claim). ``store`` is
+    required (a claim without it is refused; optional here only so such a record is refused, not unreadable);
+    ``actor`` is the API caller as its token says, never what a body claims."""
 
     v: int = 1
     tenant: Tenant
     order_id: Ident
     code: Annotated[str, Meta(min_length=1, max_length=32)]
     store: Ident | None = None
+    claim_id: Ident | None = None
     actor: Ident = "store"
     ts: EpochMs
 

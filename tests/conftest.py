@@ -4,6 +4,7 @@ own ``engine.local`` starts on test ports (so a developer's running instance is 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 import uuid
@@ -78,4 +79,5 @@ def settings(servers: Settings, credentials: Credentials, tmp_path: Path) -> Set
         commit_interval_s=0.5,
         web_port=int(os.environ.get("OMS_TEST_WEB_PORT", "26066")),
         log_level=os.environ.get("OMS_LOG_LEVEL", "warning"),
+        pickup_secret=secrets.token_hex(16),  # pickup codes nobody could compute offline (there is no default)
     )

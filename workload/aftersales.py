@@ -3,7 +3,11 @@ their pickups, carriers scan parcels (by their integration's topic and by webhoo
 back. What is sent is recorded as the truth the invariants check.
 
 * **Pickups**: a thread follows the customer notifications from the start of the day; a buyer comes for most
-  pickups (``CLAIM_RATE``) a moment after the code arrives, with that code; the rest are left to expire.
+  pickups (``CLAIM_RATE``) a moment after the code arrives, with that code; the rest are left to expire. The
+  store's system claims like a real client: with an idempotency key of its own, sent again on a connection
+  error, a timeout or a 5xx (with backoff, to another worker) until the engine answers; a 4xx is final. A claim
+  counts as made when the engine took it (202) — or, when no answer ever came, when it is on the aftersales
+  inbox (the request got there and only its answer was lost): a claim sent several times is one claim.
 * **Carriers**: each shipped parcel's journey — picked up, in transit, out for delivery, delivered — with an
   exception on some, a return to sender on a few; each waybill's events shuffled, some sent twice; most by
   topic, a share by the webhook in batches.
@@ -12,6 +16,7 @@ back. What is sent is recorded as the truth the invariants check.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import threading
@@ -28,7 +33,7 @@ from engine.kafka.clients import Sender, end_offsets, read_topics
 from engine.settings import Settings
 from engine.topics import Topics
 from schemas import wire
-from schemas.aftersales import CustomerNotification, ReceivedLine, ReturnReceived
+from schemas.aftersales import AftersalesRecord, CustomerNotification, PickupClaim, ReceivedLine, ReturnReceived
 from schemas.shipping import CarrierEvent, ShipmentShipped, TrackingStatus
 
 CLAIM_RATE = 0.85  # pickups a buyer comes for; the rest expire
@@ -39,15 +44,23 @@ WEBHOOK_SHARE = 0.1  # waybills whose events come by webhook (the rest by the in
 RETURN_RATE = 0.015  # shipped orders asked back
 DAMAGED_RATE = 0.2  # returned units that are damaged
 WEBHOOK_BATCH = 200
+CLAIM_TIMEOUT_S = 10.0  # one claim request: a paused worker does not keep a buyer waiting longer
+CLAIM_BACKOFF_S = (0.25, 4.0)  # first and longest wait before a claim is sent again
+CLAIM_RETRY_FOR_S = 120.0  # how long a store's system keeps sending one claim
+#: A buyer neither comes nor tries again this close to the pickup's deadline (record time): a claim sent then
+#: (plus one request's timeout) could reach the engine after the deadline.
+LATE_MARGIN_S = 15.0
 JOURNEY = (TrackingStatus.PICKED_UP, TrackingStatus.IN_TRANSIT, TrackingStatus.OUT_FOR_DELIVERY)
 
 
-def post(url: str, body: Any, token: str) -> tuple[int, dict[str, Any]]:
-    """One JSON POST with the tenant's token (stdlib only); (status, answer)."""
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+def post(
+    url: str, body: Any, token: str, timeout_s: float = 30.0, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
+    """One JSON POST with the tenant's token (stdlib only); (status, answer); status 0: no answer."""
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}", **(headers or {})}
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=30) as resp:
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
             return resp.status, json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as exc:
         return exc.code, {"raw": exc.read()[:300].decode(errors="replace")}
@@ -64,14 +77,22 @@ class PickupDesk(threading.Thread):
     tokens: dict[str, str]
     workers: int
     seed: int
-    claimed: set[str] = field(default_factory=set)  # order keys claimed (202 at the API)
+    claimed: set[str] = field(default_factory=set)  # order keys whose claim the engine took (202, or on the inbox)
+    refused: dict[str, int] = field(default_factory=dict)  # order key -> the 4xx that refused its claim (final)
+    unanswered: dict[str, str] = field(default_factory=dict)  # order key -> claim id: sent, never answered
+    too_late: set[str] = field(default_factory=set)  # codes that came too close to the deadline: nobody came
     announced: set[str] = field(default_factory=set)
     last_announced: float = 0.0  # monotonic time the last pickup code arrived
-    failed: int = 0
+    retries: int = 0  # claims sent again (no answer, or a 5xx)
+    sent: int = 0  # claim requests made
 
     def __post_init__(self) -> None:
         threading.Thread.__init__(self, name="oms-pickup-desk", daemon=True)
         self.stopping = threading.Event()
+
+    @property
+    def failed(self) -> int:
+        return len(self.refused) + len(self.unanswered)
 
     def run(self) -> None:
         consumer = Consumer(
@@ -84,7 +105,6 @@ class PickupDesk(threading.Thread):
             }
         )
         consumer.subscribe([self.topics.notifications])
-        n = 0
         try:
             while not self.stopping.is_set():
                 for m in consumer.consume(200, timeout=0.5):
@@ -97,21 +117,65 @@ class PickupDesk(threading.Thread):
                     self.last_announced = time.monotonic()
                     if random.Random(f"{self.seed}:{note.key}").random() >= CLAIM_RATE:
                         continue  # this buyer never comes
-                    port = self.settings.web_port + n % self.workers
-                    n += 1
-                    url = f"http://127.0.0.1:{port}/api/v1/{note.tenant}/orders/{note.order_id}/pickup"
-                    body = {"code": note.params["code"], "store": note.params["store"]}
-                    status, _ = post(url, body, self.tokens[note.tenant])
-                    if status == 202:
-                        self.claimed.add(note.key)
-                    else:
-                        self.failed += 1
+                    self.claim(note)
         finally:
             consumer.close()
 
+    def claim_id(self, note: CustomerNotification) -> str:
+        """The store system's idempotency key for this buyer's claim: the same on every try."""
+        return "desk." + hashlib.blake2b(f"{self.seed}:{note.key}".encode(), digest_size=10).hexdigest()
+
+    def claim(self, note: CustomerNotification) -> None:
+        """One buyer's claim, sent until the engine answers: 202 taken, a 4xx refused for good; no answer or a
+        5xx (a worker killed, paused or taking over) sent again, to the next worker, with the same claim id."""
+        claim_id = self.claim_id(note)
+        body = {"code": note.params["code"], "store": note.params["store"], "claim_id": claim_id}
+        path = f"/api/v1/{note.tenant}/orders/{note.order_id}/pickup"
+        last_ms = note.ts + (self.settings.pickup_hold_s - LATE_MARGIN_S) * 1000  # ready at note.ts (record time)
+        give_up = time.monotonic() + CLAIM_RETRY_FOR_S
+        wait_s, tries = CLAIM_BACKOFF_S[0], 0
+        while True:
+            if time.time() * 1000 >= last_ms or time.monotonic() >= give_up or self.stopping.is_set():
+                if tries == 0:
+                    self.too_late.add(note.key)  # never sent: the buyer did not come in time
+                else:
+                    self.unanswered[note.key] = claim_id  # sent, fate unknown: see resolve()
+                return
+            port = self.settings.web_port + self.sent % self.workers
+            self.sent += 1
+            tries += 1
+            url = f"http://127.0.0.1:{port}{path}"
+            status, _ = post(url, body, self.tokens[note.tenant], CLAIM_TIMEOUT_S, {"Idempotency-Key": claim_id})
+            if status == 202:
+                self.claimed.add(note.key)
+                return
+            if 400 <= status < 500:
+                self.refused[note.key] = status
+                return
+            self.retries += 1
+            self.stopping.wait(wait_s)
+            wait_s = min(wait_s * 2, CLAIM_BACKOFF_S[1])
+
+    def resolve(self) -> None:
+        """Claims never answered: made if they are on the aftersales inbox (what was sent, not what the engine
+        made of it), not made otherwise."""
+        if not self.unanswered:
+            return
+        wanted = set(self.unanswered.values())
+        for m in read_topics(self.settings.bootstrap, [self.topics.aftersales_inbox]):
+            try:
+                record = wire.decode(m.value, AftersalesRecord)
+            except wire.WireError:
+                continue
+            if isinstance(record, PickupClaim) and record.claim_id in wanted and record.key in self.unanswered:
+                self.claimed.add(record.key)
+                del self.unanswered[record.key]
+                wanted.discard(record.claim_id)
+
     def stop(self) -> None:
         self.stopping.set()
-        self.join(timeout=10)
+        self.join(timeout=CLAIM_TIMEOUT_S + 10)
+        self.resolve()
 
 
 @dataclass

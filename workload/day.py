@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import sys
@@ -158,6 +159,8 @@ def main_job(base: Settings, opts: RunOptions) -> int:
         writeback_fail_every=base.writeback_fail_every or WRITEBACK_FAIL_EVERY,
         # … and a pickup nobody comes for expires within the run (OMS_PICKUP_HOLD_S to choose)
         pickup_hold_s=base.pickup_hold_s if "OMS_PICKUP_HOLD_S" in os.environ else PICKUP_HOLD_S,
+        # … and the workers issue pickup codes under a secret of the run's own (OMS_PICKUP_SECRET has no default)
+        pickup_secret=base.pickup_secret or secrets.token_hex(16),
     )
     workers = max(2, opts.workers or settings.workers)
     log_file = _log_to_file(Path(settings.state_dir) / "logs" / f"{settings.app_id}-main.log")

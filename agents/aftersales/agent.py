@@ -5,9 +5,16 @@ Reads the aftersales inbox — the order's approval snapshot (order stage), good
 (order stage, API) and ticks — and runs the pure rules of agents.aftersales.core. Its outputs: the write-back
 outbox, customer notifications, order progress, settled returns, ``return`` and ``issue`` commands to the
 inventory, goods issued for pickups, and cancellations of expired pickups to the order stage.
+
+Without ``OMS_PICKUP_SECRET`` the stage still runs (shipping, tracking, returns, counter sales need no secret),
+but issues no pickup codes: a pickup made ready then is recorded as ready without a code, every claim of it is
+refused and it expires at its deadline, releasing its stock; the worker logs a warning at start. A code is a
+keyed digest under the secret, so a code is never issued from a default anyone could know.
 """
 
 from __future__ import annotations
+
+import logging
 
 import faust
 
@@ -53,6 +60,7 @@ from schemas.ledger import LedgerRecord, ProgressMade, ReturnBooked
 from schemas.shipping import GoodsIssued
 
 ORDERS, PICKUPS = "aftersales-orders", "aftersales-pickups"
+log = logging.getLogger("oms.aftersales")
 
 
 class AftersalesLogic(Logic):
@@ -65,14 +73,14 @@ class AftersalesLogic(Logic):
         partitions: int,
         retention_ms: int,
         pickup_hold_ms: int,
-        pickup_secret: str,
+        pickup_secret: str | None,
         inbox_epoch: str = "",
     ) -> None:
         self.inputs = (topics.aftersales_inbox,)
         self.partitions = partitions
         self.retention_ms = retention_ms
         self.pickup_hold_ms = pickup_hold_ms
-        self.secret = pickup_secret.encode()
+        self.secret = pickup_secret.encode() if pickup_secret else None  # None: no pickup codes are issued
         self.origin_prefix = f"aftersales.{inbox_epoch or 'x'}"  # the idempotency origin of its stock commands
         self.routes: dict[type, str] = {
             WriteBackRequest: topics.writebacks,
@@ -120,7 +128,7 @@ class AftersalesLogic(Logic):
             step = on_pickup_ready(state, item, self.secret, self.pickup_hold_ms, stamp, now)
         else:
             assert isinstance(item, PickupClaim)
-            step = on_pickup_claim(state, item, stamp, now)
+            step = on_pickup_claim(state, item, self.secret, stamp, now)
         self._apply(work, p, step, now)
         if step.refused is not None:
             work.dead_letter(record, ReasonCode(step.refused[0]), step.refused[1], item.tenant)
@@ -169,6 +177,11 @@ class AftersalesLogic(Logic):
 def install(app: faust.App) -> Stage:
     ctx = context(app)
     settings = ctx.settings
+    if not settings.pickup_secret:
+        log.warning(
+            "OMS_PICKUP_SECRET is not set: store pickups get no pickup code (they can only expire) and the pickup "
+            "API answers 503; set a secret of at least 16 characters to serve pickups"
+        )
     logic = AftersalesLogic(
         ctx.topics,
         settings.partitions,

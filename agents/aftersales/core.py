@@ -8,10 +8,16 @@
 * **Returns** (退货): a request names lines and units up to what shipped and is not yet returned; the receipt
   says per line what the units are fit for — sellable units go back to the warehouse's stock (a ``return``
   command to the SKU's writer), damaged ones to its quarantine location (counted, never reserved) — and a
-  ``ReturnSettled`` record carries the refund per line for finance to reverse revenue and cost.
+  ``ReturnSettled`` record carries the refund per line for finance to reverse revenue and cost. Units come back
+  only to the warehouse (or store) their line left from: a receipt naming any other place — a warehouse the
+  layout does not have, another one of the tenant's, a raw ``…/quarantine`` location — is refused.
 * **Store pickup** (门店自提): once reserved in the store, a pickup code is issued (deterministic: a keyed digest
-  of the order, so a replay issues the same code); a claim with the code hands the goods over (``issue``
-  commands and a goods-issued record, as a shipment would); a pickup unclaimed by its deadline (record time,
+  of the order under the deployment's secret, so a replay issues the same code; without a secret no code is
+  issued and the pickup can only expire); a claim at the order's store with the code hands the goods over
+  (``issue`` commands and a goods-issued record, as a shipment would). Each claim has an id (the client's
+  idempotency key): a claim seen before gets its first answer again and never a second hand-over.
+  ``PICKUP_ATTEMPTS`` wrong codes lock the pickup for good (counted in the state, so a replay locks it at the
+  same claim): it is then refused to everyone and expires. A pickup unclaimed by its deadline (record time,
   moved by ticks) is cancelled through the order stage, which releases the reservations. A **counter** sale
   (POS) is a pickup claimed on the spot.
 
@@ -22,6 +28,7 @@ bytes. Time is the record's time.
 from __future__ import annotations
 
 import hashlib
+import hmac
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +51,7 @@ from schemas.aftersales import (
     SoldLine,
     WriteBackRequest,
     WriteBackResult,
+    is_quarantine,
     quarantine,
 )
 from schemas.inbox import OperatorAction
@@ -54,6 +62,8 @@ from schemas.shipping import GoodsIssued, PackedLine, TrackingStatus
 
 #: Requests per write-back before it is recorded as failed (the platform keeps refusing).
 WRITEBACK_ATTEMPTS = 5
+#: Wrong pickup codes (distinct claims) after which a pickup is locked: every later claim is refused and it expires.
+PICKUP_ATTEMPTS = 5
 
 
 class WaybillSeen(msgspec.Struct, kw_only=True):
@@ -78,11 +88,20 @@ class ReturnState(msgspec.Struct, kw_only=True):
 class PickupState(msgspec.Struct, kw_only=True):
     store: str
     lines: list[tuple[str, str, int]]  # (line, sku, units)
-    code: str
+    code: str  # "" when no code could be issued (no secret configured): nobody can claim it
     reply_to: str
     ready_at: int
     expires_at: int
-    status: str = "ready"  # ready, claimed, expired
+    status: str = "ready"  # ready, claimed, expired (a locked pickup stays ready until it expires)
+    wrong: int = 0  # wrong codes so far: PICKUP_ATTEMPTS of them lock it
+    #: claim id -> its answer: "" handed over, else why it was refused. Only claims that changed the state (the
+    #: wrong codes counted, the one that took the goods) are kept — at most PICKUP_ATTEMPTS + 1; every other
+    #: refusal follows from what never changes again (the store, claimed, expired, locked).
+    answers: dict[str, str] = msgspec.field(default_factory=dict)
+
+    @property
+    def locked(self) -> bool:
+        return self.wrong >= PICKUP_ATTEMPTS
 
 
 class AftersalesState(msgspec.Struct, kw_only=True):
@@ -134,6 +153,13 @@ def pickup_code(secret: bytes, tenant: str, order_id: str) -> str:
     without the deployment's secret."""
     digest = hashlib.blake2b(f"{tenant}:{order_id}".encode(), key=secret[:64], digest_size=8).digest()
     return f"{int.from_bytes(digest, 'big') % 1_000_000:06d}"
+
+
+def claim_key(secret: bytes, tenant: str, order_id: str, store: str | None, code: str) -> str:
+    """The id of a claim that came without one: the same order, store and code are the same claim (a keyed
+    digest, so the id does not give the code away)."""
+    digest = hashlib.blake2b(f"{tenant}:{order_id}:{store or ''}:{code}".encode(), key=secret[:64], digest_size=10)
+    return f"pc.{digest.hexdigest()}"
 
 
 def _copy(state: AftersalesState) -> AftersalesState:
@@ -325,6 +351,20 @@ def on_return_received(state: AftersalesState | None, received: ReturnReceived, 
         if units > asked.lines.get(line, 0):
             detail = f"{received.return_id}: {line} received {units}, {asked.lines.get(line, 0)} asked back"
             return Step(state, refused=("return_invalid", detail))
+    if is_quarantine(received.warehouse):
+        detail = (
+            f"{received.return_id}: received into {received.warehouse}, a quarantine location; name the warehouse "
+            "(damaged units go to its quarantine by their disposition)"
+        )
+        return Step(state, refused=("return_invalid", detail))
+    for line in got:
+        left_from = state.warehouse_of.get(line)
+        if left_from != received.warehouse:
+            detail = (
+                f"{received.return_id}: {line} left from {left_from or 'nowhere known'}; its units come back "
+                f"there, not to {received.warehouse}"
+            )
+            return Step(state, refused=("return_invalid", detail))
     new = _copy(state)
     new.returns[received.return_id].received_at = now
     commands: list[Return] = []
@@ -381,9 +421,14 @@ def on_return_received(state: AftersalesState | None, received: ReturnReceived, 
 
 
 # -- store pickup and counter sales ---------------------------------------------------------------------------
+NO_SECRET = "no pickup code was issued: OMS_PICKUP_SECRET was not set when it was ready"
+
+
 def on_pickup_ready(
-    state: AftersalesState | None, ready: PickupReady, secret: bytes, hold_ms: int, stamp: Stamp, now: int
+    state: AftersalesState | None, ready: PickupReady, secret: bytes | None, hold_ms: int, stamp: Stamp, now: int
 ) -> Step:
+    """A pickup (or counter) order reserved in its store. Without a ``secret`` no code is issued: the buyer is
+    not told one, every claim is refused and the pickup expires (a counter sale needs no code)."""
     if state is None:
         return Step(None, note="unknown_order")
     if state.pickup is not None:
@@ -392,13 +437,16 @@ def on_pickup_ready(
     new.pickup = PickupState(
         store=ready.store,
         lines=[(ln.line_id, ln.sku, ln.quantity) for ln in ready.lines],
-        code=pickup_code(secret, new.tenant, new.order_id),
+        code=pickup_code(secret, new.tenant, new.order_id) if secret else "",
         reply_to=ready.reply_to,
         ready_at=now,
         expires_at=now + hold_ms,
     )
     if new.delivery == "counter":  # sold at the counter: handed over as it is reserved
         return _hand_over(new, stamp, now, "counter")
+    if not new.pickup.code:
+        detail = f"{ready.store}; {NO_SECRET}"
+        return Step(new, True, [_progress(new, ProgressEvent.PICKUP_READY, now, "ready", detail)], note="no_code")
     outputs = [
         _progress(new, ProgressEvent.PICKUP_READY, now, "ready", ready.store),
         _notify(new, "pickup_ready", now, "ready", store=ready.store, code=new.pickup.code),
@@ -406,19 +454,44 @@ def on_pickup_ready(
     return Step(new, True, outputs, note="pickup_ready")
 
 
-def on_pickup_claim(state: AftersalesState | None, claim: PickupClaim, stamp: Stamp, now: int) -> Step:
+def on_pickup_claim(
+    state: AftersalesState | None, claim: PickupClaim, secret: bytes | None, stamp: Stamp, now: int
+) -> Step:
+    """A buyer at a store with a code (``now``: the claim's record time). The checks that follow from the claim
+    alone and from what never changes again come first, so a claim sent again gets the answer it got the first
+    time; a claim that changed the state (a wrong code counted, the goods taken) has its answer kept by id."""
+    order = claim.order_id
     if state is None or state.pickup is None:
-        return Step(state, refused=("pickup_refused", f"{claim.order_id} has no pickup waiting"))
+        return Step(state, refused=("pickup_refused", f"{order} has no pickup waiting"))
     pickup = state.pickup
+    cid = claim.claim_id or claim_key(secret or b"", claim.tenant, order, claim.store, claim.code)
+    if cid in pickup.answers:  # the same claim again (a client's retry, a redelivery): its first answer
+        first = pickup.answers[cid]
+        return Step(state, note="duplicate_pickup_claim", refused=("pickup_refused", first) if first else None)
+    if claim.store is None:
+        return Step(state, refused=("pickup_refused", f"{order}: a claim must name the store handing it over"))
+    if claim.store != pickup.store:
+        return Step(state, refused=("pickup_refused", f"{order} waits in {pickup.store}, not {claim.store}"))
     if pickup.status == "claimed":
-        return Step(state, note="duplicate_pickup_claim")
-    if pickup.status == "expired":
-        return Step(state, refused=("pickup_refused", f"{claim.order_id}: the pickup expired"))
-    if claim.store is not None and claim.store != pickup.store:
-        return Step(state, refused=("pickup_refused", f"{claim.order_id} waits in {pickup.store}, not {claim.store}"))
-    if claim.code != pickup.code:
-        return Step(state, refused=("pickup_refused", f"{claim.order_id}: wrong pickup code"))
-    return _hand_over(_copy(state), stamp, now, claim.actor)
+        return Step(state, refused=("pickup_refused", f"{order} was already handed over (another claim)"))
+    if pickup.status == "expired" or now >= pickup.expires_at:
+        return Step(state, refused=("pickup_refused", f"{order}: the pickup expired"))
+    if not pickup.code:
+        return Step(state, refused=("pickup_refused", f"{order}: {NO_SECRET}"))
+    if pickup.locked:
+        detail = f"{order}: locked after {PICKUP_ATTEMPTS} wrong pickup codes"
+        return Step(state, note="pickup_locked", refused=("pickup_refused", detail))
+    new = _copy(state)
+    assert new.pickup is not None
+    if not hmac.compare_digest(claim.code.encode(), pickup.code.encode()):
+        new.pickup.wrong += 1
+        detail = f"{order}: wrong pickup code ({new.pickup.wrong} of {PICKUP_ATTEMPTS})"
+        if new.pickup.locked:
+            detail += "; locked: every later claim is refused and the pickup expires"
+        new.pickup.answers[cid] = detail
+        return Step(new, True, note="pickup_wrong_code", refused=("pickup_refused", detail))
+    new.pickup.answers[cid] = ""
+    return _hand_over(new, stamp, now, claim.actor)
 
 
 def _hand_over(new: AftersalesState, stamp: Stamp, now: int, actor: str) -> Step:

@@ -7,8 +7,14 @@ with the reason ``return_invalid`` / ``pickup_refused``). 400/422 with a reason 
   "quantity"}], "reason"}``. ``return_id`` is the caller's RMA number (a retry with the same id is the same
   request); without one, it is derived from the body.
 * ``POST /api/v1/{tenant}/orders/{order_id}/returns/{return_id}/receipt`` — 退货入库: ``{"warehouse", "lines":
-  [{"line_id", "quantity", "disposition": "sellable" | "damaged"}]}``.
-* ``POST /api/v1/{tenant}/orders/{order_id}/pickup`` — 自提核销: ``{"code", "store"}``.
+  [{"line_id", "quantity", "disposition": "sellable" | "damaged"}]}``. ``warehouse`` is where the lines left
+  from (the stage refuses any other: ``return_invalid``); a ``…/quarantine`` location is a 422 here — damaged
+  units go to the warehouse's quarantine by their disposition.
+* ``POST /api/v1/{tenant}/orders/{order_id}/pickup`` — 自提核销: ``{"code", "store", "claim_id"}`` (or the
+  claim id as an ``Idempotency-Key`` header). ``store`` is required (422 without it). A claim sent again with the
+  same id is the same claim: the same 202 here, its first outcome in the stage, never a second hand-over;
+  without an id, order, store and code make it. The actor recorded is the caller as the token says. 503 when
+  the worker has no ``OMS_PICKUP_SECRET`` (pickup codes are then neither issued nor accepted).
 """
 
 from __future__ import annotations
@@ -18,11 +24,13 @@ import time
 from typing import Any
 
 import faust
+import msgspec
 
+from agents.aftersales.core import claim_key
 from engine.app import context
 from engine.http.edge import Edge, Problem, at_most, json_object, problem, reply
 from schemas import wire
-from schemas.aftersales import MAX_RETURN_LINES, PickupClaim, ReturnReceived, ReturnRequested
+from schemas.aftersales import MAX_RETURN_LINES, PickupClaim, ReturnReceived, ReturnRequested, is_quarantine
 
 
 def convert(fields: dict[str, Any], tenant: str, kind: str, typ: Any, now: int) -> Any:
@@ -56,17 +64,41 @@ def return_request(body: bytes, tenant: str, order_id: str, now: int) -> ReturnR
 def return_receipt(body: bytes, tenant: str, order_id: str, return_id: str, now: int) -> ReturnReceived:
     fields = {**json_object(body), "order_id": order_id, "return_id": return_id}
     _lines(fields, "return receipt")
-    return convert(fields, tenant, "return_received", ReturnReceived, now)
+    record = convert(fields, tenant, "return_received", ReturnReceived, now)
+    if is_quarantine(record.warehouse):
+        raise Problem(
+            422,
+            "return_invalid",
+            f"{record.warehouse} is a quarantine location: name the warehouse the lines left from "
+            "(damaged units go to its quarantine by their disposition)",
+        )
+    return record
 
 
-def pickup_claim(body: bytes, tenant: str, order_id: str, caller: str, now: int) -> PickupClaim:
+def pickup_claim(
+    body: bytes, tenant: str, order_id: str, caller: str, secret: str, now: int, idempotency_key: str | None = None
+) -> PickupClaim:
+    """The claim as a record: the store required, the claim id from the body or the ``Idempotency-Key`` header
+    (derived from order, store and code under the secret when neither is sent), the actor from the token."""
     fields = json_object(body)
-    fields = {"actor": caller.replace(":", "-"), **fields, "order_id": order_id}
-    return convert(fields, tenant, "pickup_claim", PickupClaim, now)
+    if fields.get("store") in (None, ""):
+        raise Problem(422, "schema_violation", "store is required: the store handing the goods over")
+    key = (idempotency_key or "").strip() or None
+    if key is not None and fields.get("claim_id", key) != key:
+        raise Problem(422, "schema_violation", "claim_id and the Idempotency-Key header differ")
+    fields = {**fields, "order_id": order_id, "actor": caller.replace(":", "-")}  # never the body's actor
+    if key is not None:
+        fields["claim_id"] = key
+    record: PickupClaim = convert(fields, tenant, "pickup_claim", PickupClaim, now)
+    if record.claim_id is None:
+        derived = claim_key(secret.encode(), tenant, order_id, record.store, record.code)
+        record = msgspec.structs.replace(record, claim_id=derived)
+    return record
 
 
 def install(app: faust.App, edge: Edge) -> None:
     topics = context(app).topics
+    secret = context(app).settings.pickup_secret
 
     async def accept(view: faust.web.View, record: Any, body: dict[str, Any]) -> faust.web.Response:
         await (await edge.producer()).send(topics.aftersales_inbox, record.key, wire.encode(record))
@@ -97,8 +129,16 @@ def install(app: faust.App, edge: Edge) -> None:
         async def post(self, request: Any, tenant: str, order_id: str) -> faust.web.Response:
             try:
                 caller = edge.authenticate(request, tenant)
-                record = pickup_claim(await edge.body(request), tenant, order_id, caller, _now())
-                return await accept(self, record, {"order_id": order_id})
+                if not secret:
+                    raise Problem(
+                        503,
+                        "not_configured",
+                        "store pickups are not served here: OMS_PICKUP_SECRET is not set on this worker",
+                    )
+                body = await edge.body(request)
+                key = request.headers.get("Idempotency-Key")
+                record = pickup_claim(body, tenant, order_id, caller, secret, _now(), key)
+                return await accept(self, record, {"order_id": order_id, "claim_id": record.claim_id})
             except Problem as exc:
                 return problem(self, exc)
 

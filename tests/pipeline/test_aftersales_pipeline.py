@@ -3,10 +3,13 @@ to delivered — a split order shipped in two parts, write-backs to platforms th
 again, acknowledged once), tracking events shuffled and duplicated by topic and by webhook, a return received
 half sellable and half damaged, a store pickup claimed (after a wrong code), one left to expire, a counter sale,
 and the labels printed — ending with every invariant (I1–I6, F1–F8, S1–S4, A1–A4) checked from the result
-topics against what was sent."""
+topics against what was sent. Then a pickup claim whose answer was lost and that the store's system sent again
+(one hand-over, the same answer), and a return receipt into a warehouse that does not exist (refused, no stock
+anywhere but where the goods left from)."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 from pathlib import Path
 
@@ -17,8 +20,9 @@ from agents.fulfilment.layout import generate_layout
 from agents.fulfilment.picking import report
 from agents.fulfilment.publish import publish_layouts
 from agents.shipping.labels import print_labels
+from engine.kafka.clients import read_topics
 from schemas import wire
-from schemas.aftersales import ProgressEvent, ReceivedLine, ReturnReceived
+from schemas.aftersales import AftersalesRecord, PickupClaim, ProgressEvent, ReceivedLine, ReturnReceived
 from schemas.deadletter import ReasonCode
 from schemas.fulfilment import PickList, WavePolicy
 from schemas.order import Address, Buyer, Channel, Order, OrderLine, OrderStatus, order_id
@@ -27,6 +31,7 @@ from tests.pipeline.harness import Pipeline, http, wait_for
 from tests.pipeline.test_channels_pipeline import auth
 from tests.pipeline.test_fulfilment_pipeline import receipts
 from tests.pipeline.test_reservation_pipeline import assert_invariants
+from workload.aftersales import PickupDesk
 from workload.delivery import Credentials
 from workload.generator import DAY_START_MS
 
@@ -275,3 +280,123 @@ def test_orders_go_from_picked_to_delivered_returned_and_picked_up(
     for pdf in pdfs:
         data = pdf.read_bytes()
         assert data.startswith(b"%PDF") and any(b.encode() in data for b in bills) and b"13800001234" not in data
+
+
+def test_a_retried_pickup_claim_hands_over_once_and_a_receipt_into_an_unknown_warehouse_moves_nothing(
+    pipeline: Pipeline, credentials: Credentials
+) -> None:
+    layout = generate_layout("acme", ["WH-SH"], ["AF-A", "AF-C"], merge_window_s=1)
+    publish_layouts(pipeline.settings, [layout], "test-layouts")
+    pipeline.send_commands(receipts("acme", {("AF-C", "STORE-1"): 5}))
+    hold_s = 300  # nobody's deadline passes during the test
+    pool = pipeline.start_workers(2, pickup_hold_s=hold_s, aftersales_tick_s=1.0)
+    now = DAY_START_MS + 12 * 3_600_000
+    pickup = order(Channel.WEB, 21, [("AF-C", 2)], now, delivery="pickup", pickup_store="STORE-1")
+    pipeline.send_orders([pickup])
+    pipeline.wait_decisions(1, timeout_s=120, pool=pool)
+
+    def announced() -> object:
+        notes = pipeline.outputs().notifications
+        return next((n for n in notes if n.order_id == pickup.order_id and n.template == "pickup_ready"), None)
+
+    note = wait_for(announced, 60, "the pickup code")
+
+    # -- the claim: it reached the engine but its answer was lost (the record is on the inbox); the store's system
+    # sends it again with the same id — first to a worker that is gone (no answer: sent again), then to a live
+    # one — and once more to the other worker. One claim: one hand-over, the same answer every time.
+    desk = PickupDesk(pipeline.settings.with_(pickup_hold_s=hold_s), pipeline.topics, credentials.tokens, 3, 1)
+    claim_id = desk.claim_id(note)
+    token_actor = f"token-{credentials.tokens['acme'][-4:]}"
+    lost = PickupClaim(
+        tenant="acme",
+        order_id=pickup.order_id,
+        code=note.params["code"],
+        store="STORE-1",
+        claim_id=claim_id,
+        actor=token_actor,  # what the API writes for this caller
+        ts=now,
+    )
+    pipeline.send(pipeline.topics.aftersales_inbox, [lost])
+    desk.sent = 2  # the desk's first try goes to web port + 2, where no worker listens
+    desk.claim(note)
+    assert desk.claimed == {pickup.key} and desk.retries >= 1 and desk.failed == 0, (desk.retries, desk.refused)
+    body = {"code": note.params["code"], "store": "STORE-1", "actor": "mallory"}
+    headers = {**auth(credentials), "Idempotency-Key": claim_id}
+    first = http("POST", pipeline.api(f"/api/v1/acme/orders/{pickup.order_id}/pickup", 0), body, headers)
+    again = http("POST", pipeline.api(f"/api/v1/acme/orders/{pickup.order_id}/pickup", 1), body, headers)
+    assert first == again == (202, {"order_id": pickup.order_id, "claim_id": claim_id}), (first, again)
+    pipeline.inputs.pickup_claims |= desk.claimed
+    status, answer = http("POST", pipeline.api(f"/api/v1/acme/orders/{pickup.order_id}/pickup"), {"code": "1"}, headers)
+    assert status == 422 and "store" in answer["message"]  # a claim names its store
+
+    # -- a return of one unit: a receipt into a warehouse that does not exist (taken, refused by the order's
+    # writer), one into a quarantine location (refused at the door), then the receipt where the goods left from.
+    returns_url = pipeline.api(f"/api/v1/acme/orders/{pickup.order_id}/returns")
+    line = f"{pickup.order_id}#1"
+    wait_for(
+        lambda: any(
+            p.order_id == pickup.order_id and p.event is ProgressEvent.PICKED_UP
+            for p in pipeline.outputs().order_progress
+        ),
+        60,
+        "the hand-over",
+    )
+    status, answer = http(
+        "POST", returns_url, {"return_id": "RMA-P", "lines": [{"line_id": line, "quantity": 1}]}, auth(credentials)
+    )
+    assert status == 202, answer
+    sellable = [{"line_id": line, "quantity": 1, "disposition": "sellable"}]
+    pipeline.inputs.refused_requests[("return_received", pickup.order_id)] = ReasonCode.RETURN_INVALID
+    ghost = {"warehouse": "WH-GHOST", "lines": sellable}
+    status, answer = http("POST", f"{returns_url}/RMA-P/receipt", ghost, auth(credentials))
+    assert status == 202, answer  # the API cannot know where the line left from; the order's writer does
+    quarantined = {"warehouse": "STORE-1/quarantine", "lines": sellable}
+    status, answer = http("POST", f"{returns_url}/RMA-P/receipt", quarantined, auth(credentials))
+    assert status == 422 and "quarantine" in answer["message"], answer
+    status, answer = http(
+        "POST", f"{returns_url}/RMA-P/receipt", {"warehouse": "STORE-1", "lines": sellable}, auth(credentials)
+    )
+    assert status == 202, answer
+    pipeline.inputs.return_receipts.append(
+        ReturnReceived(
+            tenant="acme",
+            order_id=pickup.order_id,
+            return_id="RMA-P",
+            warehouse="STORE-1",
+            lines=[ReceivedLine(line_id=line, quantity=1, disposition="sellable")],
+            ts=0,
+        )
+    )
+
+    def received() -> bool:
+        out = pipeline.outputs()
+        done = any(
+            p.order_id == pickup.order_id and p.event is ProgressEvent.RETURN_RECEIVED for p in out.order_progress
+        )
+        return done and any(d.reason is ReasonCode.RETURN_INVALID for d in out.dead_letters)
+
+    wait_for(received, 60, "the receipt into WH-GHOST refused and the one into STORE-1 received")
+    pipeline.inputs.fulfilment_complete = True
+    pipeline.inputs.aftersales_settled = True
+    pipeline.inputs.pickups_due = True
+    verdict = assert_invariants(pipeline)
+    out = pipeline.outputs()
+
+    # One hand-over for the claim sent four times, recorded as the caller the token names (not the body's actor).
+    picked = [p for p in out.order_progress if p.order_id == pickup.order_id and p.event is ProgressEvent.PICKED_UP]
+    assert len({p.progress_id for p in picked}) == 1 and picked[0].detail == f"STORE-1 by {token_actor}"
+    assert len({g.issue_id for g in out.goods_issued if g.order_id == pickup.order_id}) == 1
+    claims = []
+    for m in read_topics(pipeline.bootstrap, [pipeline.topics.aftersales_inbox]):
+        with contextlib.suppress(wire.WireError):
+            record = wire.decode(m.value, AftersalesRecord)
+            claims += [record] if isinstance(record, PickupClaim) else []
+    assert len(claims) == 4 and {c.claim_id for c in claims} == {claim_id}  # sent four times: one claim
+    assert {c.actor for c in claims} == {token_actor}  # the API wrote the token's caller, never the body's "mallory"
+    assert not [d for d in out.dead_letters if d.reason is ReasonCode.PICKUP_REFUSED]
+    # The ghost receipt moved nothing: the unit is back in the store only, and WH-GHOST has no stock at all.
+    [refused] = [d for d in out.dead_letters if d.reason is ReasonCode.RETURN_INVALID]
+    assert "left from STORE-1" in refused.detail and "WH-GHOST" in refused.detail
+    assert verdict.counts["final_levels"]["acme:AF-C"] == {"STORE-1": [5 - 2 + 1, 0]}
+    assert not any("WH-GHOST" in where for levels in verdict.counts["final_levels"].values() for where in levels)
+    assert verdict.counts["pickups_claimed"] == 1 and verdict.counts["dead_letters"] == {"return_invalid": 1}

@@ -1,6 +1,7 @@
 """The aftersales invariants (A1–A4) catch broken histories: tracking that goes back or ends elsewhere than the
 carriers said, an order delivered before all of it was, write-backs with gaps or two payloads or no end, returns
-nobody received or never applied, pickups handed over without a claim or cancelled when claimed."""
+nobody received, never applied or put where their line never left from, pickups handed over without a claim, twice,
+or cancelled when claimed."""
 
 from __future__ import annotations
 
@@ -151,6 +152,7 @@ def _returned() -> tuple[Inputs, Outputs, dict[str, StockEvent]]:
     inputs.return_receipts = [receipt]
     ids = list(expected_returns(inputs))
     applied = {
+        "i.o1": _event(CommandKind.ISSUE, "o1", -2, "WH", "i.o1"),  # the line left from WH
         ids[0]: _event(CommandKind.RETURN, "o1", 1, "WH", ids[0]),
         ids[1]: _event(CommandKind.RETURN, "o1", 1, "WH/quarantine", ids[1]),
     }
@@ -169,10 +171,10 @@ def _returned() -> tuple[Inputs, Outputs, dict[str, StockEvent]]:
 def test_a_return_applied_as_received_passes_and_a_wrong_place_a_missing_one_or_an_invented_one_is_caught() -> None:
     inputs, out, applied = _returned()
     assert _verdict(inputs, out, applied) == []
-    ids = list(applied)
+    ids = list(applied)[1:]
     wrong = {**applied, ids[1]: _event(CommandKind.RETURN, "o1", 1, "WH", ids[1])}  # damaged back on the shelf
     assert any("for WH/quarantine" in v for v in _verdict(inputs, out, wrong))
-    missing = {ids[0]: applied[ids[0]]}
+    missing = {"i.o1": applied["i.o1"], ids[0]: applied[ids[0]]}
     assert any("never took effect" in v for v in _verdict(inputs, out, missing))
     invented = {**applied, "x": _event(CommandKind.RETURN, "o1", 5, "WH", "x")}
     assert any("nobody received" in v for v in _verdict(inputs, out, invented))
@@ -208,3 +210,31 @@ def test_pickups_hand_over_only_what_was_claimed_and_expire_only_what_was_not() 
     inputs, out, applied = _pickups()
     out.cancellations = []
     assert any("was not cancelled" in v for v in _verdict(inputs, out, applied))
+
+
+def test_a_return_into_a_warehouse_its_line_never_left_from_is_caught_even_when_a_receipt_said_so() -> None:
+    inputs, out, applied = _returned()
+    ghost = [msgspec.structs.replace(inputs.return_receipts[0], warehouse="WH-GHOST")]
+    inputs.return_receipts = ghost
+    ids = list(expected_returns(inputs))
+    moved = {
+        "i.o1": applied["i.o1"],
+        ids[0]: _event(CommandKind.RETURN, "o1", 1, "WH-GHOST", ids[0]),
+        ids[1]: _event(CommandKind.RETURN, "o1", 1, "WH-GHOST/quarantine", ids[1]),
+    }
+    found = _verdict(inputs, out, moved)
+    assert any("put A in WH-GHOST; its line left from ['WH']" in v for v in found)
+    assert any("put A in WH-GHOST/quarantine; its line left from ['WH']" in v for v in found)
+
+
+def test_a_claim_sent_several_times_is_one_claim_and_a_second_pick_up_is_caught() -> None:
+    inputs, out, applied = _pickups()
+    once = _progress("p1", ProgressEvent.PICKED_UP, "claimed")
+    out.order_progress = [once]
+    inputs.pickup_claims |= {f"{T}:p1"}  # the desk sent it again: still one claim
+    assert _verdict(inputs, out, applied) == []
+    out.order_progress = [once, once]
+    assert any("picked up 2 times" in v for v in _verdict(inputs, out, applied))
+    twice = {**applied, "i2.p1": _event(CommandKind.ISSUE, "p1", -2, "ST", "i2.p1")}
+    out.order_progress = [once]
+    assert any("handed over in ST" in v for v in _verdict(inputs, out, twice))
