@@ -180,6 +180,7 @@ def main_job(base: Settings, opts: RunOptions) -> int:
         create_topics(
             settings.bootstrap, topics.all(), settings.partitions, settings.replication_factor, topics.configs()
         )
+        prepare_books(settings, console)  # this run's namespace in PostgreSQL: a clean ledger
         rules = load_rules_file(settings.rules_file)
         publish_rules(settings, rules, "rules-publisher")
         layouts = run_layouts(settings, workload)
@@ -481,6 +482,7 @@ def wait_idle(settings: Settings, inputs: list[str], pool: WorkerPool | None = N
     deadline = time.monotonic() + timeout_s
     quiet_since = None
     left: dict[str, int] = {}
+    books_checked = 0.0
     while time.monotonic() < deadline:
         if pool is not None:
             pool.supervise()
@@ -488,6 +490,10 @@ def wait_idle(settings: Settings, inputs: list[str], pool: WorkerPool | None = N
         for inbox, gateway, requests in gateways(Topics(settings.topic_prefix)):
             if inbox in inputs:  # then what its stage asked of the gateway is answered too
                 left |= unprocessed(settings.bootstrap, f"{settings.app_id}-{gateway}", [requests])
+        vouchers = Topics(settings.topic_prefix).vouchers + "/"
+        if any(k.startswith(vouchers) for k in left) and time.monotonic() - books_checked >= 5.0:
+            books_checked = time.monotonic()
+            check_voucher_sink(settings)  # a sink stopped at a conflict never drains: fail now, saying why
         if not left:
             quiet_since = quiet_since or time.monotonic()
             if time.monotonic() - quiet_since >= 2 * settings.commit_interval_s:
@@ -891,21 +897,72 @@ def books_summary(outputs: Any, counts: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def prepare_books(settings: Settings, console: Console) -> None:
+    """The run books into a clean ledger: its namespace in PostgreSQL (the run's topic prefix; another run, the
+    same seed's voucher ids, has its own) emptied, the tables made or brought up to date before the sinks start."""
+    from agents.ledger.sink import clear_books
+
+    try:
+        clear_books(settings.postgres_url, settings.topic_prefix)
+    except Exception as exc:  # the sinks retry until PostgreSQL answers; the books check at the end says if never
+        console.print(f"[yellow]PostgreSQL not reached for the books yet[/] ({type(exc).__name__}: {exc})"[:300])
+
+
+def check_voucher_sink(settings: Settings) -> None:
+    """RunFailed if a voucher sink of this run stopped at a conflict (a voucher id that arrived with other contents
+    than booked): the books would miss every voucher after it. PostgreSQL not answering is not a conflict."""
+    from agents.ledger.sink import conflicts
+
+    try:
+        found = conflicts(settings.postgres_url, settings.topic_prefix, connect_timeout=2)
+    except Exception:  # the sinks retry; the books check at the end reports PostgreSQL not read
+        return
+    if found:
+        c = found[0]
+        raise RunFailed(
+            f"the voucher sink stopped on a conflict: voucher {c['voucher_id']} arrived at {c['topic']}/"
+            f"{c['partition']}@{c['offset']} with other contents than booked from {c['booked_from']} ("
+            + "; ".join(c["differences"].splitlines()[:5])
+            + f"); {len(found)} conflict(s) in ledger_conflicts, namespace {settings.topic_prefix!r}"
+        )
+
+
 def postgres_books(settings: Settings, outputs: Any) -> dict[str, Any]:
-    """What the sink wrote to PostgreSQL for this run, against the vouchers topic: once each, balanced, the same."""
-    from agents.ledger.sink import read_books
+    """What the sink wrote to PostgreSQL for this run (its namespace: the run's topic prefix), against the vouchers
+    topic: every voucher once with the topic's contents (digests), nothing else, balanced, and no conflict."""
+    from agents.ledger.sink import book_digests, conflicts, read_books, voucher_digest
 
     topic = {v.voucher_id: v for v in outputs.vouchers}
     tenants = sorted({v.tenant for v in topic.values()})
     try:
         books = [read_books(settings.postgres_url, tenant, settings.topic_prefix) for tenant in tenants]
+        digests = book_digests(settings.postgres_url, settings.topic_prefix)
+        stopped_at = conflicts(settings.postgres_url, settings.topic_prefix)
     except Exception as exc:  # the report says why; the exit code says the books were not checked
         return {"error": f"{type(exc).__name__}: {exc}"[:300], "agrees": False}
     rows, vouchers = sum(b["rows"] for b in books), sum(b["vouchers"] for b in books)
     unbalanced = sum(len(b["unbalanced"]) for b in books)
     debit = sum(b["debit_fen"] for b in books)
-    agrees = rows == vouchers == len(topic) and not unbalanced and debit == sum(v.debit_fen for v in topic.values())
-    return {"rows": rows, "vouchers": vouchers, "unbalanced": unbalanced, "debit_fen": debit, "agrees": agrees}
+    missing = sum(1 for i in topic if i not in digests)
+    differ = sum(1 for i, v in topic.items() if i in digests and digests[i] != voucher_digest(v))
+    extra = len(digests.keys() - topic.keys())
+    agrees = (
+        rows == vouchers == len(topic)
+        and not (unbalanced or missing or differ or extra or stopped_at)
+        and debit == sum(v.debit_fen for v in topic.values())
+    )
+    return {
+        "namespace": settings.topic_prefix,
+        "rows": rows,
+        "vouchers": vouchers,
+        "unbalanced": unbalanced,
+        "missing": missing,
+        "differ": differ,
+        "extra": extra,
+        "conflicts": [f"{c['voucher_id']} at {c['topic']}/{c['partition']}@{c['offset']}" for c in stopped_at[:5]],
+        "debit_fen": debit,
+        "agrees": agrees,
+    }
 
 
 def _yuan(fen: int) -> str:
@@ -939,7 +996,13 @@ def _postgres_part(pg: dict[str, Any]) -> str:
     if "error" in pg:
         return f" · [red]PostgreSQL not read[/]: {pg['error']}"
     mark = "" if pg.get("agrees") else "[red]≠ the topic[/] "
-    return f" · PostgreSQL {mark}{pg.get('rows', 0):,} rows, {pg.get('unbalanced', 0)} unbalanced"
+    wrong = ", ".join(f"{pg[k]:,} {k}" for k in ("missing", "differ", "extra") if pg.get(k))
+    stopped = f", [red]sink stopped on a conflict[/]: {', '.join(pg['conflicts'])}" if pg.get("conflicts") else ""
+    return (
+        f" · PostgreSQL {mark}{pg.get('rows', 0):,} rows, {pg.get('unbalanced', 0)} unbalanced"
+        + (f", {wrong}" if wrong else "")
+        + stopped
+    )
 
 
 def _kv(d: dict[str, Any]) -> str:
@@ -951,5 +1014,11 @@ def cleanup(settings: Settings) -> None:
         delete_topics(settings.bootstrap, settings.topic_prefix + ".")
         delete_topics(settings.bootstrap, settings.app_id + "-")
     except Exception:  # cleanup must not hide the run's result
+        pass
+    try:  # the run's books are a copy of its vouchers topic: they go with it (--keep keeps both)
+        from agents.ledger.sink import clear_books
+
+        clear_books(settings.postgres_url, settings.topic_prefix)
+    except Exception:
         pass
     shutil.rmtree(Path(settings.state_dir) / "workers" / settings.app_id, ignore_errors=True)
