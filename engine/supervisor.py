@@ -125,9 +125,10 @@ class WorkerPool:
         return made
 
     def restart(self, index: int, timeout_s: float = 40.0) -> None:
-        """Stop one worker cleanly (SIGTERM: it finishes its transaction and leaves the group) and start it
-        again: two rebalances, as in a rolling deploy."""
-        self._terminate([self.procs[index]], timeout_s)
+        """Restart one worker as in a rolling deploy: SIGUSR2 makes it finish its transaction and stop while
+        staying a (static) member of the group, and the worker started again with the same index takes its
+        partitions back without a rebalance."""
+        self._terminate([self.procs[index]], timeout_s, signal.SIGUSR2)
         self._spawn(index, env={})
 
     def alive(self, index: int) -> bool:
@@ -219,11 +220,11 @@ class WorkerPool:
         self.spawner.close()
 
     @staticmethod
-    def _terminate(procs: list[subprocess.Popen | None], timeout_s: float) -> None:
+    def _terminate(procs: list[subprocess.Popen | None], timeout_s: float, sig: int = signal.SIGTERM) -> None:
         live = [p for p in procs if p is not None and p.poll() is None]
         for proc in live:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
+                os.killpg(proc.pid, sig)
         deadline = time.monotonic() + timeout_s
         for proc in live:
             try:

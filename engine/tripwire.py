@@ -1,11 +1,11 @@
-"""A tripwire on the Faust and aiokafka internals this engine builds on.
+"""A tripwire on the Faust internals this engine builds on.
 
-engine.kafka.transport, engine.state.tables, engine.state.store and engine.runtime.stage override or call
-private parts of faust-streaming and aiokafka. Their correctness rests on what those parts do *today*, so
+The stream runtime (engine.runtime.runner) replaces Faust's Kafka services; engine.app starts the app with a
+boot strategy that leaves them out. That rests on what a few private parts of faust-streaming do *today*, so
 every worker checks, before it starts, that the installed versions and the source of each part are the ones
-this code was written against, and refuses to start with a clear message naming what changed. A test does
-the same. After reviewing a new release, print the new fingerprints with ``python -m engine.tripwire`` and
-update ``EXPECTED``.
+this code was written against, and refuses to start with a clear message naming what changed. A test does the
+same. After reviewing a new release, print the new fingerprints with ``python -m engine.tripwire`` and update
+``EXPECTED``.
 """
 
 from __future__ import annotations
@@ -17,78 +17,29 @@ import sys
 from importlib.metadata import version
 
 #: Distributions whose internals are used, with the versions reviewed.
-VERSIONS = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0", "mode-streaming": "0.7.1"}
+VERSIONS = {"faust-streaming": "0.15.3", "mode-streaming": "0.7.1"}
 
 #: Each relied-on internal → why it matters → sha256 (first 16 hex) of its source.
 EXPECTED: dict[str, tuple[str, str]] = {
-    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._create_worker_consumer": (
-        "read_committed is chosen by the in_transaction flag the transport sets",
-        "c2701bfc3e6f6cad",
+    "faust.app.base:BootStrategy.kafka_consumer": (
+        "without enable_kafka, Faust's consumer (and its group membership) is not started",
+        "1a288f3d603fc224",
     ),
-    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._fetch_records": (
-        "records are stamped with their read epoch in the consumer thread, after this returns",
-        "39a2c6c79fc1455a",
+    "faust.app.base:BootStrategy.kafka_producer": (
+        "without enable_kafka, Faust's producer is not started",
+        "54a789df64f66255",
     ),
-    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._seek_wait": (
-        "every seek starts a read epoch",
-        "9d221e816d940467",
+    "faust.app.base:BootStrategy.tables": (
+        "without enable_kafka, Faust's table manager is not started",
+        "09ec521e9811243a",
     ),
-    "faust.transport.drivers.aiokafka:Consumer._to_message": (
-        "messages carry their read epoch and integer timestamp",
-        "7c24f6511b2fcef7",
+    "faust.app.base:App.on_started": (
+        "tasks (the stream runtime's start) and the web server start once table recovery is over",
+        "c03627f2dc44a1dd",
     ),
-    "faust.transport.consumer:Consumer.getmany": (
-        "replaced: a dropped record must end its partition's read epoch",
-        "4b168d84882a70d6",
-    ),
-    "mode.utils.queues:FlowControlEvent.resume": (
-        "resuming empties the stream queues through self.clear(), which the transport wraps to end read epochs",
-        "4dcdc1253fd0dcb4",
-    ),
-    "faust.tables.recovery:Recovery.on_recovery_completed": (
-        "streams are sought, then the flow resumed (queues emptied); an overtaken generation resumes nothing",
-        "6ef567acf072e46d",
-    ),
-    "faust.transport.consumer:Consumer.on_buffer_full": (
-        "a full stream buffer takes its partition out of the active set; the stage watchdog puts it back",
-        "c8961679e0bcdce5",
-    ),
-    "faust.transport.consumer:Consumer.force_commit": (
-        "replaced: the group commit takes the stages' positions",
-        "cc094614d22c70fb",
-    ),
-    "faust.tables.recovery:Recovery._build_highwaters": (
-        "replaced: transactional changelogs end with a marker; recovery waits for the last record",
-        "91b4cc0d3724ae7b",
-    ),
-    "faust.tables.recovery:Recovery.on_rebalance": (
-        "extended: a changelog partition that turned from active into standby keeps no stale highwater",
-        "aa4d997a1795ceae",
-    ),
-    "faust.tables.manager:TableManager.on_rebalance": (
-        "fencing runs before this starts recovery",
-        "2d2c23a07bf54328",
-    ),
-    "faust.app.base:App._on_partitions_assigned": (
-        "tables.on_rebalance (fencing, then recovery) runs before streams resume",
-        "de932b7927db85b3",
-    ),
-    "faust.stores.rocksdb:Store.apply_changelog_batch": (
-        "stages write the local store exactly as recovery does (raw bytes, offset key)",
-        "ea3344d369fc4ab5",
-    ),
-    "faust.stores.rocksdb:Store._db_for_partition": ("stages address one partition's database", "cb7e67d5f9efc4bc"),
-    "faust.stores.memory:Store.apply_changelog_batch": (
-        "stages write the memory store as recovery does (key → partition map)",
-        "71863e3cd727aac2",
-    ),
-    "aiokafka.consumer.fetcher:FetchResult.check_assignment": (
-        "records fetched before a seek are discarded, which makes a read epoch start at its seek",
-        "b5340df67e3f330f",
-    ),
-    "aiokafka.consumer.group_coordinator:GroupCoordinator.request_rejoin": (
-        "a fenced stage asks for a rebalance",
-        "f70a261c91c38cb5",
+    "faust.tables.manager:TableManager.wait_until_recovery_completed": (
+        "a recovery that never started is over at once",
+        "e0f224aba177e99d",
     ),
 }
 
@@ -131,9 +82,9 @@ def check() -> None:
     problems = differences()
     if problems:
         raise TripwireError(
-            "the installed Faust/aiokafka internals differ from the ones this engine was reviewed against:\n  - "
+            "the installed Faust internals differ from the ones this engine was reviewed against:\n  - "
             + "\n  - ".join(problems)
-            + "\nReview engine/kafka/transport.py, engine/state/ and engine/runtime/stage.py against them, then "
+            + "\nReview engine/app.py and engine/runtime/runner.py against them, then "
             "update engine/tripwire.py (python -m engine.tripwire prints the current fingerprints)."
         )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import signal
 from collections.abc import Callable
 
 import faust
@@ -35,14 +36,24 @@ class _Worker(Worker):
         if isinstance(level, int) and level > logging.DEBUG:
             logging.disable(level - 1)
 
+    def _on_sigusr2(self) -> None:
+        """A stop for a restart (``oms`` restarts a worker this way): stay a member of the consumer group, so
+        that the worker started again with the same index takes its partitions back without a rebalance.
+        SIGTERM/SIGINT leave the group: the partitions move to the other workers at once."""
+        from engine.app import context
+
+        context(self.app).runtime.keep_membership = True
+        self._schedule_shutdown(signal.SIGTERM)
+
 
 def ensure_topics(app: faust.App, settings: Settings) -> None:
-    """Create the pipeline's topics and every table's changelog (compacted, same partitions) before Faust
-    starts. If Faust declares a changelog itself, a worker's first table write can race the metadata and die
-    of PartitionsMismatch ("the changelog topic has 0 partitions") — seen on a fresh broker."""
+    """Create the pipeline's topics and every table's changelog (compacted, same partitions) before the stream
+    runtime starts: a worker's first assignment restores from them."""
+    from engine.app import context
+
     topics = Topics(settings.topic_prefix)
     create_topics(settings.bootstrap, topics.all(), settings.partitions, settings.replication_factor, topics.configs())
-    names = [table.changelog_topic.get_topic_name() for table in app.tables.values()]
+    names = context(app).runtime.changelogs()
     if names:
         create_topics(
             settings.bootstrap,

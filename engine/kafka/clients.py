@@ -197,26 +197,6 @@ def _reader(bootstrap: str, purpose: str, **overrides: Any) -> Consumer:
     return Consumer(conf)
 
 
-def holds_records(bootstrap: str, topic: str, partition: int, start: int, end: int, timeout_s: float = 10.0) -> bool:
-    """Whether a committed record lies at or after ``start`` and before ``end`` in one partition. Transaction
-    markers and aborted records take offsets but are never delivered: a tail of them is nothing to read. When it
-    cannot tell in time, says yes (the caller's safe side is to read again)."""
-    consumer = _reader(bootstrap, "peek")
-    try:
-        consumer.assign([TopicPartition(topic, partition, start)])
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for m in consumer.consume(num_messages=100, timeout=0.5):
-                if m.error():
-                    if m.error().code() == KafkaError._PARTITION_EOF:
-                        return False
-                    continue
-                return m.offset() < end
-        return True
-    finally:
-        consumer.close()
-
-
 def read_topics(
     bootstrap: str, topics: Iterable[str], timeout_s: float = 60.0, starts: dict[tuple[str, int], int] | None = None
 ) -> Iterator[Message]:

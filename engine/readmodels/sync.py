@@ -17,6 +17,7 @@ from typing import Any
 
 import faust
 
+from engine.app import context
 from engine.readmodels.redis import ERRORS, Keys
 
 log = logging.getLogger("oms.readmodels")
@@ -40,7 +41,7 @@ class ReadModelSync:
 
         @app.timer(interval_s)
         async def rebuild_read_models() -> None:
-            if app.in_recovery:
+            if not context(app).runtime.ready:  # restoring: the stores are not the partitions' state yet
                 return
             await self.tick()
 

@@ -24,7 +24,7 @@ from engine.kafka.clients import read_topics
 from engine.runtime.replay import Replay
 from engine.runtime.stage import Position
 from engine.runtime.work import Input, Logic, Output
-from engine.state.tables import changelog_name
+from engine.state.tables import changelog_topic
 from engine.tenants import Tenants
 from schemas import wire
 from schemas.aftersales import AftersalesRecord, OrderOpened, PickupReady, ReturnRequested
@@ -66,11 +66,7 @@ def changelog_state(pipeline: Pipeline, table: str) -> dict[bytes, bytes]:
 
 
 def changelog_name_for(pipeline: Pipeline, table: str) -> str:
-    class _App:  # changelog_name only needs the app id
-        class conf:
-            id = pipeline.settings.app_id
-
-    return changelog_name(_App, table)  # type: ignore[arg-type]
+    return changelog_topic(pipeline.settings.app_id, table)
 
 
 def signature(outputs: list[Output]) -> Counter:

@@ -389,37 +389,3 @@ def test_every_decision_is_made_once_in_a_flash_sale_with_a_crash(pipeline: Pipe
         levels = verdict.counts["final_levels"][f"{tenant}:{FLASH_SKU}"]
         assert sum(reserved for _, reserved in levels.values()) == spec.flash_stock
     assert sum(1 for d in pipeline.decisions().values() if d.status is DecisionStatus.ACCEPTED) <= unique
-
-
-def test_the_stall_watchdog_tells_an_aborted_tail_from_records_it_has_not_read(pipeline: Pipeline) -> None:
-    """Offsets past a stage's position that hold only an aborted transaction and markers are nothing to read:
-    the watchdog must not take them for a stalled partition (and restart a healthy worker)."""
-    from engine.kafka.clients import _reader, holds_records, watermarks
-
-    topic = pipeline.topics.inventory_commands
-
-    def high() -> int:
-        reader = _reader(pipeline.bootstrap, "test")
-        try:
-            return watermarks(reader, topic, 0)[1]
-        finally:
-            reader.close()
-
-    producer = TxnProducer(pipeline.bootstrap, f"{pipeline.settings.app_id}.test-tail", timeout_s=30)
-    producer.init()
-    try:
-        producer.begin()
-        producer.produce(topic, b"k", b"committed", partition=0)
-        producer.commit()
-        start = high()  # past the committed record and its marker
-        producer.begin()
-        for n in range(3):
-            producer.produce(topic, b"k", f"aborted {n}".encode(), partition=0)
-        producer._p.flush(10)  # written (a crash after sending, before committing), then aborted
-        producer.abort()
-        end = high()
-        assert end - start >= 4, (start, end)  # three aborted records and the abort marker
-        assert not holds_records(pipeline.bootstrap, topic, 0, start, end)
-        assert holds_records(pipeline.bootstrap, topic, 0, start - 2, end)  # the committed record is there
-    finally:
-        producer.close()

@@ -1,5 +1,4 @@
-"""Settings, wire format, workload, topics, schema export, admission, the stage's work unit, the tripwire — no
-servers."""
+"""Settings, wire format, workload, topics, schema export, the stage's work unit, the tripwire — no servers."""
 
 from __future__ import annotations
 
@@ -15,12 +14,9 @@ import jsonschema
 import msgspec
 import orjson
 import pytest
-from faust.types import TP
 
 from engine import tripwire
 from engine.kafka.clients import partition_for
-from engine.kafka.transport import SeekLedger, _NoReadFilter
-from engine.runtime.admission import Cursor, Verdict, judge
 from engine.runtime.work import ExpiryIndex, Input, Logic, PartitionWork, run_records
 from engine.schema_export import export
 from engine.settings import Settings, SettingsError, config_table
@@ -161,33 +157,6 @@ def test_topics_share_one_prefix() -> None:
     assert t.channel_of(t.raw[Channel.JD]) is Channel.JD and t.channel_of(t.order_inbox) is None
 
 
-# -- admission ----------------------------------------------------------------------------------------------
-def test_admission_trusts_an_epoch_that_began_at_or_before_the_position() -> None:
-    cursor = Cursor(position=10)
-    assert judge(cursor, 12, record_epoch=3, epoch=3, epoch_start=8) is Verdict.ADMIT  # a gap: markers
-    assert cursor.trusted_epoch == 3
-    assert judge(cursor, 9, record_epoch=3, epoch=3, epoch_start=8) is Verdict.COVERED  # a replay
-    assert judge(cursor, 15, record_epoch=2, epoch=3, epoch_start=8) is Verdict.STALE  # fetched before a seek
-
-
-def test_admission_seeks_back_when_an_epoch_began_past_the_position_or_nobody_knows_where() -> None:
-    cursor = Cursor(position=10)
-    assert judge(cursor, 20, record_epoch=4, epoch=4, epoch_start=20) is Verdict.RESEEK  # a group commit ahead
-    assert judge(cursor, 20, record_epoch=5, epoch=5, epoch_start=None) is Verdict.RESEEK  # a drop, a reset
-    assert cursor.trusted_epoch is None
-
-
-def test_a_seek_starts_a_new_read_epoch_and_faust_read_filter_is_off() -> None:
-    ledger, tp = SeekLedger(), TP("t", 0)
-    first = ledger.begin(tp, 5)
-    assert ledger.current(tp) == (first, 5) and ledger.current(TP("t", 1)) == (0, None)
-    second = ledger.begin(tp, None)
-    assert second > first and ledger.current(tp) == (second, None)
-    offsets = _NoReadFilter()
-    offsets["t", 0] = 500  # what Faust writes after a stale record
-    assert offsets["t", 0] is None  # what its drain loop reads: nothing is dropped as "already read"
-
-
 # -- the work unit ------------------------------------------------------------------------------------------
 class Counting(Logic):
     """A toy logic: counts records per key, forgets a key 100 ms (event time) after it reached 3."""
@@ -294,87 +263,3 @@ def test_a_child_started_from_a_short_lived_thread_outlives_the_thread(tmp_path:
     finally:
         if child.poll() is None:
             child.kill()
-
-
-def test_the_recovery_watchdog_exits_only_when_recovery_stops_moving(monkeypatch: pytest.MonkeyPatch) -> None:
-    from collections import Counter
-    from types import SimpleNamespace
-
-    from engine import app as app_module
-
-    exits: list[int] = []
-    monkeypatch.setattr(app_module.os, "_exit", exits.append)
-    monkeypatch.setattr(app_module, "active_partitions", lambda app: {"t/0"})
-    completed = SimpleNamespace(is_set=lambda: False)
-    signal = SimpleNamespace(is_set=lambda: False)
-    recovery = SimpleNamespace(
-        completed=completed,
-        active_offsets=Counter(),
-        standby_offsets=Counter(),
-        active_remaining=dict,
-        signal_recovery_start=signal,
-    )
-    fake = SimpleNamespace(in_recovery=True, consumer_generation_id=3, tables=SimpleNamespace(recovery=recovery))
-    recovery._generation_id = 3
-    watchdog = app_module.RecoveryWatchdog(fake, stall_s=60)  # type: ignore[arg-type]
-    recovery.active_offsets["t/0"] = None  # Faust's mark for "not started reading"
-    watchdog.check(0.0)
-    recovery.active_offsets["t/0"] = 10  # restoring: progress
-    watchdog.check(50.0)
-    watchdog.check(100.0)
-    assert exits == []  # 50 s without progress so far
-    fake.consumer_generation_id = recovery._generation_id = 4  # a new rebalance is progress too
-    watchdog.check(140.0)
-    watchdog.check(199.0)
-    assert exits == []
-    watchdog.check(200.0)
-    assert exits == [75]
-    fake.in_recovery = False
-    recovery.completed = SimpleNamespace(is_set=lambda: True)
-    watchdog.check(1000.0)  # ready: never fires
-    assert exits == [75]
-
-
-def test_the_recovery_watchdog_asks_for_a_rebalance_when_a_newer_generation_never_recovers(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Faust ends the recovery of generation 3 once generation 4 has begun, resuming nothing; if generation 4
-    never reaches the recovery, the worker asks for a rebalance, then exits."""
-    from collections import Counter
-    from types import SimpleNamespace
-
-    from engine import app as app_module
-
-    exits: list[int] = []
-    rejoins: list[object] = []
-    monkeypatch.setattr(app_module.os, "_exit", exits.append)
-    monkeypatch.setattr(app_module, "active_partitions", lambda app: {"t/0"})
-    monkeypatch.setattr(app_module, "request_rejoin", rejoins.append)
-    signal = SimpleNamespace(set=False)
-    signal.is_set = lambda: signal.set
-    recovery = SimpleNamespace(
-        completed=SimpleNamespace(is_set=lambda: True),
-        active_offsets=Counter(),
-        standby_offsets=Counter(),
-        active_remaining=dict,
-        signal_recovery_start=signal,
-        _generation_id=3,
-    )
-    fake = SimpleNamespace(in_recovery=False, consumer_generation_id=3, tables=SimpleNamespace(recovery=recovery))
-    watchdog = app_module.RecoveryWatchdog(fake, stall_s=60)  # type: ignore[arg-type]
-    watchdog.check(0.0)
-    fake.consumer_generation_id = 4
-    signal.set = True  # generation 4 reached the recovery: it runs again, nothing to do
-    watchdog.check(5.0)
-    watchdog.check(100.0)
-    assert rejoins == [] and exits == []
-    signal.set = False  # ... it did not: overtaken
-    watchdog.check(110.0)
-    watchdog.check(129.0)
-    assert rejoins == []
-    watchdog.check(131.0)
-    assert rejoins == [fake] and exits == []
-    watchdog.check(150.0)
-    assert rejoins == [fake] and exits == []  # asked once
-    watchdog.check(171.0)
-    assert exits == [75]
