@@ -55,16 +55,18 @@ class Settings:
         8,
     )
     replication_factor: int = setting("OMS_REPLICATION_FACTOR", "Replication factor of created topics.", 1)
-    app_id: str = setting("OMS_APP_ID", "Faust app id: consumer group and changelog prefix.", "oms")
+    app_id: str = setting(
+        "OMS_APP_ID", "Application id: the consumer group, the prefix of changelogs and transactional ids.", "oms"
+    )
     topic_prefix: str = setting("OMS_TOPIC_PREFIX", "Prefix of every topic name.", "oms")
     table_store: str = setting(
         "OMS_TABLE_STORE",
-        "Faust table store: `rocksdb://` (durable local state) or `memory://`.",
+        "Table store: `rocksdb://` (durable local state, kept across restarts) or `memory://` (restored at start).",
         "rocksdb://",
     )
     app_module: str = setting(
         "OMS_APP",
-        "Import path of the function that builds the Faust app with its agents.",
+        "Import path of the function that builds the Faust app with its stages.",
         "agents.pipeline:create_app",
     )
     saga_stuck_s: float = setting(
@@ -101,12 +103,6 @@ class Settings:
         "OMS_WRITEBACK_FAIL_EVERY",
         "The simulated platforms (main job, tests) refuse every n-th write-back call; 0: never.",
         0,
-    )
-    recovery_stall_s: float = setting(
-        "OMS_RECOVERY_STALL_S",
-        "A worker whose table recovery has made no progress for this many seconds exits, so that its supervisor "
-        "starts it again (a stalled rebalance costs a restart, never the partitions it holds). 0: never.",
-        180.0,
     )
     carrier_fail_every: int = setting(
         "OMS_CARRIER_FAIL_EVERY",
@@ -146,30 +142,33 @@ class Settings:
         "Kafka transaction timeout: the longest a vanished worker's open transaction can hold readers back.",
         60.0,
     )
-    batch_max: int = setting("OMS_BATCH_MAX", "Most events an agent takes in one batch.", 2000)
+    batch_max: int = setting("OMS_BATCH_MAX", "Most records a worker takes into one batch (one transaction).", 5000)
     batch_within_s: float = setting(
         "OMS_BATCH_WITHIN_S",
-        "Longest an agent waits to fill a batch (seconds): every batch is one transaction per input partition, "
-        "so this trades latency per hop for fewer, larger transactions (see BENCHMARKS.md).",
-        0.05,
-    )
-    commit_interval_s: float = setting(
-        "OMS_COMMIT_INTERVAL_S",
-        "How often a worker commits the stages' input positions to its consumer group (for lag tooling; the "
-        "positions that count are in the stages' state).",
-        1.0,
+        "Longest a worker waits, after the first record of a batch, for more to fill it (seconds). A batch is one "
+        "transaction; under load batches fill while the previous one commits, so this matters only when records "
+        "trickle in: it trades latency per hop for fewer transactions (see BENCHMARKS.md).",
+        0.005,
     )
     session_timeout_s: float = setting(
         "OMS_SESSION_TIMEOUT_S",
-        "Consumer session timeout: how long a dead worker holds its partitions.",
+        "Consumer session timeout: how long the partitions of a worker that died (or paused) wait for it before they "
+        "move to the others. A worker started again with the same index takes them back at once (static "
+        "membership); one stopped with SIGTERM leaves the group and hands them over at once.",
         30.0,
     )
     standby_replicas: int = setting(
         "OMS_STANDBY_REPLICAS",
-        "Standby copies of each table partition (another worker replays its changelog to take over faster). "
-        "0 raised throughput 1.2–1.7× on one 2-core machine (BENCHMARKS.md, Tuning) but is not the default "
-        "yet: takeovers after a crash have been seen to stall without a standby.",
-        1,
+        "1: every worker keeps a warm copy of the table partitions it does not own (it follows their changelogs "
+        "every `OMS_STANDBY_INTERVAL_S`), so that taking over a partition whose worker is gone for good restores "
+        "only the last moments. 0: a takeover restores the partition from its changelog (or from the worker's own "
+        "copy on disk, when the partition comes back to it).",
+        0,
+    )
+    standby_interval_s: float = setting(
+        "OMS_STANDBY_INTERVAL_S",
+        "How often a worker with standby copies (`OMS_STANDBY_REPLICAS=1`) catches them up with their changelogs.",
+        2.0,
     )
     workers: int = setting("OMS_WORKERS", "Worker processes the main job starts (at least 2).", 2)
     web_port: int = setting("OMS_WEB_PORT", "First worker's web port; worker i listens on web_port + i.", 6066)
@@ -256,7 +255,8 @@ class Settings:
         need(self.transaction_timeout_s >= 5, "OMS_TRANSACTION_TIMEOUT_S", "must be at least 5 seconds")
         need(self.batch_max >= 1, "OMS_BATCH_MAX", "must be at least 1")
         need(self.batch_within_s > 0, "OMS_BATCH_WITHIN_S", "must be positive")
-        need(self.commit_interval_s > 0, "OMS_COMMIT_INTERVAL_S", "must be positive")
+        need(self.standby_replicas in (0, 1), "OMS_STANDBY_REPLICAS", "0 or 1")
+        need(self.standby_interval_s > 0, "OMS_STANDBY_INTERVAL_S", "must be positive")
         need(self.session_timeout_s >= 6, "OMS_SESSION_TIMEOUT_S", "must be at least 6 seconds")
         need(self.workers >= 1, "OMS_WORKERS", "must be at least 1")
         need(

@@ -75,8 +75,6 @@ def settings(servers: Settings, credentials: Credentials, tmp_path: Path) -> Set
         app_id=f"oms-t{run}",
         partitions=4,
         session_timeout_s=8.0,
-        recovery_stall_s=90.0,  # a stalled recovery restarts the worker well within the tests' waits
-        commit_interval_s=0.5,
         web_port=int(os.environ.get("OMS_TEST_WEB_PORT", "26066")),
         log_level=os.environ.get("OMS_LOG_LEVEL", "warning"),
         pickup_secret=secrets.token_hex(16),  # pickup codes nobody could compute offline (there is no default)

@@ -316,10 +316,12 @@ def wait_fulfilment(settings: Settings, topics: Topics, layouts: list[Layout], p
     (record time runs on the fulfilment ticks). False if that did not happen within a few windows: the
     invariants then check only that nothing was shipped twice, not that everything was shipped."""
     quiet_s = max((layout.merge_window_s + layout.waves.release_after_s for layout in layouts), default=0)
-    quiet_s += 3 * settings.fulfilment_tick_s + 2 * settings.commit_interval_s
+    quiet_s += 3 * settings.fulfilment_tick_s + QUIET_S
     return wait_quiet(settings, [topics.shipments, topics.waves], quiet_s, 4 * quiet_s + 120, pool.supervise)
 
 
+#: How long the engine must have nothing left to read before it counts as idle (s).
+QUIET_S = 1.0
 #: The main job's simulated carrier refuses every n-th call unless OMS_CARRIER_FAIL_EVERY says otherwise.
 CARRIER_FAIL_EVERY = 97
 #: The main job's simulated platforms refuse every n-th write-back unless OMS_WRITEBACK_FAIL_EVERY says otherwise.
@@ -496,7 +498,7 @@ def wait_idle(settings: Settings, inputs: list[str], pool: WorkerPool | None = N
             check_voucher_sink(settings)  # a sink stopped at a conflict never drains: fail now, saying why
         if not left:
             quiet_since = quiet_since or time.monotonic()
-            if time.monotonic() - quiet_since >= 2 * settings.commit_interval_s:
+            if time.monotonic() - quiet_since >= QUIET_S:
                 return
         else:
             quiet_since = None
@@ -780,7 +782,7 @@ def aftersales_day(
         deadline = desk.last_announced + settings.pickup_hold_s + 3 * settings.aftersales_tick_s
         time.sleep(max(0.0, deadline - time.monotonic()))
         desk.stop()
-        quiet = 3 * settings.aftersales_tick_s + 2 * settings.commit_interval_s + 5
+        quiet = 3 * settings.aftersales_tick_s + QUIET_S + 5
         day.settled = wait_quiet(settings, [topics.order_progress], quiet, 300, pool.supervise)
         wait_idle(settings, engine_inputs(topics), pool)
     inputs.pickup_claims |= desk.claimed

@@ -75,6 +75,8 @@ class RuntimeStats(CommitStats):
     fenced_slots: int = 0  # transactional ids of departed workers taken over (their open transactions aborted)
     restore_ms: float = 0.0  # the last assignment's fence + restore
     isolated_batches: int = 0
+    standby_records: int = 0  # changelog records copied into standby stores
+    standby_rounds: int = 0
     last_assigned: list[str] = field(default_factory=list)
 
 
@@ -107,6 +109,9 @@ class StreamRuntime:
         self._checkpoint: Checkpoint | None = None
         self._fault = Fault.from_env()
         self._seen_slots: set[str] = set()
+        #: held while stores change hands: an assignment's restore, a standby round
+        self._stores_lock = threading.Lock()
+        self._standby: threading.Thread | None = None
 
     # -- declaration --------------------------------------------------------------------------------------
     def add(self, stage: Stage) -> None:
@@ -133,6 +138,9 @@ class StreamRuntime:
         self.loop = loop
         self._thread = threading.Thread(target=self._main, name="oms-stream", daemon=True)
         self._thread.start()
+        if self.settings.standby_replicas:
+            self._standby = threading.Thread(target=self._follow_standby, name="oms-standby", daemon=True)
+            self._standby.start()
 
     def stop(self, timeout_s: float = 30.0, keep_membership: bool = False) -> None:
         """Finish the batch in hand (its transaction commits or aborts), then leave the group (or, with
@@ -235,6 +243,10 @@ class StreamRuntime:
             stage.revoke()
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        with self._stores_lock:  # a standby round in progress finishes first
+            self._assign(consumer, partitions)
+
+    def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         started = time.monotonic()
         self.ready = False
         self.generation += 1
@@ -333,6 +345,26 @@ class StreamRuntime:
                     self.stats.fenced_slots += 1
                     log.warning("fenced the transactional id of %s (left the group)", result)
                     self._seen_slots.discard(result)
+
+    # -- standby copies -------------------------------------------------------------------------------------
+    def _follow_standby(self) -> None:
+        """Keep every table partition this worker does not own close to its changelog, so that taking it over
+        restores only what was written since the last round."""
+        s = self.settings
+        while not self.stopping.wait(s.standby_interval_s):
+            with self._stores_lock:
+                parts = [
+                    part
+                    for stage in self.stages
+                    for part in stage.changelog_parts(set(range(s.partitions)) - stage.owned())
+                ]
+                try:
+                    copied = restore(s.bootstrap, parts, timeout_s=60.0)
+                except (RestoreFailed, KafkaException) as exc:
+                    log.warning("standby round failed (%s); next round in %.0fs", exc, s.standby_interval_s)
+                    continue
+            self.stats.standby_records += copied
+            self.stats.standby_rounds += 1
 
     # -- batches ------------------------------------------------------------------------------------------
     def _batch(self, messages: list[Any]) -> None:
