@@ -21,7 +21,7 @@ waves at the same points.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import faust
 
@@ -57,19 +57,22 @@ from schemas.inventory import ShortPick, short_id
 log = logging.getLogger("oms.fulfilment")
 
 LAYOUTS, MERGES, DUE, WAREHOUSES = "fulfilment-layouts", "merges", "merge-due", "warehouses"
-PICKS, PICKING = "pick-tasks", "shipment-picking"
+PICKS, PICKING, BLOCKED = "pick-tasks", "shipment-picking", "blocked-shipments"
 UNASSIGNED_CARRIER = "unassigned"  # a warehouse with no layout yet: its waves wait for one
 
 
 @dataclass
 class WarehouseState:
-    """Per warehouse: where the merge clock stands, the wave groups, and shipments waiting for a layout."""
+    """Per warehouse: where the merge clock stands and the wave groups (each at most a wave's worth). Shipments
+    that cannot be waved yet — no layout with this warehouse, or a SKU without a bin — are kept one key each in
+    the ``blocked-shipments`` table, counted here: a warehouse's own record stays small however many wait."""
 
     tenant: str
     warehouse: str
     clock_s: int  # merge buckets up to this second have been released
     book: waves.WaveBook
-    blocked: list[waves.Pending] = field(default_factory=list)  # no layout (or no bin) for them yet
+    blocked: int = 0  # shipments waiting in ``blocked-shipments``
+    blocked_version: int = 0  # the layout version they were last tried with (0: no layout had this warehouse)
 
 
 @dataclass
@@ -99,7 +102,7 @@ def layout_key(tenant: str, partition: int) -> str:
 
 class FulfilmentLogic(Logic):
     name = "fulfilment"
-    tables = (LAYOUTS, MERGES, DUE, WAREHOUSES, PICKS, PICKING)
+    tables = (LAYOUTS, MERGES, DUE, WAREHOUSES, PICKS, PICKING, BLOCKED)
 
     def __init__(self, topics: Topics, partitions: int, retention_ms: int, inbox_epoch: str = "") -> None:
         self.inputs = (topics.fulfilment_inbox,)
@@ -227,17 +230,24 @@ class FulfilmentLogic(Logic):
                     self._due(work, state, later, merge_key)
             work.delete(DUE, due_key)
         state.clock_s = max(state.clock_s, now // 1000)
+        arrivals = []
         for shipment in sorted(released, key=lambda s: s.shipment_id):
             work.emit(self.topics.shipments, shipment.key, shipment)
-            state.blocked.append(waves.Pending(shipment, now))
+            arrivals.append(waves.Pending(shipment, now))
         work.note("shipments", len(released))
-        self._wave(work, state, layout, now)
+        self._wave(work, state, layout, now, arrivals)
         self._put_warehouse(work, state)
 
-    def _wave(self, work: PartitionWork, state: WarehouseState, layout: Layout | None, now: int) -> None:
+    def _wave(
+        self, work: PartitionWork, state: WarehouseState, layout: Layout | None, now: int, arrivals: list[waves.Pending]
+    ) -> None:
         if layout is None or not any(w.warehouse == state.warehouse for w in layout.warehouses):
-            return  # shipments wait (blocked) for a layout that has their warehouse
-        waiting, state.blocked = state.blocked, []
+            for pending in arrivals:  # they wait for a layout that has their warehouse
+                self._block(work, state, pending, 0)
+            return
+        waiting = arrivals
+        if state.blocked and state.blocked_version != layout.version:
+            waiting = self._unblock(work, state) + arrivals  # a new layout: try every waiting shipment again
         known = {p.shipment.shipment_id: p.shipment for items in state.book.groups.values() for p in items}
         known.update((p.shipment.shipment_id, p.shipment) for p in waiting)
         released = []
@@ -245,7 +255,7 @@ class FulfilmentLogic(Logic):
             try:
                 released += waves.add_shipment(state.book, layout, pending.shipment, pending.arrived_ts)
             except waves.LayoutError as exc:
-                state.blocked.append(pending)
+                self._block(work, state, pending, layout.version)
                 work.note("shipment_without_bin")
                 log.warning("fulfilment: %s waits for a layout change: %s", pending.shipment.shipment_id, exc)
         released += waves.release_due(state.book, layout, now)
@@ -405,6 +415,25 @@ class FulfilmentLogic(Logic):
             ts=now,
         )
         work.emit(self.topics.pick_outcomes, refused.key, refused)
+
+    # -- shipments that cannot be waved yet -----------------------------------------------------------------
+    @staticmethod
+    def _blocked_prefix(state: WarehouseState) -> str:
+        return f"{state.tenant}:{state.warehouse}:b:"
+
+    def _block(self, work: PartitionWork, state: WarehouseState, pending: waves.Pending, version: int) -> None:
+        work.put(BLOCKED, self._blocked_prefix(state) + pending.shipment.shipment_id, wire.encode(pending))
+        state.blocked += 1
+        state.blocked_version = version
+
+    def _unblock(self, work: PartitionWork, state: WarehouseState) -> list[waves.Pending]:
+        """Every shipment of this warehouse waiting in ``blocked-shipments``, oldest first, taken out of it."""
+        found = []
+        for key, value in work.scan(BLOCKED, self._blocked_prefix(state)):
+            found.append(wire.decode_state(value, waves.Pending))
+            work.delete(BLOCKED, key)
+        state.blocked = 0
+        return sorted(found, key=lambda p: (p.arrived_ts, p.shipment.shipment_id))
 
     # -- state helpers --------------------------------------------------------------------------------------
     @staticmethod

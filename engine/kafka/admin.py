@@ -9,8 +9,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, TopicCollection
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import KafkaError, KafkaException, TopicCollection, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 
 class KafkaUnavailable(RuntimeError):
@@ -76,13 +76,25 @@ def create_topics(
 
 
 def _wait_topics_visible(client: AdminClient, names: list[str], timeout_s: float = 30.0) -> None:
+    """Until every partition of ``names`` has a leader that answers (a list-offsets round trip): a producer's first
+    batches to a partition whose leader is still being elected fail as "not leader", and an idempotent producer
+    may then take a later batch's success for the earlier one's (engine.kafka.transactions)."""
     deadline = time.monotonic() + timeout_s
+    last = ""
     while time.monotonic() < deadline:
         md = client.list_topics(timeout=5).topics
         if all(n in md and md[n].partitions and not md[n].error for n in names):
-            return
+            tps = [TopicPartition(n, p) for n in names for p in md[n].partitions]
+            if all(md[tp.topic].partitions[tp.partition].leader >= 0 for tp in tps):
+                try:
+                    futures = client.list_offsets({tp: OffsetSpec.latest() for tp in tps}, request_timeout=5)
+                    for fut in futures.values():
+                        fut.result()
+                    return
+                except KafkaException as exc:
+                    last = str(exc)
         time.sleep(0.2)
-    raise KafkaUnavailable(f"topics not visible after {timeout_s}s: {names}")
+    raise KafkaUnavailable(f"topics not ready after {timeout_s}s: {names} ({last})")
 
 
 def delete_topics(bootstrap: str, prefix: str) -> list[str]:

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from engine.kafka.transactions import TxnProducer
+from engine.kafka.transactions import Aborted, TxnProducer
 from engine.settings import Settings
 
 log = logging.getLogger("oms.broadcast")
+
+#: Tries of a publishing transaction that is rolled back (e.g. a record not confirmed) before giving up.
+PUBLISH_ATTEMPTS = 3
 
 
 def publish(
@@ -30,16 +34,26 @@ def publish(
     """Blocking. One transaction: each ``(inbox topic, key, value)`` of ``copies`` to every partition of that
     topic, each ``(topic, key, value)`` of ``latest`` once (keyed). All or nothing: no partition can see a version
     another never will. ``publisher`` names the writer (its transactional id), e.g. ``rules-api-0``."""
+    copies, latest = list(copies), list(latest)
     producer = TxnProducer(settings.bootstrap, f"{settings.app_id}.{publisher}", timeout_s=30.0)
     try:
         producer.init()
-        producer.begin()
-        for topic, key, value in copies:
-            for partition in range(settings.partitions):
-                producer.produce(topic, key, value, partition=partition)
-        for topic, key, value in latest:
-            producer.produce(topic, key, value)
-        producer.commit()
+        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+            try:
+                producer.begin()
+                for topic, key, value in copies:
+                    for partition in range(settings.partitions):
+                        producer.produce(topic, key, value, partition=partition)
+                for topic, key, value in latest:
+                    producer.produce(topic, key, value)
+                producer.commit()
+                return
+            except Aborted as exc:  # rolled back whole: nothing of it is visible; send it again
+                producer.abort()
+                if attempt == PUBLISH_ATTEMPTS:
+                    raise
+                log.warning("publish by %s rolled back (%s); again", publisher, exc)
+                time.sleep(0.2 * attempt)
     finally:
         producer.close()
 

@@ -11,6 +11,13 @@ moment it starts (``init_transactions`` aborts whatever the predecessor left ope
 ids of slots that left the group (engine.runtime.runner), so a zombie's open transaction is aborted at once
 instead of holding readers back until the transaction timeout.
 
+Every record of a transaction must come back from the broker with an offset before the transaction commits.
+librdkafka acknowledges a batch "implicitly" when a later batch of the same partition succeeds after the first
+failed with a retriable error (seen here on a partition whose leader was still being elected: the first batch
+was never written, the second was, and both were reported delivered, the first without an offset). A record
+reported without an offset, or with an error, makes ``commit`` roll the transaction back instead (``Aborted``),
+so the batch is sent again whole: a committed transaction never misses a record.
+
 Errors come back as two kinds: :class:`Aborted` (the transaction was rolled back and may be tried again, or the
 batch given up — ``rebalance`` says whether the group moved on) and :class:`Fenced` (this producer is finished:
 make a new one). A produce the client refuses outright (a record over the size limit) is :class:`Refused`.
@@ -87,6 +94,7 @@ class TxnProducer:
         self._p = Producer(conf)
         self.fenced = False
         self.open = False
+        self._unconfirmed: list[str] = []  # records of the open transaction without a confirmed offset
 
     def init(self) -> None:
         """Take the transactional id: fences every earlier holder and aborts its open transaction."""
@@ -104,6 +112,7 @@ class TxnProducer:
 
     def begin(self, info: Any = None) -> None:
         """Start a transaction. ``info`` says what it will hold (read by a fault-injecting wrapper only)."""
+        self._unconfirmed = []
         try:
             self._p.begin_transaction()
             self.open = True
@@ -125,8 +134,7 @@ class TxnProducer:
             kwargs["partition"] = partition
         if headers:
             kwargs["headers"] = list(headers)
-        if on_delivery is not None:
-            kwargs["on_delivery"] = on_delivery
+        kwargs["on_delivery"] = self._confirm if on_delivery is None else self._confirm_then(on_delivery)
         while True:
             try:
                 self._p.produce(topic, **kwargs)
@@ -139,6 +147,17 @@ class TxnProducer:
                     raise Refused(f"{topic}: record of {len(value or b'')} bytes refused: {err.str()}") from None
                 raise self._classify(exc, "produce") from None
 
+    def _confirm(self, err: Any, msg: Any) -> None:
+        if err is not None or msg.offset() is None or msg.offset() < 0:
+            self._unconfirmed.append(f"{msg.topic()}/{msg.partition()}: {err or 'no offset'}")
+
+    def _confirm_then(self, callback: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
+        def on_delivery(err: Any, msg: Any) -> None:
+            self._confirm(err, msg)
+            callback(err, msg)
+
+        return on_delivery
+
     def send_offsets(self, offsets: list[TopicPartition], group_metadata: Any) -> None:
         """Make the input offsets part of the transaction (checked against the group's generation)."""
         try:
@@ -150,6 +169,11 @@ class TxnProducer:
         """Flush and commit. Returns only when every record of the transaction is acknowledged and the
         transaction is committed — the one durability barrier a batch needs."""
         deadline = time.monotonic() + self.timeout_s
+        left = self._p.flush(self.timeout_s)  # every delivery report is in before the commit is asked for
+        if left or self._unconfirmed:
+            what = f"{left} record(s) not delivered" if left else f"{len(self._unconfirmed)} record(s) unconfirmed"
+            example = f" (e.g. {self._unconfirmed[0]})" if self._unconfirmed else ""
+            raise Aborted(f"{self.txn_id}: {what}{example}: the transaction is rolled back")
         while True:
             try:
                 self._p.commit_transaction(max(1.0, deadline - time.monotonic()))

@@ -143,6 +143,24 @@ class PartitionWork:
         raw = self.get(table, key)
         return None if raw is None else wire.decode_state(raw, typ)
 
+    def scan(self, table: str, prefix: str | bytes) -> list[tuple[bytes, bytes]]:
+        """Every live entry of ``table`` whose key starts with ``prefix``, in key order, this transaction's writes
+        included. It reads the whole partition of the table: for rare events (a layout change), not per record."""
+        raw = prefix.encode() if isinstance(prefix, str) else prefix
+        found = {key: value for key, value in self.stores[table].items(self.partition) if key.startswith(raw)}
+        for key, value in self.writes.get(table, {}).items():
+            if key.startswith(raw):
+                if value is None:
+                    found.pop(key, None)
+                else:
+                    found[key] = value
+        live = []
+        for key in sorted(found):
+            expires = self._expiry_of(table, key)
+            if expires is None or expires > self.watermark:
+                live.append((key, found[key]))
+        return live
+
     def put(self, table: str, key: str | bytes, value: bytes | msgspec.Struct, expires_at: int | None = None) -> None:
         raw = key.encode() if isinstance(key, str) else key
         data = value if isinstance(value, bytes) else wire.encode(value)

@@ -225,3 +225,40 @@ def test_a_reallocated_parcel_joins_the_order_s_group_once_per_line() -> None:
     (shipment,) = run(inbox)[TOPICS.shipments]
     assert sorted(ln.line_id for ln in shipment.lines) == ["o1#0", "o1#7/r"]
     assert shipment.reply_to == "acme:s1:b-b"
+
+
+def test_shipments_released_before_any_layout_wait_one_key_each_and_wave_once_a_layout_comes() -> None:
+    """A warehouse with no layout yet cannot wave: its shipments wait in their own keys (its state only counts
+    them, so a day of them never makes one huge record), and the first layout that has the warehouse waves them
+    all, once — a SKU without a bin keeps its shipment waiting for the next layout version."""
+    from agents.fulfilment.agent import BLOCKED, WAREHOUSES, WarehouseState
+
+    inbox = Inbox()
+    for n in range(40):
+        inbox.add(parcel(n, 1_000 + n), 1_000 + n)
+    inbox.add(parcel(99, 1_500, skus=("SKU-NOBIN",)), 1_500)
+    for t in range(2_000, 700_000, 50_000):
+        inbox.add(Tick(ts=t), t, key=None)
+    inbox.add(Tick(ts=700_000), 700_000, key=None)  # every window is over: 41 shipments, no layout to wave them
+    before = len(inbox.records)
+    inbox.add(LayoutVersion(layout=layout(window_s=600)), 701_000, key="acme")
+    for t in (702_000, 703_000, 710_000):
+        inbox.add(Tick(ts=t), t, key=None)
+    logic = FulfilmentLogic(TOPICS, PARTITIONS, retention_ms=7 * 86_400_000)
+    replay = Replay(logic, "t.dead-letters")
+    outputs = replay.run(inbox.records[:before], batch=7)
+    waiting = replay.state.stores[BLOCKED].partitions[P]
+    state = wire.decode_state(replay.state.stores[WAREHOUSES].partitions[P][KEY.encode()], WarehouseState)
+    assert len(waiting) == 41 and state.blocked == 41 and not state.book.groups
+    assert len(replay.state.stores[WAREHOUSES].partitions[P][KEY.encode()]) < 300, "the warehouse record stays small"
+    assert not [o for o in outputs if o.topic == TOPICS.waves]
+    outputs += replay.run(inbox.records, batch=3)
+    waved = Counter(sid for o in outputs if o.topic == TOPICS.waves for sid in wire.decode(o.value, Wave).shipment_ids)
+    shipments = [wire.decode(o.value, Shipment) for o in outputs if o.topic == TOPICS.shipments]
+    assert len(shipments) == 41
+    assert set(waved.values()) == {1} and set(waved) == {s.shipment_id for s in shipments if s.order_ids != ["o99"]}
+    state = wire.decode_state(replay.state.stores[WAREHOUSES].partitions[P][KEY.encode()], WarehouseState)
+    assert state.blocked == 1 and state.blocked_version == 1, "the shipment with a SKU without a bin still waits"
+    assert [k.decode().rsplit(":", 1)[-1] for k in replay.state.stores[BLOCKED].partitions[P]] == [
+        s.shipment_id for s in shipments if s.order_ids == ["o99"]
+    ]

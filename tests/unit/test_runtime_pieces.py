@@ -183,3 +183,58 @@ def test_mid_send_fires_when_half_the_records_are_handed_over(monkeypatch: pytes
         if n == 0:
             assert fired == []
     assert fired == [3], "after the second of four sends (begin + 2 produces)"
+
+
+# -- the transactional producer's delivery check ------------------------------------------------------------
+class FakeLibProducer:
+    """Stands in for confluent-kafka's Producer: reports each record's delivery as told, commits on request."""
+
+    def __init__(self, offsets: list[int | None]) -> None:
+        self.offsets = offsets
+        self.pending: list[Any] = []
+        self.calls: list[str] = []
+
+    def begin_transaction(self) -> None:
+        self.calls.append("begin")
+
+    def produce(self, topic: str, **kwargs: Any) -> None:
+        self.pending.append((topic, kwargs))
+
+    def flush(self, timeout: float = 0) -> int:
+        for (topic, kwargs), offset in zip(self.pending, self.offsets, strict=False):
+            msg = type("Msg", (), {"offset": lambda _s, o=offset: o, "topic": lambda _s, t=topic: t,
+                                   "partition": lambda _s: 0})()  # fmt: skip
+            kwargs["on_delivery"](None, msg)
+        self.pending.clear()
+        return 0
+
+    def commit_transaction(self, timeout: float) -> None:
+        self.calls.append("commit")
+
+    def abort_transaction(self, timeout: float) -> None:
+        self.calls.append("abort")
+
+
+def test_a_record_acknowledged_without_an_offset_rolls_the_transaction_back_instead_of_committing() -> None:
+    """librdkafka reports a batch "implicitly acknowledged" (no offset) when a later batch of its partition
+    succeeded after it failed; seen here with the earlier batch never written. Such a transaction must not commit."""
+    from engine.kafka.transactions import TxnProducer
+
+    producer = TxnProducer("127.0.0.1:1", "test.guard")
+    producer._p = FakeLibProducer([5, None, 7])  # type: ignore[assignment]
+    seen: list[int | None] = []
+    producer.begin()
+    producer.produce("t", b"k", b"a")
+    producer.produce("t", b"k", b"b", on_delivery=lambda err, msg: seen.append(msg.offset()))
+    producer.produce("t", b"k", b"c")
+    with pytest.raises(Aborted, match="unconfirmed"):
+        producer.commit()
+    assert producer._p.calls == ["begin"] and seen == [None], "never committed; the caller's callback still called"
+    producer.abort()
+    assert producer._p.calls == ["begin", "abort"]
+    producer._p = FakeLibProducer([8, 9])  # type: ignore[assignment]
+    producer.begin()
+    producer.produce("t", b"k", b"a")
+    producer.produce("t", b"k", b"b")
+    producer.commit()
+    assert producer._p.calls == ["begin", "commit"]
