@@ -51,6 +51,8 @@ def check_shipping(
             errors[(answer.tenant, answer.parcel_id)] += 1
     shipped_count = Counter((s.tenant, s.shipment_id) for s in out.shipped)
     failed_count = Counter((f.tenant, f.shipment_id) for f in out.shipping_failures)
+    shipped_by_ref = {(s.tenant, s.shipment_id): s for s in out.shipped}  # one pass: a day has 100k of them
+    failure_by_ref = {(f.tenant, f.shipment_id): f for f in out.shipping_failures}
     # S1
     owner: dict[tuple[str, str], str] = {}
     for shipped in {(s.tenant, s.shipment_id): s for s in out.shipped}.values():
@@ -77,11 +79,11 @@ def check_shipping(
             v.fail("S2", f"{ref[1]} was picked; it shipped {ships}x and failed {fails}x (once, one of them)")
             continue
         if fails:
-            failure = next(f for f in out.shipping_failures if (f.tenant, f.shipment_id) == ref)
+            failure = failure_by_ref[ref]
             if not errors[(failure.tenant, failure.parcel_id)]:
                 v.fail("S2", f"{ref[1]} failed on {failure.parcel_id}, for which no carrier ever answered an error")
             continue
-        shipped = next(s for s in out.shipped if (s.tenant, s.shipment_id) == ref)
+        shipped = shipped_by_ref[ref]
         got: dict[str, int] = defaultdict(int)
         for parcel in shipped.parcels:
             for ln in parcel.lines:

@@ -222,6 +222,8 @@ def main_job(base: Settings, opts: RunOptions) -> int:
         stall = opts.stall_s or max(180.0, 3 * settings.session_timeout_s + 60)
         held = follow(console, monitor, expected, stall, "deciding orders", count_held=True)
         phases["decide"] = monitor.last_change - start
+        drain = DrainClock(settings, topics, since=monitor.last_change)
+        drain.start()  # how long each stage takes to catch up after the last decision
         operator_start = time.monotonic()
         with console.status("Resolving held orders through the API (release half, reject half)…"):
             resolved, actions = asyncio.run(resolve_holds(settings, creds, workers, expected=held))
@@ -248,6 +250,7 @@ def main_job(base: Settings, opts: RunOptions) -> int:
                 inputs.picks.extend(picking.sent)
                 inputs.fulfilment_complete = settled[0]
                 wait_idle(settings, engine_inputs(topics), pool)  # the last short-pick commands applied
+        drained = drain.stop()
         after = aftersales_day(console, settings, topics, creds, workers, opts.seed, pool, desk, inputs)
         phases["aftersales"] = after.seconds
         stuck = stuck_sagas(pool)
@@ -267,6 +270,9 @@ def main_job(base: Settings, opts: RunOptions) -> int:
         summary["ok"] = summary["ok"] and summary["books"]["postgres"].get("agrees", False)
         # where the day's time went: sending it, deciding every order not held, the operator pass on the holds
         summary["phases_s"] = {k: round(v, 1) for k, v in phases.items()}
+        # seconds from the last decision until each stage and gateway first had nothing left to read (None: not
+        # within the day's fulfilment and picking)
+        summary["drained_after_s"] = drained
         print_report(summary, console)
         print(json.dumps(summary, ensure_ascii=False), flush=True)
         return 0 if summary["ok"] else 1
@@ -506,6 +512,65 @@ def wait_idle(settings: Settings, inputs: list[str], pool: WorkerPool | None = N
     raise RunFailed(f"engine still has unprocessed input after {timeout_s:.0f}s: {left}")
 
 
+class DrainClock(threading.Thread):
+    """After the last decision: how long each stage (and each gateway) took to have nothing left to read.
+
+    Every second it compares each consumer group's committed offsets (stages commit theirs in every transaction)
+    with the last stable offsets of its input topics; a part counts as drained the first time what lies between
+    is no more than the commit markers a transactional writer leaves (a couple per partition)."""
+
+    def __init__(self, settings: Settings, topics: Topics, since: float) -> None:
+        super().__init__(name="oms-drain-clock", daemon=True)
+        self.settings, self.since = settings, since
+        app = settings.app_id
+        self.parts: dict[str, tuple[str, list[str]]] = {
+            "ingest": (app, list(topics.raw.values())),
+            "orders": (app, [topics.order_inbox]),
+            "inventory": (app, [topics.inventory_commands]),
+            "fulfilment": (app, [topics.fulfilment_inbox]),
+            "shipping": (app, [topics.shipping_inbox]),
+            "tracking": (app, [topics.tracking_inbox]),
+            "aftersales": (app, [topics.aftersales_inbox]),
+            "ledger": (app, [topics.ledger_inbox]),
+            **{name: (f"{app}-{name}", [requests]) for _, name, requests in gateways(topics)},
+        }
+        self.drained_s: dict[str, float] = {}
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        from confluent_kafka import ConsumerGroupTopicPartitions, IsolationLevel, TopicPartition
+        from confluent_kafka.admin import OffsetSpec
+
+        from engine.kafka.admin import admin
+
+        client = admin(self.settings.bootstrap, quiet=True)
+        slack = 2 * self.settings.partitions
+        while len(self.drained_s) < len(self.parts) and not self._stop_event.is_set():
+            for name, (group, topics) in self.parts.items():
+                if name in self.drained_s:
+                    continue
+                tps = [TopicPartition(t, p) for t in topics for p in range(self.settings.partitions)]
+                try:
+                    fut = client.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, tps)])[group]
+                    committed = {(tp.topic, tp.partition): max(0, tp.offset) for tp in fut.result().topic_partitions}
+                    ends = client.list_offsets(
+                        {tp: OffsetSpec.latest() for tp in tps}, isolation_level=IsolationLevel.READ_COMMITTED
+                    )
+                    lag = sum(
+                        max(0, f.result().offset - committed.get((tp.topic, tp.partition), 0)) for tp, f in ends.items()
+                    )
+                except Exception:  # a broker hiccup: look again next second
+                    continue
+                if lag <= slack:
+                    self.drained_s[name] = round(max(0.0, time.monotonic() - self.since), 1)
+            self._stop_event.wait(1.0)
+
+    def stop(self) -> dict[str, float | None]:
+        self._stop_event.set()
+        self.join(timeout=10)
+        return {name: self.drained_s.get(name) for name in self.parts}
+
+
 def gateways(topics: Topics) -> list[tuple[str, str, str]]:
     """(the inbox its answers go to, the gateway's name, the topic of its requests) of each gateway."""
     return [
@@ -688,6 +753,11 @@ def print_report(s: dict[str, Any], console: Console) -> None:
             "(order in → decision; the whole day is sent at once, so this is mostly queueing)",
         ),
         ("workers", f"{s['workers']} processes · {s['partitions']} partitions · startup {s['startup_s']} s"),
+        (
+            "drained after",
+            " · ".join(f"{k} {'–' if v is None else f'{v:.0f} s'}" for k, v in s.get("drained_after_s", {}).items())
+            + " (after the last decision)",
+        ),
         ("restarts", restarts or "none"),
         ("chaos", chaos or "none"),
         ("stuck sagas", f"{s.get('stuck_sagas', 0)}"),

@@ -63,14 +63,14 @@ UNASSIGNED_CARRIER = "unassigned"  # a warehouse with no layout yet: its waves w
 
 @dataclass
 class WarehouseState:
-    """Per warehouse: where the merge clock stands and the wave groups (each at most a wave's worth). Shipments
-    that cannot be waved yet — no layout with this warehouse, or a SKU without a bin — are kept one key each in
-    the ``blocked-shipments`` table, counted here: a warehouse's own record stays small however many wait."""
+    """Per warehouse: where the merge clock stands. Every parcel reads it, so it stays small: the wave groups
+    (each at most a wave's worth of shipments) are a record of their own (``<tenant>:<warehouse>:book``), read only
+    when shipments are released, and shipments that cannot be waved yet — no layout with this warehouse, or a SKU
+    without a bin — are kept one key each in the ``blocked-shipments`` table, counted here."""
 
     tenant: str
     warehouse: str
     clock_s: int  # merge buckets up to this second have been released
-    book: waves.WaveBook
     blocked: int = 0  # shipments waiting in ``blocked-shipments``
     blocked_version: int = 0  # the layout version they were last tried with (0: no layout had this warehouse)
 
@@ -245,20 +245,28 @@ class FulfilmentLogic(Logic):
             for pending in arrivals:  # they wait for a layout that has their warehouse
                 self._block(work, state, pending, 0)
             return
+        book_key = self._book_key(state)
+        book = work.get_as(WAREHOUSES, book_key, waves.WaveBook)
+        retry = bool(state.blocked) and state.blocked_version != layout.version
+        if not arrivals and not retry and (book is None or not book.groups):
+            return  # nothing waits to be waved
+        if book is None:
+            book = waves.WaveBook(state.tenant, state.warehouse)
         waiting = arrivals
-        if state.blocked and state.blocked_version != layout.version:
+        if retry:
             waiting = self._unblock(work, state) + arrivals  # a new layout: try every waiting shipment again
-        known = {p.shipment.shipment_id: p.shipment for items in state.book.groups.values() for p in items}
+        known = {p.shipment.shipment_id: p.shipment for items in book.groups.values() for p in items}
         known.update((p.shipment.shipment_id, p.shipment) for p in waiting)
         released = []
         for pending in waiting:
             try:
-                released += waves.add_shipment(state.book, layout, pending.shipment, pending.arrived_ts)
+                released += waves.add_shipment(book, layout, pending.shipment, pending.arrived_ts)
             except waves.LayoutError as exc:
                 self._block(work, state, pending, layout.version)
                 work.note("shipment_without_bin")
                 log.warning("fulfilment: %s waits for a layout change: %s", pending.shipment.shipment_id, exc)
-        released += waves.release_due(state.book, layout, now)
+        released += waves.release_due(book, layout, now)
+        work.put(WAREHOUSES, book_key, wire.encode(book))
         for wave, pick_lists in released:
             work.emit(self.topics.waves, wave.key, wave)
             lists_of: dict[str, set[str]] = {}
@@ -461,11 +469,15 @@ class FulfilmentLogic(Logic):
         key = f"{tenant}:{warehouse}"
         state = work.get_as(WAREHOUSES, key, WarehouseState)
         if state is None:
-            state = WarehouseState(tenant, warehouse, ts // 1000 - 1, waves.WaveBook(tenant, warehouse))
+            state = WarehouseState(tenant, warehouse, ts // 1000 - 1)
             known = self._warehouses(work, p)
             work.put(WAREHOUSES, f"p{p}", wire.encode(sorted({*known, key})))
             self._put_warehouse(work, state)
         return state
+
+    @staticmethod
+    def _book_key(state: WarehouseState) -> str:
+        return f"{state.tenant}:{state.warehouse}:book"
 
     def _put_warehouse(self, work: PartitionWork, state: WarehouseState) -> None:
         work.put(WAREHOUSES, f"{state.tenant}:{state.warehouse}", wire.encode(state))

@@ -62,6 +62,8 @@ class StageStats:
     reseeks: int = 0  # assignments where the group's committed offset was not the state's position
     gaps: int = 0
     transactions: int = 0  # transactions this stage had records in
+    produced: int = 0  # output records (result topics, other stages' inputs, dead letters)
+    changelog: int = 0  # changelog records of its tables, positions included
     aborted: int = 0
     fenced: int = 0
     dead_letters: int = 0
@@ -252,6 +254,8 @@ class Stage:
         stats, work, records = self.stats, unit.work, unit.records
         stats.transactions += 1
         stats.admitted += len(records)
+        stats.produced += len(work.outputs)
+        stats.changelog += len(unit.positions) + sum(len(w) for w in work.writes.values())
         stats.dead_letters += len(work.dead_letters)
         stats.purged += unit.purged
         for what, n in work.notes.items():
