@@ -168,9 +168,9 @@ def _measure_engine(
         }
         summary = fulfilment_summary(outputs, inputs.fulfilment_complete)
         fulfilment.update({k: summary[k] for k in ("orders_split", "orders_shipped", "parcels_per_order")})
-    stages = [st for w in stats for st in w.get("stages", {}).values()]
-    transactions = sum(st.get("transactions", 0) for st in stages)
-    commit_ms = sum(st.get("commit_ms_sum", 0.0) for st in stages)
+    runtimes = [w.get("runtime", {}) for w in stats]
+    transactions = sum(r.get("transactions", 0) for r in runtimes)  # one per batch per worker
+    commit_ms = sum(r.get("commit_ms_sum", 0.0) for r in runtimes)
     return {
         "what": "engine",
         "orders": unique,
@@ -183,11 +183,31 @@ def _measure_engine(
         "workers": workers,
         "transactions": transactions,
         "commit_ms_mean": round(commit_ms / max(1, transactions), 2),
-        "fenced": sum(st.get("fenced", 0) for st in stages),
+        "fenced": sum(st.get("fenced", 0) for w in stats for st in w.get("stages", {}).values()),
+        # what each stage read, sent and wrote to its changelogs per decided order (summed over the workers)
+        "records_per_order": records_per_order(stats, len(decided)),
         # CPU per decided order, in ms: what the two cores spend, and on which side
         "cpu_ms_per_order": {k: round(1000 * v / max(1, len(decided)), 2) for k, v in used.items()},
         **fulfilment,
     }
+
+
+def records_per_order(stats: list[dict], orders: int) -> dict[str, dict[str, float]]:
+    """Per stage: records consumed, produced (outputs) and written to changelogs, per order, from /oms/stats/."""
+    totals: dict[str, dict[str, int]] = {}
+    for worker in stats:
+        for name, st in worker.get("stages", {}).items():
+            into = totals.setdefault(name, {"consumed": 0, "produced": 0, "changelog": 0})
+            into["consumed"] += st.get("admitted", 0)
+            into["produced"] += st.get("produced", 0)
+            into["changelog"] += st.get("changelog", 0)
+    out = {
+        name: {k: round(v / max(1, orders), 2) for k, v in t.items()} for name, t in totals.items() if any(t.values())
+    }
+    out["all"] = {
+        k: round(sum(t[k] for t in totals.values()) / max(1, orders), 2) for k in ("consumed", "produced", "changelog")
+    }
+    return out
 
 
 MEASUREMENTS = [
@@ -231,7 +251,9 @@ def _valid(row: dict) -> bool:
     return why_invalid(row) is None
 
 
-def run_pipeline(settings: Settings, orders_n: int, reps: int, seed: int, workers: int) -> dict:
+def run_pipeline(
+    settings: Settings, orders_n: int, reps: int, seed: int, workers: int, only: set[str] | None = None
+) -> dict:
     from bench import baselines
     from bench.peers import kstreams
 
@@ -250,6 +272,8 @@ def run_pipeline(settings: Settings, orders_n: int, reps: int, seed: int, worker
         ),
         "engine": lambda: measure_engine(settings, workload, orders, workers),
     }
+    if only:
+        runs = {name: run for name, run in runs.items() if name in only}
     return measure_all(runs, reps, orders_n, seed, workers, settings.partitions)
 
 
@@ -262,6 +286,8 @@ def measure_all(
     rows: list[dict] = []
     for rep in range(reps):
         for what, _label in MEASUREMENTS:
+            if what not in runs:  # --only
+                continue
             row = attempt(runs[what], {"rep": rep, "what": what}, why_invalid)
             row.setdefault("orders_per_s", None)
             rows.append(row)
@@ -402,7 +428,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--profile", action="store_true", help="one more engine run sampled with py-spy")
     p.add_argument("--no-markdown", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    p.add_argument(
+        "--only",
+        default="",
+        help="comma-separated measurements to run (e.g. engine,kstreams_eos_v2); implies --no-markdown",
+    )
     args = p.parse_args(argv)
+    only = {m.strip() for m in args.only.split(",") if m.strip()}
+    unknown = only - {name for name, _ in MEASUREMENTS}
+    if unknown:
+        p.error(f"unknown measurement(s) {sorted(unknown)}; choose from {[name for name, _ in MEASUREMENTS]}")
+    args.no_markdown = args.no_markdown or bool(only)
     settings = Settings.from_env()
     servers = LocalServers(settings)
     try:
@@ -413,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         rows: list[dict] = []
         ok = True
         if args.reps > 0:
-            result = run_pipeline(settings, args.orders, args.reps, args.seed, args.workers)
+            result = run_pipeline(settings, args.orders, args.reps, args.seed, args.workers, only)
             rows += result["rows"]
             ok = result["summary"]["engine_ok"]
             save_result("pipeline", result["summary"])
