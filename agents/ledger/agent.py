@@ -5,7 +5,9 @@ Reads the ledger inbox, books each business event with agents.ledger.core under 
 versioned record in the log, one copy per partition; the standard chart, 13 % VAT and revenue at shipment until
 one is published), and publishes the vouchers (``vouchers``) and reconciliation results (``reconciliations``).
 Each partition keeps its share of every tenant's trial balance (试算平衡表) in a table; after each committed
-transaction it is written to Redis, where ``GET /api/v1/{tenant}/trial-balance`` sums the partitions.
+transaction it is written to Redis, where ``GET /api/v1/{tenant}/trial-balance`` sums the partitions. A share is
+written only if newer (engine.readmodels.versioned): its version is the offset of the ledger-inbox record that
+last changed it, or, in a rebuild from the table, the partition's stored position minus one.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from agents.ledger.core import OrderBook, book
 from engine.app import context
 from engine.readmodels.redis import ERRORS, Keys
 from engine.readmodels.sync import ReadModelSync
+from engine.readmodels.versioned import VersionedHash
 from engine.runtime.stage import Stage
 from engine.runtime.work import Input, Logic, PartitionWork
 from engine.topics import Topics
@@ -70,6 +73,7 @@ class LedgerLogic(Logic):
         self.sync: ReadModelSync | None = None
         self.stage: Stage | None = None
         self._pending: set[asyncio.Future] = set()
+        self._hashes: VersionedHash | None = None
 
     def process(self, work: PartitionWork, record: Input) -> None:
         try:
@@ -103,7 +107,7 @@ class LedgerLogic(Logic):
                 work.emit(self.topics.vouchers, voucher.key, voucher)
             encoded = wire.encode(balance)
             work.put(BALANCES, balance_key, encoded)
-            work.side_effects.append((tenant, encoded))
+            work.side_effects.append((tenant, encoded, record.offset))
             work.note("vouchers", len(step.vouchers))
         for result in step.results:
             work.emit(self.topics.reconciliations, result.key, result)
@@ -125,18 +129,21 @@ class LedgerLogic(Logic):
     def after_commit(self, partition: int, side_effects: list[Any]) -> None:
         if self.redis is None or not side_effects:
             return
-        latest = dict(side_effects)  # tenant -> its balance after the transaction's last voucher
+        # tenant -> its balance after the transaction's last voucher, versioned by that record's offset
+        latest = {tenant: (offset, encoded) for tenant, encoded, offset in side_effects}
         future = asyncio.ensure_future(self._write(partition, latest))
         self._pending.add(future)
         future.add_done_callback(self._pending.discard)
 
-    async def _write(self, partition: int, balances: dict[str, bytes]) -> bool:
+    async def _write(self, partition: int, balances: dict[str, tuple[int, bytes]]) -> bool:
+        """Each tenant's share of ``partition`` (tenant -> (version, balance)), where newer than Redis's."""
         assert self.keys is not None
-        pipe = self.redis.pipeline(transaction=False)
-        for tenant, encoded in balances.items():
-            pipe.hset(self.keys.trial_balance(tenant), f"p{partition}", encoded)
+        if self._hashes is None:
+            self._hashes = VersionedHash(self.redis)
+        field = f"p{partition}"
+        writes = {self.keys.trial_balance(t): [(field, version, encoded)] for t, (version, encoded) in balances.items()}
         try:
-            await pipe.execute()
+            await self._hashes.apply_many(writes)
             return True
         except ERRORS as exc:
             log.warning("trial balance not written to Redis (%s); rebuilt when it answers again", exc)
@@ -145,13 +152,15 @@ class LedgerLogic(Logic):
             return False
 
     async def rebuild(self, partition: int) -> bool:
-        """Write this partition's share of every tenant's trial balance again from the table."""
+        """Write this partition's share of every tenant's trial balance again from the table, at the stored
+        position minus one (read before the table, which therefore covers at least that much)."""
         if self.stage is None or self.redis is None:
             return True
+        version = self.stage.stored_next_offset(self.inputs[0], partition) - 1
         balances = {}
         for _key, value in self.stage.store(BALANCES).items(partition):
             balance = wire.decode_state(value, TrialBalance)
-            balances[balance.tenant] = value
+            balances[balance.tenant] = (version, value)
         return await self._write(partition, balances) if balances else True
 
 

@@ -3,7 +3,9 @@
 Reads the order inbox (key: the buyer key ``tenant:shop:b-<buyer>``) — channel snapshots, operator actions,
 the inventory's line results, rule and layout versions, fulfilment's short picks — and writes review decisions,
 order decisions, cancellations, short-pick outcomes and inventory commands. The holds list in Redis is a read
-model written after each commit and rebuilt from the ``orders`` table when needed.
+model written after each commit and rebuilt from the ``orders`` table when needed, only ever if newer: each change
+carries the offset of the inbox record that made it, a rebuild the partition's stored position minus one
+(engine.readmodels.holds).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import faust
 from agents.orders.core import HoldEntry, OrderRules, Stamp, hold_summary
 from agents.orders.state import BuyerState, OrderState, Phase, RulesState
 from engine.app import context
-from engine.readmodels.holds import HoldsModel
+from engine.readmodels.holds import Change, Held, HoldsModel
 from engine.readmodels.sync import ReadModelSync
 from engine.runtime.stage import Stage
 from engine.runtime.work import Input, Logic, PartitionWork
@@ -162,6 +164,8 @@ class OrderLogic(Logic):
             work.emit(self.routes[type(out)], out.key, out)
             if isinstance(out, OrderOpened):
                 work.emit(self.ledger_inbox, out.key, out)
+        for hold in step.holds:
+            hold.version = record.offset  # an order lives in one inbox partition: its versions only grow
         work.side_effects.extend(step.holds)
         if step.note:
             work.note(step.note)
@@ -192,20 +196,33 @@ class OrderLogic(Logic):
                     self.waiting.pop(key, None)
         if self.holds is None:
             return
-        changes = [(e.tenant, e.order_id, e.summary) for e in side_effects if isinstance(e, HoldEntry)]
+        changes: list[Change] = []
+        for e in side_effects:
+            if isinstance(e, HoldEntry):
+                assert e.version is not None, "a hold change without the offset that made it"
+                changes.append((e.tenant, e.order_id, e.summary, e.version))
+        if not changes:
+            return
         future = asyncio.ensure_future(self._apply_holds(partition, changes))
         self._pending.add(future)
         future.add_done_callback(self._pending.discard)
 
-    async def _apply_holds(self, partition: int, changes: list[tuple[str, str, dict[str, Any] | None]]) -> None:
+    async def _apply_holds(self, partition: int, changes: list[Change]) -> None:
         assert self.holds is not None
         if not await self.holds.apply(partition, changes) and self.sync is not None:
             self.sync.mark_dirty("holds", {partition})
 
     async def rebuild_holds(self, partition: int) -> bool:
-        """Write the holds list of one partition again from the ``orders`` table."""
+        """Write the holds list of one partition again from the ``orders`` table, at the stored position."""
         if self.holds is None or self.stage is None:
             return True
+        # The position first, the scan after (engine.readmodels.holds): the scan covers at least the position.
+        position = self.stage.stored_next_offset(self.inputs[0], partition)
+        return await self.holds.replace_partition(partition, position, lambda: self._held(partition))
+
+    def _held(self, partition: int) -> list[Held]:
+        """The held orders of one partition, from the ``orders`` table (and the sagas it shows waiting)."""
+        assert self.stage is not None
         held = []
         now = time.monotonic()
         for _key, value in self.stage.store(ORDERS).items(partition):
@@ -214,7 +231,7 @@ class OrderLogic(Logic):
                 held.append((state.tenant, state.order_id, hold_summary(state)))
             if state.phase is Phase.RESERVING:
                 self.waiting.setdefault(state.key, (partition, now))
-        return await self.holds.replace_partition(partition, held)
+        return held
 
 
 def install(app: faust.App, holds: HoldsModel | None = None, sync: ReadModelSync | None = None) -> Stage:

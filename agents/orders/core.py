@@ -94,11 +94,14 @@ STAGE = "orders"
 
 @dataclass(slots=True)
 class HoldEntry:
-    """A change of the holds read model (Redis), applied after the transaction commits."""
+    """A change of the holds read model (Redis), applied after the transaction commits, only if newer than what
+    Redis shows for the order (engine.readmodels.holds)."""
 
     tenant: str
     order_id: str
     summary: dict[str, Any] | None  # None: no longer held
+    #: the offset of the order-inbox record whose processing made the change (set by the stage, which knows it)
+    version: int | None = None
 
 
 @dataclass(slots=True)

@@ -2,6 +2,10 @@
 
 Used to refuse lines with unknown SKUs at the edge. An empty or unreachable catalog checks nothing: the
 inventory agent still refuses to reserve a SKU it has no stock record for.
+
+Unlike the holds list and the trial balance (engine.readmodels.versioned), it is not versioned: it only ever
+adds SKUs to a set, and adding is idempotent and commutes, so late, repeated or reordered writes — a worker that
+lost its partition, a rebuild racing newer commits — all end in the same set. Nothing is ever removed from it.
 """
 
 from __future__ import annotations

@@ -3,8 +3,17 @@
 A stage updates its read models after each committed transaction. Those updates can be missed (Redis down, a
 worker killed between its commit and the update, a partition that changed owner), and Redis can restart empty.
 So each read model registers a ``rebuild(partition)`` that writes it again from the stage's state; it runs for a
-partition after the partition is assigned here, after a failed update, and for every owned partition when
-Redis restarted (a token in Redis is gone). Redis therefore delays the operators' view, never stops it.
+partition after the partition is assigned here (``mark_dirty``: the previous owner may have left it behind),
+after a failed update, and for every owned partition when Redis restarted (a token in Redis is gone). Redis
+therefore delays the operators' view, never stops it.
+
+Updates and rebuilds race — a worker that lost the partition may still be flushing older updates after the new
+owner's rebuild, a rebuild reads the state while newer transactions commit — so a read model whose entries can
+change or disappear is **written only if newer, by source position** (engine.readmodels.versioned): an update
+carries the input offset of the record that produced it, a rebuild the partition's stored position minus one,
+read before the state is scanned; Redis keeps each entry's newest version whatever order the writes arrive in.
+The holds list and the trial balance are written so; the catalog only ever adds SKUs to a set, where order does
+not matter.
 """
 
 from __future__ import annotations
