@@ -212,8 +212,10 @@ def _opened(new: OrderBook | None, opened: OrderOpened, policy: LedgerPolicy, ve
 
 
 def _gross(new: OrderBook, issued: GoodsIssued) -> tuple[int, list[str]]:
-    """What the buyer paid for the units of this goods issue: each line's paid amount pro rata to its units; the
-    units that complete a line take what is left of it (never a fen lost or billed twice)."""
+    """What the buyer paid for the units of this goods issue: each line's paid amount pro rata to its units,
+    allocated on the units shipped so far (the line's share of everything shipped, rounded, less what was billed
+    before), so every part is at least 0 and the units that complete a line take exactly what is left of it:
+    never a fen lost, billed twice, or billed back (4 units paid 2 fen, shipped one by one: 1, 0, 1, 0)."""
     gross, unknown = 0, []
     for packed in issued.lines:
         root = root_line(packed.line_id)
@@ -228,7 +230,7 @@ def _gross(new: OrderBook, issued: GoodsIssued) -> tuple[int, list[str]]:
         if billed.units + units == sold.quantity:
             amount = sold.paid_fen - billed.gross_fen
         else:
-            amount = round_half_up(sold.paid_fen * units, sold.quantity)
+            amount = round_half_up(sold.paid_fen * (billed.units + units), sold.quantity) - billed.gross_fen
         new.billed[root] = Billed(billed.units + units, billed.gross_fen + amount)
         gross += amount
     return gross, unknown

@@ -245,8 +245,10 @@ class Stage:
         """After the commit: the local stores get the bytes the changelogs now hold."""
         partition, work = unit.partition, unit.work
         offsets = {name: changelog_offsets.get((t.changelog, partition)) for name, t in self.tables.items()}
-        self.store(self.positions_table).apply(partition, unit.positions, offsets[self.positions_table])  # type: ignore[arg-type]
         apply_locally(work, {name: o for name, o in offsets.items() if o is not None})
+        # The position last: whoever reads it (a read model's rebuild, on the event loop) then finds the tables at
+        # least as new as the position says.
+        self.store(self.positions_table).apply(partition, unit.positions, offsets[self.positions_table])  # type: ignore[arg-type]
         self.watermarks[partition] = work.watermark
         self._account(unit)
 

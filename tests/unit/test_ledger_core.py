@@ -113,6 +113,19 @@ def test_a_line_shipped_in_parts_bills_what_was_paid_exactly_the_last_part_takin
     assert again.vouchers[0].lines[0].debit_fen == 0
 
 
+def test_parts_of_a_line_are_billed_on_what_was_shipped_so_far_never_below_zero() -> None:
+    """4 units paid 2 fen, shipped one at a time: each part bills its share of everything shipped so far, rounded,
+    less what was billed before (1, 0, 1, 0) — never a part billed back. (Rounding each part alone billed 1, 1, 1
+    and then −1: more than was paid, then a credit — found by the generated test below.)"""
+    state = book(None, opened(lines=((4, 2),)), STD).state
+    parts = []
+    for n in range(4):
+        step = balanced(book(state, issued("o1", {"o1#1": 1}, shipment=f"S{n}"), STD))
+        state = step.state
+        parts.append(step.vouchers[0].lines[0].debit_fen if step.vouchers[0].lines else 0)
+    assert parts == [1, 0, 1, 0] and state.receivable_fen == 2
+
+
 def test_a_goods_issue_before_the_order_waits_and_is_booked_when_the_order_comes() -> None:
     early = book(None, issued("o1", {"o1#1": 2, "o1#2": 1}), STD)
     assert early.note == "issue_before_order" and not early.vouchers
