@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from schemas import keys
 from schemas.common import EpochMs, Fen, Ident, Key, Quantity, Record, Tenant, Text
 from schemas.fulfilment import Tick
 from schemas.order import Address, Channel, Delivery
@@ -54,7 +55,7 @@ class WaybillRegistered(Record, tag="waybill", tag_field="kind", kw_only=True):
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.waybill}"
+        return keys.waybill(self.tenant, self.waybill)
 
 
 TrackingRecord = WaybillRegistered | CarrierEvent
@@ -88,7 +89,7 @@ class OrderOpened(Record, tag="order", tag_field="kind", kw_only=True):
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.order_id}"
+        return keys.order(self.tenant, self.order_id)
 
 
 class PickupLine(Record, kw_only=True):
@@ -110,7 +111,7 @@ class PickupReady(Record, tag="pickup_ready", tag_field="kind", kw_only=True):
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.order_id}"
+        return keys.order(self.tenant, self.order_id)
 
 
 class PickupClaim(Record, tag="pickup_claim", tag_field="kind", kw_only=True):
@@ -130,7 +131,7 @@ class PickupClaim(Record, tag="pickup_claim", tag_field="kind", kw_only=True):
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.order_id}"
+        return keys.order(self.tenant, self.order_id)
 
 
 class OrderTracking(Record, tag="tracking", tag_field="kind", kw_only=True):
@@ -149,7 +150,7 @@ class OrderTracking(Record, tag="tracking", tag_field="kind", kw_only=True):
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.order_id}"
+        return keys.order(self.tenant, self.order_id)
 
 
 class WriteBackResult(Record, tag="writeback_result", tag_field="kind", kw_only=True):
@@ -168,7 +169,7 @@ class WriteBackResult(Record, tag="writeback_result", tag_field="kind", kw_only=
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.order_id}"
+        return keys.order(self.tenant, self.order_id)
 
 
 class ReturnLine(Record, kw_only=True):
@@ -191,7 +192,7 @@ class ReturnRequested(Record, tag="return_requested", tag_field="kind", kw_only=
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.order_id}"
+        return keys.order(self.tenant, self.order_id)
 
 
 class ReceivedLine(Record, kw_only=True):
@@ -213,7 +214,7 @@ class ReturnReceived(Record, tag="return_received", tag_field="kind", kw_only=Tr
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.order_id}"
+        return keys.order(self.tenant, self.order_id)
 
 
 AftersalesRecord = (
@@ -248,7 +249,7 @@ class WriteBackRequest(Record, kw_only=True):
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.order_id}"
+        return keys.order(self.tenant, self.order_id)
 
 
 class CustomerNotification(Record, kw_only=True):
@@ -267,7 +268,7 @@ class CustomerNotification(Record, kw_only=True):
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.order_id}"
+        return keys.order(self.tenant, self.order_id)
 
 
 class ProgressEvent(enum.StrEnum):
@@ -298,7 +299,7 @@ class OrderProgress(Record, kw_only=True):
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.order_id}"
+        return keys.order(self.tenant, self.order_id)
 
 
 class SettledLine(Record, kw_only=True):
@@ -325,4 +326,4 @@ class ReturnSettled(Record, kw_only=True):
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.order_id}"
+        return keys.order(self.tenant, self.order_id)

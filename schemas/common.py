@@ -55,5 +55,6 @@ class Record(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def join_key(*parts: str) -> str:
-    """Join key parts with the separator; the first part is always the tenant."""
+    """Join key parts with the separator; the first part is always the tenant. Records' keys are made by
+    schemas.keys, one function per kind of key."""
     return KEY_SEP.join(parts)

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from schemas import keys
 from schemas.common import EpochMs, Ident, Key, Quantity, Record, Tenant, Text
 from schemas.order import Address
 
@@ -108,7 +109,7 @@ class Layout(Record, kw_only=True):
 
     @property
     def key(self) -> str:
-        return self.tenant
+        return keys.tenant(self.tenant)
 
 
 # -- outputs ------------------------------------------------------------------------------------------------
@@ -134,7 +135,7 @@ class OrderAllocation(Record, kw_only=True):
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.order_id}"
+        return keys.order(self.tenant, self.order_id)
 
 
 class ShipmentLine(Record, kw_only=True):
@@ -165,7 +166,7 @@ class Shipment(Record, kw_only=True):
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.shipment_id}"
+        return keys.shipment(self.tenant, self.shipment_id)
 
 
 class PickStop(Record, kw_only=True):
@@ -195,7 +196,7 @@ class PickList(Record, kw_only=True):
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.pick_list_id}"
+        return keys.pick_list(self.tenant, self.pick_list_id)
 
 
 class Wave(Record, kw_only=True):
@@ -213,7 +214,7 @@ class Wave(Record, kw_only=True):
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.wave_id}"
+        return keys.wave(self.tenant, self.wave_id)
 
 
 class PickedLine(Record, kw_only=True):
@@ -251,7 +252,7 @@ class PickOutcome(Record, kw_only=True):
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.pick_list_id}"
+        return keys.pick_list(self.tenant, self.pick_list_id)
 
     @property
     def shorts(self) -> list[PickedStop]:
@@ -286,7 +287,7 @@ class ShipmentPicked(Record, tag="picked", tag_field="kind", kw_only=True):
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.shipment_id}"
+        return keys.shipment(self.tenant, self.shipment_id)
 
 
 class ShortPickOutcome(Record, kw_only=True):
@@ -309,7 +310,7 @@ class ShortPickOutcome(Record, kw_only=True):
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.order_id}"
+        return keys.order(self.tenant, self.order_id)
 
 
 # -- the fulfilment inbox (key tenant:warehouse) ------------------------------------------------------------
@@ -322,7 +323,7 @@ class LayoutVersion(Record, tag="layout", tag_field="kind", kw_only=True):
 
     @property
     def key(self) -> str:
-        return self.layout.tenant
+        return keys.tenant(self.layout.tenant)
 
 
 class ParcelAccepted(Record, tag="parcel", tag_field="kind", kw_only=True):
@@ -344,7 +345,7 @@ class ParcelAccepted(Record, tag="parcel", tag_field="kind", kw_only=True):
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.warehouse}"
+        return keys.warehouse(self.tenant, self.warehouse)
 
 
 class OrderWithdrawn(Record, tag="withdrawn", tag_field="kind", kw_only=True):
@@ -360,7 +361,7 @@ class OrderWithdrawn(Record, tag="withdrawn", tag_field="kind", kw_only=True):
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.warehouse}"
+        return keys.warehouse(self.tenant, self.warehouse)
 
 
 class Tick(Record, tag="tick", tag_field="kind", kw_only=True):
@@ -385,7 +386,7 @@ class PickConfirmation(Record, tag="pick", tag_field="kind", kw_only=True):
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.warehouse}"
+        return keys.warehouse(self.tenant, self.warehouse)
 
 
 FulfilmentRecord = LayoutVersion | ParcelAccepted | OrderWithdrawn | Tick | PickConfirmation
@@ -427,4 +428,4 @@ class WithdrawalOutcome(Record, kw_only=True):
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.order_id}"
+        return keys.order(self.tenant, self.order_id)

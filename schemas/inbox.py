@@ -15,9 +15,10 @@ order's buyer key (``tenant:shop:b-<buyer>``), so one writer sees them in one re
 
 from __future__ import annotations
 
+from schemas import keys
 from schemas.common import EpochMs, Ident, Key, Record, Tenant, Text
 from schemas.fulfilment import LayoutVersion, LineShort
-from schemas.order import Order, buyer_key
+from schemas.order import Order
 from schemas.review import OperatorActionKind, RuleSet
 from schemas.saga import LineResult, StockQuote
 
@@ -28,7 +29,7 @@ class OrderSnapshot(Record, tag="order", tag_field="kind", kw_only=True):
 
     @property
     def key(self) -> str:
-        return buyer_key(self.order)
+        return keys.buyer_key(self.order)
 
 
 class OperatorAction(Record, tag="operator", tag_field="kind", kw_only=True):
@@ -57,7 +58,7 @@ class RulesVersion(Record, tag="rules", tag_field="kind", kw_only=True):
 
     @property
     def key(self) -> str:
-        return self.rules.tenant
+        return keys.tenant(self.rules.tenant)
 
 
 InboxRecord = OrderSnapshot | OperatorAction | LineResult | RulesVersion | LayoutVersion | LineShort | StockQuote

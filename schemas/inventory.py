@@ -16,6 +16,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from schemas import keys
 from schemas.common import (
     MAX_STOCK_DELTA,
     EpochMs,
@@ -27,7 +28,6 @@ from schemas.common import (
     Tenant,
     Text,
     UnitPriceFen,
-    join_key,
 )
 
 WarehouseId = Ident
@@ -58,7 +58,7 @@ class _Command(Record, tag_field="kind", kw_only=True):
 
     @property
     def key(self) -> str:
-        return join_key(self.tenant, self.sku)
+        return keys.sku(self.tenant, self.sku)
 
     @property
     def kind(self) -> CommandKind:
@@ -178,7 +178,7 @@ class StockEvent(Record, kw_only=True):
 
     @property
     def key(self) -> str:
-        return join_key(self.tenant, self.sku)
+        return keys.sku(self.tenant, self.sku)
 
     @property
     def available(self) -> int:
@@ -221,5 +221,5 @@ def return_id(tenant: str, line_id: str, document_id: str) -> str:
     return f"return.{tenant}.{line_id}.{document_id}"
 
 
-def reservation_key(tenant: str, sku: str, line_id: str) -> str:
-    return join_key(tenant, sku, line_id)
+#: One line's reservation in the inventory's ``lines`` table (schemas.keys.line_reservation).
+reservation_key = keys.line_reservation

@@ -16,6 +16,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from schemas import keys
 from schemas.aftersales import OrderOpened, OrderProgress, ReturnSettled
 from schemas.common import EpochMs, Ident, Record, Tenant, Text
 from schemas.inventory import StockEvent
@@ -82,7 +83,7 @@ class LedgerPolicyVersion(Record, tag="ledger_policy", tag_field="kind", kw_only
 
     @property
     def key(self) -> str:
-        return self.tenant
+        return keys.tenant(self.tenant)
 
 
 # -- the ledger inbox ---------------------------------------------------------------------------------------
@@ -102,8 +103,7 @@ class StockMoved(Record, tag="stock_moved", tag_field="kind", kw_only=True):
 
     @property
     def key(self) -> str:
-        order = self.event.order_id
-        return f"{self.event.tenant}:{order}" if order else self.event.key
+        return keys.stock_moved(self.event)
 
 
 class ParcelsShipped(Record, tag="parcels_shipped", tag_field="kind", kw_only=True):
@@ -169,7 +169,7 @@ class SettlementLine(Record, tag="settlement_line", tag_field="kind", kw_only=Tr
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.order_id}"
+        return keys.order(self.tenant, self.order_id)
 
 
 #: What the ledger stage reads (``ledger-inbox``). OrderOpened and GoodsIssued carry their own tags.
@@ -230,7 +230,7 @@ class Voucher(Record, kw_only=True):
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.entity}"
+        return keys.voucher(self.tenant, self.entity)
 
     @property
     def debit_fen(self) -> int:
@@ -274,7 +274,7 @@ class Reconciliation(Record, kw_only=True):
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.order_id}"
+        return keys.order(self.tenant, self.order_id)
 
 
 class AccountBalance(msgspec.Struct, array_like=True):

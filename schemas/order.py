@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import enum
-import hashlib
-import re
 from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
 
+from schemas import keys
 from schemas.common import (
     MAX_LINES_PER_ORDER,
     Currency,
@@ -21,8 +20,8 @@ from schemas.common import (
     Tenant,
     Text,
     UnitPriceFen,
-    join_key,
 )
+from schemas.keys import buyer_key  # re-exported: the order's key on the order inbox
 
 
 class Channel(enum.StrEnum):
@@ -95,7 +94,8 @@ class OrderLine(Record, kw_only=True):
 
 
 class Order(Record, kw_only=True):
-    """A customer order in canonical form. Key: ``tenant:order_id``."""
+    """A customer order in canonical form. Key: ``tenant:order_id`` (schemas.keys.order); on the order inbox it
+    travels in an ``OrderSnapshot`` under its buyer key (schemas.keys.buyer_key)."""
 
     v: int = 1
     tenant: Tenant
@@ -121,7 +121,7 @@ class Order(Record, kw_only=True):
 
     @property
     def key(self) -> str:
-        return join_key(self.tenant, self.order_id)
+        return keys.order(self.tenant, self.order_id)
 
     @property
     def goods_fen(self) -> int:
@@ -150,22 +150,6 @@ def root_line(line: str) -> str:
     while line.endswith(REMAINDER):
         line = line[: -len(REMAINDER)]
     return line
-
-
-_SAFE_BUYER = re.compile(r"^[A-Za-z0-9_.#/-]{1,100}$")
-
-
-def buyer_key(order: Order) -> str:
-    """The order side's entity key, ``tenant:shop:b-<buyer>``: everything about one buyer's orders in one shop
-    (review, velocity, the reservation saga, and the 合单 merge window) has one writer. A buyer id that is
-    masked (``*``) or missing says nothing about who bought, so such an order is its own entity
-    (``tenant:shop:o-<order id>``). The key must not change between snapshots of an order, so it never
-    depends on the receiver, which a channel may edit."""
-    buyer = order.buyer.id.strip()
-    if buyer and "*" not in buyer:
-        part = buyer if _SAFE_BUYER.match(buyer) else "h-" + hashlib.sha1(buyer.encode()).hexdigest()[:20]
-        return join_key(order.tenant, order.shop_id, f"b-{part}")
-    return join_key(order.tenant, order.shop_id, f"o-{order.order_id}")
 
 
 def validate_order(order: Order) -> list[str]:

@@ -15,7 +15,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from schemas.common import EpochMs, Fen, Ident, Record, Tenant, Text, join_key
+from schemas import keys
+from schemas.common import EpochMs, Fen, Ident, Record, Tenant, Text
 from schemas.order import Channel
 
 
@@ -106,7 +107,7 @@ class RuleSet(Record, kw_only=True):
 
     @property
     def key(self) -> str:
-        return self.tenant
+        return keys.tenant(self.tenant)
 
 
 class Outcome(enum.StrEnum):
@@ -146,7 +147,7 @@ class ReviewDecision(Record, kw_only=True):
 
     @property
     def key(self) -> str:
-        return join_key(self.tenant, self.order_id)
+        return keys.order(self.tenant, self.order_id)
 
 
 class OperatorActionKind(enum.StrEnum):
@@ -177,7 +178,7 @@ class OrderCancellation(Record, kw_only=True):
 
     @property
     def key(self) -> str:
-        return join_key(self.tenant, self.order_id)
+        return keys.order(self.tenant, self.order_id)
 
 
 def review_id(tenant: str, order_id: str, version: int, outcome: Outcome) -> str:

@@ -7,7 +7,8 @@ from typing import Annotated
 
 from msgspec import Meta
 
-from schemas.common import EpochMs, Ident, Key, Quantity, Record, Tenant, Text, join_key
+from schemas import keys
+from schemas.common import EpochMs, Ident, Key, Quantity, Record, Tenant, Text
 from schemas.order import Channel
 
 
@@ -107,7 +108,7 @@ class OrderDecision(Record, kw_only=True):
 
     @property
     def key(self) -> str:
-        return join_key(self.tenant, self.order_id)
+        return keys.order(self.tenant, self.order_id)
 
 
 def result_id(tenant: str, line_id: str, status: LineStatus) -> str:

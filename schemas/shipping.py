@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from schemas import keys
 from schemas.common import EpochMs, Ident, Key, Record, Tenant, Text
 from schemas.fulfilment import RegionName, ShipmentPicked
 from schemas.order import Address
@@ -95,7 +96,7 @@ class WaybillWanted(Record, tag="waybill_wanted", tag_field="kind", kw_only=True
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.carrier}:{self.warehouse}"
+        return keys.waybill_batch(self.tenant, self.carrier, self.warehouse)
 
 
 class WaybillAnswer(Record, tag="waybill_answer", tag_field="kind", kw_only=True):
@@ -116,7 +117,7 @@ class WaybillAnswer(Record, tag="waybill_answer", tag_field="kind", kw_only=True
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.shipment_id}"
+        return keys.shipment(self.tenant, self.shipment_id)
 
 
 class ShippedParcel(Record, kw_only=True):
@@ -146,7 +147,7 @@ class ShipmentShipped(Record, kw_only=True):
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.shipment_id}"
+        return keys.shipment(self.tenant, self.shipment_id)
 
 
 class ShipmentFailed(Record, kw_only=True):
@@ -164,7 +165,7 @@ class ShipmentFailed(Record, kw_only=True):
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.shipment_id}"
+        return keys.shipment(self.tenant, self.shipment_id)
 
 
 class GoodsIssued(Record, tag="goods_issued", tag_field="kind", kw_only=True):
@@ -184,7 +185,7 @@ class GoodsIssued(Record, tag="goods_issued", tag_field="kind", kw_only=True):
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.order_id}"
+        return keys.order(self.tenant, self.order_id)
 
 
 class TrackingStatus(enum.StrEnum):
@@ -215,7 +216,7 @@ class CarrierEvent(Record, tag="carrier_event", tag_field="kind", kw_only=True):
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.waybill}"
+        return keys.waybill(self.tenant, self.waybill)
 
 
 class TrackingUpdate(Record, kw_only=True):
@@ -234,7 +235,7 @@ class TrackingUpdate(Record, kw_only=True):
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.waybill}"
+        return keys.waybill(self.tenant, self.waybill)
 
 
 class ShippingPolicyVersion(Record, tag="shipping_policy", tag_field="kind", kw_only=True):
@@ -248,7 +249,7 @@ class ShippingPolicyVersion(Record, tag="shipping_policy", tag_field="kind", kw_
 
     @property
     def key(self) -> str:
-        return self.tenant
+        return keys.tenant(self.tenant)
 
 
 #: The shipping inbox (key ``tenant:shipment_id``; policies one copy per partition).

@@ -36,6 +36,7 @@ import msgspec
 
 from agents.aftersales import writeback
 from engine.runtime.stamp import Stamp
+from schemas import keys
 from schemas.aftersales import (
     CustomerNotification,
     OrderOpened,
@@ -128,7 +129,7 @@ class AftersalesState(msgspec.Struct, kw_only=True):
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.order_id}"
+        return keys.order(self.tenant, self.order_id)
 
     def line(self, line_id: str) -> SoldLine | None:
         """The sold line a shipped line is (or, for a short pick's remainder ``…/r``, belongs to)."""

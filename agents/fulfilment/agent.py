@@ -32,7 +32,7 @@ from engine.runtime.stamp import Stamp
 from engine.runtime.ticks import install_ticks
 from engine.runtime.work import Input, Logic, PartitionWork
 from engine.topics import Topics
-from schemas import wire
+from schemas import keys, wire
 from schemas.deadletter import ReasonCode
 from schemas.fulfilment import (
     DEFAULT_MERGE_WINDOW_S,
@@ -183,7 +183,7 @@ class FulfilmentLogic(Logic):
             self._due(work, state, waiting.opened_ts + window * 1000, parcel.merge_key)
         work.put(MERGES, group_key, group, expires_at=self._expiry(group, parcel.ts))
         if window == 0:
-            self._release(work, p, f"{parcel.tenant}:{parcel.warehouse}", now)
+            self._release(work, p, keys.warehouse(parcel.tenant, parcel.warehouse), now)
 
     def _withdraw(self, work: PartitionWork, item: OrderWithdrawn) -> None:
         group_key = self._merge_key(item.tenant, item.warehouse, item.merge_key)
@@ -195,7 +195,7 @@ class FulfilmentLogic(Logic):
         work.note(f"withdrawn_{outcome}")
         work.emit(
             self.topics.withdrawals,
-            f"{item.tenant}:{item.order_id}",
+            keys.order(item.tenant, item.order_id),
             WithdrawalOutcome(
                 tenant=item.tenant,
                 order_id=item.order_id,
@@ -279,13 +279,14 @@ class FulfilmentLogic(Logic):
             for shipment_id in wave.shipment_ids:
                 lists = sorted(lists_of.get(shipment_id, ()))
                 picking = ShipmentPicking(known[shipment_id], lists, lists, {}, now + self.retention_ms)
-                work.put(PICKING, f"{state.tenant}:{shipment_id}", wire.encode(picking), expires_at=picking.expires_at)
+                key = keys.shipment(state.tenant, shipment_id)
+                work.put(PICKING, key, wire.encode(picking), expires_at=picking.expires_at)
             work.note("waves")
             work.note("pick_lists", len(pick_lists))
 
     # -- picking ------------------------------------------------------------------------------------------
     def _confirm(self, work: PartitionWork, record: Input, item: PickConfirmation, stamp: Stamp) -> None:
-        key, now = f"{item.tenant}:{item.pick_list_id}", record.timestamp_ms
+        key, now = keys.pick_list(item.tenant, item.pick_list_id), record.timestamp_ms
         task = work.get_as(PICKS, key, PickTask)
         if task is None or task.pick_list.warehouse != item.warehouse:
             detail = f"{item.pick_list_id} is not a pick list {item.warehouse} released (or it was forgotten)"
@@ -368,7 +369,7 @@ class FulfilmentLogic(Logic):
         for stop in stops:
             by_shipment.setdefault(stop.shipment_id, []).append(stop)
         for shipment_id, picked in sorted(by_shipment.items()):
-            key = f"{item.tenant}:{shipment_id}"
+            key = keys.shipment(item.tenant, shipment_id)
             record = work.get_as(PICKING, key, ShipmentPicking)
             if record is None:
                 continue  # forgotten after the retention (a pick list confirmed as late as that)
@@ -458,15 +459,15 @@ class FulfilmentLogic(Logic):
         not passed: the tick that reaches that second has a time at or after ``due_ms``."""
         second = max(-(-due_ms // 1000), state.clock_s + 1)
         due_key = f"{state.tenant}:{state.warehouse}:due:{second}"
-        keys = work.get_as(DUE, due_key, list[str]) or []
-        if merge_key not in keys:
-            work.put(DUE, due_key, wire.encode([*keys, merge_key]))
+        due = work.get_as(DUE, due_key, list[str]) or []
+        if merge_key not in due:
+            work.put(DUE, due_key, wire.encode([*due, merge_key]))
 
     def _warehouses(self, work: PartitionWork, p: int) -> list[str]:
         return work.get_as(WAREHOUSES, f"p{p}", list[str]) or []
 
     def _warehouse(self, work: PartitionWork, p: int, tenant: str, warehouse: str, ts: int) -> WarehouseState:
-        key = f"{tenant}:{warehouse}"
+        key = keys.warehouse(tenant, warehouse)
         state = work.get_as(WAREHOUSES, key, WarehouseState)
         if state is None:
             state = WarehouseState(tenant, warehouse, ts // 1000 - 1)
@@ -480,7 +481,7 @@ class FulfilmentLogic(Logic):
         return f"{state.tenant}:{state.warehouse}:book"
 
     def _put_warehouse(self, work: PartitionWork, state: WarehouseState) -> None:
-        work.put(WAREHOUSES, f"{state.tenant}:{state.warehouse}", wire.encode(state))
+        work.put(WAREHOUSES, keys.warehouse(state.tenant, state.warehouse), wire.encode(state))
 
     def expires_at(self, table: str, value: bytes) -> int | None:
         if table == MERGES:

@@ -20,8 +20,8 @@ from engine.readmodels.sync import ReadModelSync
 from engine.runtime.stage import Stage
 from engine.runtime.work import Input, Logic, PartitionWork
 from engine.topics import Topics
-from schemas import wire
-from schemas.inventory import CommandKind, InventoryCommand, Quote, reservation_key
+from schemas import keys, wire
+from schemas.inventory import CommandKind, InventoryCommand, Quote
 from schemas.ledger import StockMoved
 
 log = logging.getLogger("oms.inventory")
@@ -58,7 +58,7 @@ class InventoryLogic(Logic):
             work.note("quotes")
             return
         line_id = getattr(cmd, "line_id", None)
-        line_key = reservation_key(cmd.tenant, cmd.sku, line_id) if line_id else None
+        line_key = keys.line_reservation(cmd.tenant, cmd.sku, line_id) if line_id else None
         line = work.get_as(LINES, line_key, LineReservation) if line_key else None
         out = apply(stock, line, cmd, self.retention_ms)
         if out.note:

@@ -28,6 +28,7 @@ import msgspec
 from agents.shipping.carriers import NoCarrier, choose_carrier, price, rate_for
 from agents.shipping.packing import PackLine, pack
 from engine.runtime.stamp import Stamp
+from schemas import keys
 from schemas.aftersales import WaybillRegistered
 from schemas.fulfilment import ShipmentPicked
 from schemas.inventory import Issue, issue_id
@@ -92,7 +93,7 @@ class ShipmentState(msgspec.Struct, kw_only=True):
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}:{self.shipment_id}"
+        return keys.shipment(self.tenant, self.shipment_id)  # reply_to of its waybill requests
 
 
 @dataclass
