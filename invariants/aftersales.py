@@ -25,8 +25,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Any
 
-from agents.aftersales.core import WRITEBACK_ATTEMPTS
-from agents.tracking.core import PROGRESS
+from invariants.contract import TRACKING_RANK, WRITEBACK_ATTEMPTS
 from schemas.aftersales import ProgressEvent, quarantine
 from schemas.inventory import CommandKind, StockEvent, return_id
 from schemas.order import root_line
@@ -92,7 +91,7 @@ def _tracking(inputs: Any, out: Any, v: Any) -> None:
                 v.fail(
                     "A1", f"{waybill} moved after it was final ({updates[i - 1].status.value} → {update.status.value})"
                 )
-            here = PROGRESS.get(update.status, rank)
+            here = TRACKING_RANK.get(update.status, rank)
             if here < rank:
                 v.fail("A1", f"{waybill} went back from rank {rank} to {update.status.value}")
             rank = max(rank, here)
@@ -105,8 +104,8 @@ def _tracking(inputs: Any, out: Any, v: Any) -> None:
         if TrackingStatus.DELIVERED in statuses or TrackingStatus.RETURNED in statuses:
             want = TrackingStatus.DELIVERED if TrackingStatus.DELIVERED in statuses else TrackingStatus.RETURNED
         else:
-            progress = [s for s in statuses if s in PROGRESS and s is not TrackingStatus.CREATED]
-            want = max(progress, key=PROGRESS.__getitem__) if progress else None
+            progress = [s for s in statuses if s in TRACKING_RANK and s is not TrackingStatus.CREATED]
+            want = max(progress, key=TRACKING_RANK.__getitem__) if progress else None
         last = seen[ref][-1].status if seen.get(ref) else None
         if want is not None and last is not want:
             v.fail("A1", f"{ref[1]}: carriers said {want.value}, tracking ended at {last.value if last else 'nothing'}")

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Any
 
-from agents.fulfilment.merge import address_digest
+from invariants.contract import receiver_identity
 from invariants.inputs import Inputs
 from invariants.picking import Truth
 from schemas import wire
@@ -93,7 +93,7 @@ def check_fulfilment(
             if order_sent is None:
                 continue
             order = order_sent.latest()
-            groups.add((order.tenant, order.shop_id, buyer_key(order), address_digest(order.receiver)))
+            groups.add((order.tenant, order.shop_id, buyer_key(order), receiver_identity(order.receiver)))
             if order.shop_id != shipment.shop_id:
                 v.fail(
                     "F2", f"{shipment.shipment_id} is for shop {shipment.shop_id}, order {order_id} of {order.shop_id}"

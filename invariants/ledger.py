@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from agents.ledger.costing import round_half_up
+from invariants.contract import outflow_value
 from schemas.inventory import CommandKind, Receive, StockEvent
 from schemas.ledger import Voucher, VoucherKind, check_balanced
 from schemas.order import line_id, root_line
@@ -132,7 +132,7 @@ def _costs(inputs: Any, applied: dict[str, StockEvent], vouchers: dict[str, Vouc
                 v.fail("I5", f"receipt {event.event_id} valued {event.d_value_fen}, sent {sent}")
             if event.d_on_hand < 0:
                 units = -event.d_on_hand
-                want = value if units == on_hand else round_half_up(value * units, on_hand) if on_hand else 0
+                want = outflow_value(value, units, on_hand)
                 if -event.d_value_fen != want:
                     v.fail(
                         "I5",
