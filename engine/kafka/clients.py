@@ -12,8 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka.partitioner import murmur2
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -169,9 +168,9 @@ def _settle(fut: asyncio.Future, err: KafkaError | None) -> None:
         fut.set_exception(DeliveryFailed(str(err)))
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A record read from a topic (also what a stage's logic is given: engine.runtime.work.Input)."""
+class Message(NamedTuple):
+    """A record read from a topic (also what a stage's logic is given: engine.runtime.work.Input). A named tuple:
+    immutable, and built for every record a worker reads, so it must be cheap to make."""
 
     topic: str
     partition: int

@@ -129,15 +129,22 @@ class TxnProducer:
         timestamp: int = 0,
         on_delivery: Callable[[Any, Any], None] | None = None,
     ) -> None:
-        kwargs: dict[str, Any] = {"key": key, "value": value, "timestamp": timestamp}
-        if partition is not None:
-            kwargs["partition"] = partition
-        if headers:
-            kwargs["headers"] = list(headers)
-        kwargs["on_delivery"] = self._confirm if on_delivery is None else self._confirm_then(on_delivery)
+        callback = self._confirm if on_delivery is None else self._confirm_then(on_delivery)
         while True:
             try:
-                self._p.produce(topic, **kwargs)
+                # The common case without a dict of keyword arguments: a worker sends every record through here.
+                if partition is None and not headers and not timestamp:
+                    self._p.produce(topic, value, key, on_delivery=callback)
+                else:
+                    self._p.produce(
+                        topic,
+                        value,
+                        key,
+                        -1 if partition is None else partition,
+                        on_delivery=callback,
+                        timestamp=timestamp,
+                        headers=list(headers) if headers else None,
+                    )
                 return
             except BufferError:  # the local queue is full: let deliveries drain it
                 self._p.poll(0.01)
@@ -148,7 +155,7 @@ class TxnProducer:
                 raise self._classify(exc, "produce") from None
 
     def _confirm(self, err: Any, msg: Any) -> None:
-        if err is not None or msg.offset() is None or msg.offset() < 0:
+        if err is not None or msg.offset() is None:  # an offset the client does not know reads as None
             self._unconfirmed.append(f"{msg.topic()}/{msg.partition()}: {err or 'no offset'}")
 
     def _confirm_then(self, callback: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:

@@ -197,7 +197,7 @@ class FakeLibProducer:
     def begin_transaction(self) -> None:
         self.calls.append("begin")
 
-    def produce(self, topic: str, **kwargs: Any) -> None:
+    def produce(self, topic: str, *args: Any, **kwargs: Any) -> None:
         self.pending.append((topic, kwargs))
 
     def flush(self, timeout: float = 0) -> int:
