@@ -238,3 +238,84 @@ def test_a_record_acknowledged_without_an_offset_rolls_the_transaction_back_inst
     producer.produce("t", b"k", b"b")
     producer.commit()
     assert producer._p.calls == ["begin", "commit"]
+
+
+# -- a batch that keeps failing is committed record by record; a poison record is dead-lettered on its own ----
+class IsolationStage:
+    """What the runtime needs of a stage for its retry and isolation path (positions as a plain dict)."""
+
+    def __init__(self) -> None:
+        self.name = "count"
+        self.stats = StageStats()
+        self.watermarks: dict[int, int] = {}
+        self.dead_letters_topic = "dlq"
+        self._owned = {0}
+        self.committed_position = 0  # what the state covers (as if read back from the positions table)
+        self.cached: int | None = None
+
+    def position(self, topic: str, partition: int) -> int:
+        return self.committed_position if self.cached is None else self.cached
+
+    def admit(self, topic: str, partition: int, offset: int) -> bool:
+        if offset < self.position(topic, partition):
+            return False
+        self.cached = offset + 1
+        return True
+
+    def rewind(self, topic: str, partition: int) -> None:
+        self.cached = None
+
+    def run(self, partition: int, records: list[Input]) -> Unit:
+        work = PartitionWork(self.name, partition, {}, {}, 0, self.dead_letters_topic)
+        for r in records:
+            work.emit("out", r.key, r.value)
+        return self.unit_of(partition, records, work, {records[-1].topic: records[-1].offset + 1}, 0)
+
+    def unit_of(
+        self, partition: int, records: list[Input], work: PartitionWork, next_offsets: dict, purged: int
+    ) -> Unit:
+        return Unit(self, partition, records, work, next_offsets, {}, purged)  # type: ignore[arg-type]
+
+
+class PoisonCheckpoint:
+    """Commits any transaction without the poison record; one holding it is refused as too large, every time."""
+
+    def __init__(self, stage: IsolationStage, poison_offset: int) -> None:
+        self.stage, self.poison = stage, poison_offset
+        self.committed: list[list[tuple[str, bytes | None]]] = []
+        self.attempts = 0
+
+    def commit(self, units: list[Unit]) -> None:
+        self.attempts += 1
+        outputs = [(o.topic, o.value) for u in units for o in u.work.outputs]
+        if any(r.offset == self.poison for u in units for r in u.records if u.work.outputs[0].topic == "out"):
+            raise Aborted("a record of the transaction was refused: too large")
+        self.committed.append(outputs)
+        self.stage.committed_position = max(o for u in units for o in u.next_offsets.values())
+
+
+def test_a_batch_that_keeps_failing_commits_record_by_record_and_its_poison_is_dead_lettered_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from engine.runtime import runner as runner_module
+    from engine.runtime.runner import MAX_ATTEMPTS, StreamRuntime
+    from engine.settings import Settings
+
+    monkeypatch.setattr(runner_module.time, "sleep", lambda s: None)
+    runtime = StreamRuntime(Settings.from_env({}), 0)
+    stage = IsolationStage()
+    checkpoint = PoisonCheckpoint(stage, poison_offset=2)
+    runtime._checkpoint = checkpoint  # type: ignore[assignment]
+    seeks: list[tuple[str, int, int]] = []
+    runtime._consumer = type("C", (), {"seek": lambda _s, tp: seeks.append((tp.topic, tp.partition, tp.offset))})()  # type: ignore[assignment]
+    records = [Input("in", 0, o, b"k", f"r{o}".encode(), 1000) for o in range(5)]
+    for r in records:
+        assert stage.admit("in", 0, r.offset)
+    runtime._commit({(stage, 0): records})  # type: ignore[dict-item]
+    assert checkpoint.attempts >= MAX_ATTEMPTS + 5, "the batch tried, then each record alone"
+    assert checkpoint.committed[:2] == [[("out", b"r0")], [("out", b"r1")]], "records before the poison, in order"
+    (letter,) = checkpoint.committed[2]
+    assert letter[0] == "dlq" and b"could not be committed" in (letter[1] or b""), "the poison alone, as a letter"
+    assert checkpoint.committed[3:] == [[("out", b"r3")], [("out", b"r4")]], "and the partition moves on"
+    assert stage.committed_position == 5 and stage.stats.isolated == 5 and runtime.stats.isolated_batches == 1
+    assert seeks == [("in", 0, 0)], "the consumer was sent back to the state's position before the split"
