@@ -139,6 +139,12 @@ class PartitionWork:
             return None  # forgotten: its time has passed (physically removed at the end of the transaction)
         return value
 
+    def get_config(self, table: str, key: str | bytes, typ: type[Any]) -> Any:
+        """Like :meth:`get_as`, for configuration a stage reads on every record but which changes rarely (review
+        rules, layouts, policies): decoded once per distinct value and shared, so the caller must not change it."""
+        raw = self.get(table, key)
+        return None if raw is None else decode_config(raw, typ)
+
     def get_as(self, table: str, key: str | bytes, typ: type[Any]) -> Any:
         raw = self.get(table, key)
         return None if raw is None else wire.decode_state(raw, typ)
@@ -286,6 +292,22 @@ class PartitionWork:
                 self.delete(table, key)
                 purged += 1
         return purged
+
+
+#: Decoded configuration by (type, bytes): a handful of versions per tenant; cleared when it grows past a bound.
+_CONFIG: dict[tuple[type, bytes], Any] = {}
+_CONFIG_MAX = 512
+
+
+def decode_config(raw: bytes, typ: type[Any]) -> Any:
+    """``raw`` decoded as ``typ``, shared between every reader of the same bytes (read-only by contract)."""
+    key = (typ, raw)
+    found = _CONFIG.get(key)
+    if found is None:
+        if len(_CONFIG) >= _CONFIG_MAX:
+            _CONFIG.clear()
+        found = _CONFIG[key] = wire.decode_state(raw, typ)
+    return found
 
 
 def run_records(logic: Logic, work: PartitionWork, records: Iterable[Input]) -> dict[str, int]:
