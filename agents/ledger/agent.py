@@ -91,7 +91,7 @@ class LedgerLogic(Logic):
         if work.misrouted(record, item.key, self.partitions, tenant):
             return
         work.advance(record.timestamp_ms)
-        found = work.get_as(POLICIES, policy_key(tenant, p), LedgerPolicyVersion)
+        found = work.get_config(POLICIES, policy_key(tenant, p), LedgerPolicyVersion)
         policy, version = (found.policy, found.version) if found is not None else (DEFAULT_POLICY, 0)
         stateless = isinstance(item, ParcelsShipped) or (isinstance(item, StockMoved) and item.event.order_id is None)
         state = None if stateless else work.get_as(BOOKS, item.key, OrderBook)

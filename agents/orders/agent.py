@@ -134,8 +134,8 @@ class OrderLogic(Logic):
             work.advance(min(max(order.version, order.created_at), now + MAX_CHANNEL_LEAD_MS))
             state = work.get_as(ORDERS, order.key, OrderState)
             buyer = work.get_as(BUYERS, item.key, BuyerState)
-            rules = work.get_as(RULES, rules_key(order.tenant, p), RulesState)
-            layout = work.get_as(LAYOUTS, layout_key(order.tenant, p), Layout)
+            rules = work.get_config(RULES, rules_key(order.tenant, p), RulesState)
+            layout = work.get_config(LAYOUTS, layout_key(order.tenant, p), Layout)
             step = self.rules.on_snapshot(
                 state, buyer, rules.rules if rules else None, order, stamp, now, work.watermark, layout
             )
@@ -146,16 +146,16 @@ class OrderLogic(Logic):
             step = self.rules.on_result(state, item, stamp, now)
         elif isinstance(item, StockQuote):
             state = work.get_as(ORDERS, f"{item.tenant}:{item.order_id}", OrderState)
-            layout = work.get_as(LAYOUTS, layout_key(item.tenant, p), Layout)
+            layout = work.get_config(LAYOUTS, layout_key(item.tenant, p), Layout)
             step = self.rules.on_quote(state, item, stamp, now, layout)
         elif isinstance(item, LineShort):
             state = work.get_as(ORDERS, f"{item.tenant}:{item.order_id}", OrderState)
-            layout = work.get_as(LAYOUTS, layout_key(item.tenant, p), Layout)
+            layout = work.get_config(LAYOUTS, layout_key(item.tenant, p), Layout)
             step = self.rules.on_short(state, item, stamp, now, layout)
         else:
             assert isinstance(item, OperatorAction)
             state = work.get_as(ORDERS, f"{item.tenant}:{item.order_id}", OrderState)
-            layout = work.get_as(LAYOUTS, layout_key(item.tenant, p), Layout)
+            layout = work.get_config(LAYOUTS, layout_key(item.tenant, p), Layout)
             step = self.rules.on_operator(state, item, stamp, now, layout)
         if step.order_changed and step.order is not None:
             work.put(ORDERS, step.order.key, step.order, expires_at=step.order.expires_at)

@@ -79,7 +79,7 @@ class ShippingLogic(Logic):
         now = record.timestamp_ms
         work.advance(now)
         state = work.get_as(SHIPMENTS, item.key, ShipmentState)
-        found = work.get_as(POLICIES, policy_key(item.tenant, p), ShippingPolicyVersion)
+        found = work.get_config(POLICIES, policy_key(item.tenant, p), ShippingPolicyVersion)
         policy = found.policy if found is not None else DEFAULT_POLICY
         step: Step
         if isinstance(item, ShipmentPicked):
