@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import subprocess
 import sys
@@ -132,9 +133,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     return main_job(_settings(), RunOptions.from_args(args))
 
 
+def xdist_options(pytest_args: list[str], env: dict[str, str] | None = None) -> list[str]:
+    """The pytest-xdist options ``oms test`` adds: ``OMS_TEST_JOBS`` test processes (default: two per core plus
+    one, 3 to 8 — the pipeline tests mostly wait on worker processes and the broker, and every test process shares
+    the one set of servers), each handed its next test only when it is ready for it (``--dist load
+    --maxschedchunk 1``: one slow test never holds a queue of others). None when ``OMS_TEST_JOBS`` is 0 or 1
+    (serial), or when the arguments choose for themselves (``-n``, ``--dist``, ``-p no:xdist``, …)."""
+    env = os.environ if env is None else env
+    raw = env.get("OMS_TEST_JOBS", "").strip()
+    jobs = int(raw) if raw else max(3, min(8, 2 * (os.cpu_count() or 1) + 1))
+    own = ("-n", "--numprocesses", "--dist", "--maxschedchunk")
+    chosen = any(
+        a in (*own, "no:xdist", "-pno:xdist") or a.startswith(tuple(o + "=" for o in own[1:4])) or a[:2] == "-n"
+        for a in pytest_args
+    )
+    if jobs <= 1 or chosen:
+        return []
+    if importlib.util.find_spec("xdist") is None:  # an environment installed before it was a test dependency
+        print("oms test: pytest-xdist is not installed: the tests run one after another", file=sys.stderr)
+        return []
+    return ["-n", str(jobs), "--dist", "load", "--maxschedchunk", "1"]
+
+
 def cmd_test(args: argparse.Namespace) -> int:
-    """The test suite, exactly as CI runs it (pipeline tests start their own servers on test ports)."""
-    cmd = [sys.executable, "-m", "pytest", *args.pytest_args]
+    """The test suite, exactly as CI runs it (pipeline tests start their own servers on test ports), in parallel
+    (``OMS_TEST_JOBS`` test processes; 1: serially)."""
+    cmd = [sys.executable, "-m", "pytest", *xdist_options(args.pytest_args), *args.pytest_args]
     print(f"oms test: {' '.join(cmd[2:])}", file=sys.stderr)
     return subprocess.call(cmd, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
 

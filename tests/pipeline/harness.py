@@ -37,6 +37,7 @@ class Pipeline:
     topics: Topics = field(init=False)
     pools: list[WorkerPool] = field(default_factory=list)
     inputs: Inputs = field(default_factory=Inputs)
+    own_servers: dict[str, Any] = field(default_factory=dict)  # servers of the test's own, by name (conftest)
 
     def __post_init__(self) -> None:
         self.topics = Topics(self.settings.topic_prefix)

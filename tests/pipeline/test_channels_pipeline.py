@@ -15,7 +15,6 @@ import msgspec
 import pytest
 
 from engine.kafka.clients import Sender
-from engine.settings import Settings
 from schemas.deadletter import DeadLetter, ReasonCode
 from schemas.inventory import CommandKind, Receive, receive_id
 from schemas.order import Address, Buyer, Channel, LineState, Order, OrderLine, OrderStatus, order_id
@@ -355,11 +354,10 @@ def test_a_poisoned_raw_record_is_dead_lettered_and_the_next_is_processed(pipeli
     assert verdict.counts["accepted"] == 1
 
 
+@pytest.mark.own_servers("redis")  # it stops Redis: one of its own, not the one the tests beside it use
 def test_redis_restarting_delays_the_holds_workflow_but_does_not_stop_it(
-    pipeline: Pipeline, credentials: Credentials, servers: Settings
+    pipeline: Pipeline, credentials: Credentials
 ) -> None:
-    from deploy.local.servers import LocalServers
-
     stock(pipeline, "acme", "SKU-00001", "SKU-00005")
     pipeline.start_workers(2)
     put_rules(pipeline, credentials, [BIG])
@@ -369,7 +367,7 @@ def test_redis_restarting_delays_the_holds_workflow_but_does_not_stop_it(
         sent_order(Channel.WEB, "s1", o["order_no"], [("SKU-00001", 1), ("SKU-00005", 3)]) for o in orders
     )
     holds(pipeline, credentials, 3)
-    redis = LocalServers(servers).redis
+    redis = pipeline.own_servers["redis"]
     assert redis.stop(), "the test's own Redis was stopped"
     status, answer = http("GET", pipeline.api("/api/v1/acme/holds"), None, auth(credentials))
     assert (status, answer["error"]) == (503, "unavailable")

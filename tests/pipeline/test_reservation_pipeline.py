@@ -437,8 +437,7 @@ def test_a_killed_worker_started_again_decides_its_partitions_again_within_secon
         times = [
             m.timestamp_ms
             for m in read_topics(pipeline.bootstrap, [pipeline.topics.order_decisions])
-            if m.timestamp_ms > killed_at_ms
-            and partition_of.get(wire.decode(m.value, OrderDecision).key) in owned
+            if m.timestamp_ms > killed_at_ms and partition_of.get(wire.decode(m.value, OrderDecision).key) in owned
         ]
         first_after = min(times) if times else None
         time.sleep(0.5)

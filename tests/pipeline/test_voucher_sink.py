@@ -23,7 +23,6 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from agents.ledger.sink import VoucherSink, book_digests, read_books, voucher_digest
-from deploy.local.servers import PostgresServer
 from engine.kafka.clients import producer, read_topics
 from schemas import wire
 from schemas.ledger import Voucher, VoucherKind, VoucherLine, voucher_id
@@ -216,10 +215,10 @@ def test_every_voucher_is_booked_once_through_copies_bad_records_and_a_second_re
         )
 
 
+@pytest.mark.own_servers("postgres")  # it stops PostgreSQL: one of its own, not the one the tests beside it use
 def test_postgres_stopped_while_vouchers_flow_every_voucher_lands_once(pipeline: Pipeline) -> None:
-    server = PostgresServer(pipeline.settings)
-    if not server.status().managed:
-        pytest.skip("the PostgreSQL on the test port was not started by this test session: not ours to stop")
+    server = pipeline.own_servers["postgres"]
+    assert server.status().managed, "the test's own PostgreSQL"
     tenant = f"{pipeline.settings.topic_prefix}-pg"
     sent = make_vouchers(tenant, 400, 7)
 
