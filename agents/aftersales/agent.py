@@ -20,7 +20,6 @@ import faust
 
 from agents.aftersales.core import (
     AftersalesState,
-    Step,
     on_goods_issued,
     on_opened,
     on_pickup_claim,
@@ -32,10 +31,11 @@ from agents.aftersales.core import (
     on_writeback_result,
 )
 from engine.app import context
+from engine.runtime.kit import KeyedLogic, Step
 from engine.runtime.stage import Stage
 from engine.runtime.stamp import Stamp
 from engine.runtime.ticks import install_ticks
-from engine.runtime.work import Input, Logic, PartitionWork
+from engine.runtime.work import Input, PartitionWork
 from engine.topics import Topics
 from schemas import wire
 from schemas.aftersales import (
@@ -52,7 +52,6 @@ from schemas.aftersales import (
     WriteBackRequest,
     WriteBackResult,
 )
-from schemas.deadletter import ReasonCode
 from schemas.fulfilment import Tick
 from schemas.inbox import OperatorAction
 from schemas.inventory import Issue, Return
@@ -63,9 +62,14 @@ ORDERS, PICKUPS = "aftersales-orders", "aftersales-pickups"
 log = logging.getLogger("oms.aftersales")
 
 
-class AftersalesLogic(Logic):
+class AftersalesLogic(KeyedLogic[AftersalesState]):
+    """Record time, and ticks for pickup deadlines; an order is kept a retention after its last change. Each
+    partition keeps the deadlines of its ready pickups in one record (``aftersales-pickups``, key ``p<n>``)."""
+
     name = "aftersales"
     tables = (ORDERS, PICKUPS)
+    record_type = AftersalesRecord
+    state_table, state_type = ORDERS, AftersalesState
 
     def __init__(
         self,
@@ -82,81 +86,42 @@ class AftersalesLogic(Logic):
         self.pickup_hold_ms = pickup_hold_ms
         self.secret = pickup_secret.encode() if pickup_secret else None  # None: no pickup codes are issued
         self.origin_prefix = f"aftersales.{inbox_epoch or 'x'}"  # the idempotency origin of its stock commands
-        self.routes: dict[type, str] = {
-            WriteBackRequest: topics.writebacks,
-            CustomerNotification: topics.notifications,
-            OrderProgress: topics.order_progress,
-            ReturnSettled: topics.returns,
-            Return: topics.inventory_commands,
-            Issue: topics.inventory_commands,
-            GoodsIssued: topics.goods_issued,
-            OperatorAction: topics.order_inbox,
+        books = (topics.ledger_inbox, for_ledger)  # finance books some of them
+        self.routes = {
+            WriteBackRequest: (topics.writebacks,),
+            CustomerNotification: (topics.notifications,),
+            OrderProgress: (topics.order_progress, books),
+            ReturnSettled: (topics.returns, books),
+            Return: (topics.inventory_commands,),
+            Issue: (topics.inventory_commands,),
+            GoodsIssued: (topics.goods_issued, books),
+            OperatorAction: (topics.order_inbox,),
         }
-        self.ledger_inbox = topics.ledger_inbox
 
-    def process(self, work: PartitionWork, record: Input) -> None:
-        try:
-            item = wire.decode(record.value, AftersalesRecord)
-        except wire.WireError as exc:
-            work.dead_letter(record, exc.reason, exc.detail)
-            return
-        p = record.partition
-        now = record.timestamp_ms
-        if isinstance(item, Tick):
-            work.advance(item.ts)
-            self._expire_pickups(work, p, item.ts)
-            return
-        if work.misrouted(record, item.key, self.partitions, item.tenant):
-            return
-        work.advance(now)
+    def handle(self, work: PartitionWork, record: Input, item: AftersalesRecord) -> Step:
+        now = work.now
         state = work.get_as(ORDERS, item.key, AftersalesState)
-        stamp = Stamp(f"{self.origin_prefix}.p{p}", record.offset)
-        step: Step
+        stamp = Stamp(f"{self.origin_prefix}.p{record.partition}", record.offset)
         if isinstance(item, OrderOpened):
-            step = on_opened(state, item, now)
-        elif isinstance(item, GoodsIssued):
-            step = on_goods_issued(state, item, now)
-        elif isinstance(item, OrderTracking):
-            step = on_tracking(state, item, now)
-        elif isinstance(item, WriteBackResult):
-            step = on_writeback_result(state, item, now)
-        elif isinstance(item, ReturnRequested):
-            step = on_return_requested(state, item, now)
-        elif isinstance(item, ReturnReceived):
-            step = on_return_received(state, item, stamp, now)
-        elif isinstance(item, PickupReady):
-            step = on_pickup_ready(state, item, self.secret, self.pickup_hold_ms, stamp, now)
-        else:
-            assert isinstance(item, PickupClaim)
-            step = on_pickup_claim(state, item, self.secret, stamp, now)
-        self._apply(work, p, step, now)
-        if step.refused is not None:
-            work.dead_letter(record, ReasonCode(step.refused[0]), step.refused[1], item.tenant)
+            return on_opened(state, item, now)
+        if isinstance(item, GoodsIssued):
+            return on_goods_issued(state, item, now)
+        if isinstance(item, OrderTracking):
+            return on_tracking(state, item, now)
+        if isinstance(item, WriteBackResult):
+            return on_writeback_result(state, item, now)
+        if isinstance(item, ReturnRequested):
+            return on_return_requested(state, item, now)
+        if isinstance(item, ReturnReceived):
+            return on_return_received(state, item, stamp, now)
+        if isinstance(item, PickupReady):
+            return on_pickup_ready(state, item, self.secret, self.pickup_hold_ms, stamp, now)
+        assert isinstance(item, PickupClaim)
+        return on_pickup_claim(state, item, self.secret, stamp, now)
 
-    def _apply(self, work: PartitionWork, p: int, step: Step, now: int) -> None:
-        if step.note:
-            work.note(step.note)
-        if step.changed and step.state is not None:
-            step.state.updated_at = now
-            work.put(ORDERS, step.state.key, step.state, expires_at=now + self.retention_ms)
-            pickup = step.state.pickup
-            if pickup is not None:  # the partition's pickup deadlines: ready ones are watched, others dropped
-                due = self._due(work, p)
-                if pickup.status == "ready":
-                    due[step.state.key] = pickup.expires_at
-                else:
-                    due.pop(step.state.key, None)
-                work.put(PICKUPS, f"p{p}", wire.encode(due))
-        for out in step.outputs:
-            work.emit(self.routes[type(out)], out.key, out)
-            booked = for_ledger(out)
-            if booked is not None:
-                work.emit(self.ledger_inbox, booked.key, booked)
-
-    def _due(self, work: PartitionWork, p: int) -> dict[str, int]:
-        return work.get_as(PICKUPS, f"p{p}", dict[str, int]) or {}
-
-    def _expire_pickups(self, work: PartitionWork, p: int, now: int) -> None:
+    def on_tick(self, work: PartitionWork, record: Input, tick: Tick) -> None:
+        """Pickups whose deadline passed expire (stamped with the tick's time)."""
+        p, now = record.partition, tick.ts
         for key, deadline in sorted(self._due(work, p).items(), key=lambda kv: (kv[1], kv[0])):
             if deadline > now:
                 continue
@@ -166,12 +131,32 @@ class AftersalesLogic(Logic):
                 due.pop(key, None)
                 work.put(PICKUPS, f"p{p}", wire.encode(due))
                 continue
-            self._apply(work, p, step, now)
+            self.finish(work, record, tick, step, now)
 
-    def expires_at(self, table: str, value: bytes) -> int | None:
-        if table == ORDERS:
-            return wire.decode_state(value, AftersalesState).updated_at + self.retention_ms
-        return None
+    def state_key(self, item: object, state: AftersalesState) -> str:
+        return state.key  # a tick's steps are keyed by their state
+
+    def touch(self, state: AftersalesState, now: int) -> None:
+        state.updated_at = now
+
+    def keep_until(self, state: AftersalesState) -> int | None:
+        return state.updated_at + self.retention_ms
+
+    def save(self, work: PartitionWork, item: object, step: Step, now: int) -> None:
+        super().save(work, item, step, now)
+        state = step.state
+        if step.changed and state is not None and state.pickup is not None:
+            # the partition's pickup deadlines: ready ones are watched, others dropped
+            p = work.partition
+            due = self._due(work, p)
+            if state.pickup.status == "ready":
+                due[state.key] = state.pickup.expires_at
+            else:
+                due.pop(state.key, None)
+            work.put(PICKUPS, f"p{p}", wire.encode(due))
+
+    def _due(self, work: PartitionWork, p: int) -> dict[str, int]:
+        return work.get_as(PICKUPS, f"p{p}", dict[str, int]) or {}
 
 
 def install(app: faust.App) -> Stage:

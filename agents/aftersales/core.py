@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
 from agents.aftersales import writeback
+from engine.runtime.kit import Step
 from engine.runtime.stamp import Stamp
 from schemas import keys
 from schemas.aftersales import (
@@ -138,15 +138,6 @@ class AftersalesState(msgspec.Struct, kw_only=True):
 
     def left_to_ship(self) -> bool:
         return any(self.shipped.get(ln.line_id, 0) < ln.quantity for ln in self.lines)
-
-
-@dataclass
-class Step:
-    state: AftersalesState | None
-    changed: bool = False
-    outputs: list[Any] = field(default_factory=list)
-    note: str = ""
-    refused: tuple[str, str] | None = None  # (reason code, detail): the input is dead-lettered
 
 
 def pickup_code(secret: bytes, tenant: str, order_id: str) -> str:

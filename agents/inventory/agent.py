@@ -1,8 +1,8 @@
 """The inventory stage: the only writer of stock. Reads inventory commands (key ``tenant:sku``), applies the stock
 rules, and emits stock events, line results and stock quotes (to the order side's inbox) and dead letters.
 
-One Faust agent per worker (``concurrency=1``) owns each partition it is assigned, and one transactional
-producer per partition fences any earlier owner: each SKU has exactly one writer, even across pauses.
+The worker that owns a partition of ``inventory-commands`` is its only writer, and a worker that lost it is fenced
+(engine.runtime.runner): each SKU has exactly one writer, even across pauses. Time is the commands' own time.
 """
 
 from __future__ import annotations
@@ -17,67 +17,60 @@ from agents.inventory.core import LineReservation, SkuStock, apply, quote
 from engine.app import context
 from engine.readmodels.catalog import Catalog
 from engine.readmodels.sync import ReadModelSync
+from engine.runtime.kit import KeyedLogic, Step
 from engine.runtime.stage import Stage
-from engine.runtime.work import Input, Logic, PartitionWork
+from engine.runtime.work import Input, PartitionWork
 from engine.topics import Topics
 from schemas import keys, wire
-from schemas.inventory import CommandKind, InventoryCommand, Quote
+from schemas.inventory import CommandKind, InventoryCommand, Quote, StockEvent
 from schemas.ledger import StockMoved
+from schemas.saga import LineResult, StockQuote
 
 log = logging.getLogger("oms.inventory")
 
 STOCK, LINES = "stock", "lines"
 
 
-class InventoryLogic(Logic):
+class InventoryLogic(KeyedLogic[SkuStock]):
+    """The command's own time (``ts``); a SKU's stock is kept for ever, a closed line a retention after it closed."""
+
     name = "inventory"
     tables = (STOCK, LINES)
+    record_type = InventoryCommand
 
     def __init__(self, topics: Topics, partitions: int, line_retention_ms: int, catalog: Catalog | None = None) -> None:
         self.inputs = (topics.inventory_commands,)
         self.topics = topics
         self.partitions = partitions
         self.retention_ms = line_retention_ms
+        self.routes = {
+            StockEvent: (topics.stock_events, (topics.ledger_inbox, stock_moved)),
+            LineResult: (topics.order_inbox,),
+            StockQuote: (topics.order_inbox,),
+        }
         self.catalog = catalog
         self.stage: Stage | None = None
         self._pending: set[asyncio.Future] = set()
 
-    def process(self, work: PartitionWork, record: Input) -> None:
-        try:
-            cmd = wire.decode(record.value, InventoryCommand)
-        except wire.WireError as exc:
-            work.dead_letter(record, exc.reason, exc.detail)
-            return
-        if work.misrouted(record, cmd.key, self.partitions, cmd.tenant):
-            return
-        work.advance(cmd.ts)
+    def event_time(self, item: InventoryCommand, record: Input) -> int:
+        return item.ts
+
+    def handle(self, work: PartitionWork, record: Input, cmd: InventoryCommand) -> Step[SkuStock]:
         stock = work.get_as(STOCK, cmd.key, SkuStock) or SkuStock(tenant=cmd.tenant, sku=cmd.sku)
         if isinstance(cmd, Quote):
-            answer = quote(stock, cmd)
-            work.emit(self.topics.order_inbox, answer.key, answer)
-            work.note("quotes")
-            return
+            return Step(outputs=[quote(stock, cmd)], note="quotes")
         line_id = getattr(cmd, "line_id", None)
         line_key = keys.line_reservation(cmd.tenant, cmd.sku, line_id) if line_id else None
         line = work.get_as(LINES, line_key, LineReservation) if line_key else None
         out = apply(stock, line, cmd, self.retention_ms)
-        if out.note:
-            work.note(out.note)
         if out.stock_changed:
             work.put(STOCK, cmd.key, out.stock)
         if out.line_changed and line_key and out.line is not None:
             work.put(LINES, line_key, out.line, expires_at=out.line.expires_at(self.retention_ms))
         for event in out.events:
-            work.emit(self.topics.stock_events, event.key, event)
-            if event.d_on_hand:  # finance books every change of on hand at its value (业财一体化)
-                moved = StockMoved(event=event)
-                work.emit(self.topics.ledger_inbox, moved.key, moved)
             if event.kind is CommandKind.RECEIVE:
-                work.side_effects.append((event.tenant, event.sku))
-        for result in out.results:
-            work.emit(self.topics.order_inbox, result.key, result)
-        if out.refused:
-            work.dead_letter(record, out.refused[0], out.refused[1], cmd.tenant)
+                work.side_effects.append((event.tenant, event.sku))  # the SKU joins its tenant's catalog
+        return Step(outputs=[*out.events, *out.results], note=out.note, refused=out.refused)
 
     def expires_at(self, table: str, value: bytes) -> int | None:
         if table != LINES:
@@ -106,6 +99,11 @@ class InventoryLogic(Logic):
             if stock.levels:
                 by_tenant.setdefault(stock.tenant, set()).add(stock.sku)
         return all([await self.catalog.add(tenant, skus) for tenant, skus in by_tenant.items()])
+
+
+def stock_moved(event: StockEvent) -> StockMoved | None:
+    """Finance books every change of on hand at its value (业财一体化)."""
+    return StockMoved(event=event) if event.d_on_hand else None
 
 
 def install(app: faust.App, catalog: Catalog | None = None, sync: ReadModelSync | None = None) -> Stage:

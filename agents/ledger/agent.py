@@ -23,17 +23,18 @@ from engine.app import context
 from engine.readmodels.redis import ERRORS, Keys
 from engine.readmodels.sync import ReadModelSync
 from engine.readmodels.versioned import VersionedHash
+from engine.runtime.kit import Broadcast, KeyedLogic, Step
 from engine.runtime.stage import Stage
-from engine.runtime.work import Input, Logic, PartitionWork
+from engine.runtime.work import Input, PartitionWork
 from engine.topics import Topics
 from schemas import wire
-from schemas.deadletter import ReasonCode
 from schemas.ledger import (
     AccountBalance,
     LedgerPolicy,
     LedgerPolicyVersion,
     LedgerRecord,
     ParcelsShipped,
+    Reconciliation,
     StockMoved,
     TrialBalance,
     Voucher,
@@ -49,6 +50,9 @@ def policy_key(tenant: str, partition: int) -> str:
     return f"{tenant}#p{partition}"
 
 
+POLICY = Broadcast(LedgerPolicyVersion, POLICIES, LedgerPolicyVersion, policy_key, "policy")
+
+
 def post(balance: TrialBalance, voucher: Voucher) -> None:
     """Add a voucher's lines to a trial balance (in place)."""
     for line in voucher.lines:
@@ -59,15 +63,22 @@ def post(balance: TrialBalance, voucher: Voucher) -> None:
     balance.vouchers += 1
 
 
-class LedgerLogic(Logic):
+class LedgerLogic(KeyedLogic[OrderBook]):
+    """Record time; an order's books are kept a retention after their last event. Each voucher is also posted to
+    the partition's share of its tenant's trial balance (``ledger-balances``, key as the policy's)."""
+
     name = "ledger"
     tables = (BOOKS, POLICIES, BALANCES)
+    record_type = LedgerRecord
+    broadcasts = (POLICY,)
+    state_table, state_type = BOOKS, OrderBook
 
     def __init__(self, topics: Topics, partitions: int, retention_ms: int = 120 * 86_400_000) -> None:
         self.inputs = (topics.ledger_inbox,)
         self.retention_ms = retention_ms  # an order's books are kept this long after their last event
         self.topics = topics
         self.partitions = partitions
+        self.routes = {Voucher: (topics.vouchers,), Reconciliation: (topics.reconciliations,)}
         self.keys: Keys | None = None
         self.redis: Any = None
         self.sync: ReadModelSync | None = None
@@ -75,51 +86,36 @@ class LedgerLogic(Logic):
         self._pending: set[asyncio.Future] = set()
         self._hashes: VersionedHash | None = None
 
-    def process(self, work: PartitionWork, record: Input) -> None:
-        try:
-            item = wire.decode(record.value, LedgerRecord)
-        except wire.WireError as exc:
-            work.dead_letter(record, exc.reason, exc.detail)
-            return
-        p = record.partition
-        if isinstance(item, LedgerPolicyVersion):  # broadcast: one copy on every partition
-            key = policy_key(item.tenant, p)
-            current = work.get_as(POLICIES, key, LedgerPolicyVersion)
-            work.put_if_newer(POLICIES, key, item, item.version, current.version if current else None, "policy")
-            return
-        tenant = item.tenant
-        if work.misrouted(record, item.key, self.partitions, tenant):
-            return
-        work.advance(record.timestamp_ms)
-        found = work.get_config(POLICIES, policy_key(tenant, p), LedgerPolicyVersion)
+    def handle(self, work: PartitionWork, record: Input, item: LedgerRecord) -> Step[OrderBook]:
+        found = self.config(work, POLICY, item.tenant, record.partition)
         policy, version = (found.policy, found.version) if found is not None else (DEFAULT_POLICY, 0)
         stateless = isinstance(item, ParcelsShipped) or (isinstance(item, StockMoved) and item.event.order_id is None)
         state = None if stateless else work.get_as(BOOKS, item.key, OrderBook)
         step = book(state, item, policy, version)
-        if step.changed and step.state is not None:
-            step.state.last_ts = max(step.state.last_ts, record.timestamp_ms)
-            work.put(BOOKS, item.key, step.state, expires_at=step.state.last_ts + self.retention_ms)
-        if step.vouchers:
-            balance_key = policy_key(tenant, p)
-            balance = work.get_as(BALANCES, balance_key, TrialBalance) or TrialBalance(tenant=tenant)
-            for voucher in step.vouchers:
-                post(balance, voucher)
-                work.emit(self.topics.vouchers, voucher.key, voucher)
-            encoded = wire.encode(balance)
-            work.put(BALANCES, balance_key, encoded)
-            work.side_effects.append((tenant, encoded, record.offset))
-            work.note("vouchers", len(step.vouchers))
-        for result in step.results:
-            work.emit(self.topics.reconciliations, result.key, result)
-        if step.note:
-            work.note(step.note)
-        if step.refused is not None:
-            work.dead_letter(record, ReasonCode(step.refused[0]), step.refused[1], tenant)
+        return Step(step.state, step.changed, [*step.vouchers, *step.results], step.note, step.refused)
 
-    def expires_at(self, table: str, value: bytes) -> int | None:
-        if table != BOOKS:
-            return None
-        return wire.decode_state(value, OrderBook).last_ts + self.retention_ms
+    def touch(self, state: OrderBook, now: int) -> None:
+        state.last_ts = max(state.last_ts, now)
+
+    def keep_until(self, state: OrderBook) -> int | None:
+        return state.last_ts + self.retention_ms
+
+    def save(self, work: PartitionWork, item: LedgerRecord, step: Step[OrderBook], now: int) -> None:
+        """The books, then every voucher posted to the partition's share of the tenant's trial balance."""
+        super().save(work, item, step, now)
+        vouchers = [out for out in step.outputs if type(out) is Voucher]
+        if not vouchers:
+            return
+        tenant = item.tenant
+        balance_key = policy_key(tenant, work.partition)
+        balance = work.get_as(BALANCES, balance_key, TrialBalance) or TrialBalance(tenant=tenant)
+        for voucher in vouchers:
+            post(balance, voucher)
+        encoded = wire.encode(balance)
+        work.put(BALANCES, balance_key, encoded)
+        assert work.record is not None
+        work.side_effects.append((tenant, encoded, work.record.offset))  # versioned by the record that made it
+        work.note("vouchers", len(vouchers))
 
     # -- the trial balance read model (Redis: one hash per tenant, a field per partition) ---------------------
     def on_assigned(self, partitions: set[int]) -> None:

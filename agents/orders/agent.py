@@ -17,13 +17,14 @@ from typing import Any, NamedTuple
 
 import faust
 
-from agents.orders.core import HoldEntry, OrderRules, Stamp, hold_summary
+from agents.orders.core import HoldEntry, OrderRules, Stamp, Step, hold_summary
 from agents.orders.state import BuyerState, OrderState, Phase, RulesState
 from engine.app import context
 from engine.readmodels.holds import Change, Held, HoldsModel
 from engine.readmodels.sync import ReadModelSync
+from engine.runtime.kit import Broadcast, KeyedLogic
 from engine.runtime.stage import Stage
-from engine.runtime.work import Input, Logic, PartitionWork
+from engine.runtime.work import Input, PartitionWork
 from engine.topics import Topics
 from schemas import wire
 from schemas.aftersales import OrderOpened, PickupReady, ReturnRequested
@@ -65,9 +66,27 @@ def layout_key(tenant: str, partition: int) -> str:
     return f"{tenant}:layout@p{partition}"
 
 
-class OrderLogic(Logic):
+RULES_COPY = Broadcast(
+    RulesVersion,
+    RULES,
+    RulesState,
+    rules_key,
+    "rules",
+    value=lambda r: RulesState(rules=r.rules),
+    tenant=lambda s: s.rules.tenant,
+    version=lambda s: s.rules.version,
+)
+#: the warehouse layout that ranks reservations
+LAYOUT_COPY = Broadcast(LayoutVersion, LAYOUTS, Layout, layout_key, "layout", value=lambda r: r.layout)
+
+
+class OrderLogic(KeyedLogic[OrderState]):
+    """Time is the channels' modification time, from snapshots only (capped: ``MAX_CHANNEL_LEAD_MS``)."""
+
     name = "orders"
     tables = (ORDERS, BUYERS, RULES, LAYOUTS)
+    record_type = InboxRecord
+    broadcasts = (RULES_COPY, LAYOUT_COPY)
 
     def __init__(self, topics: Topics, partitions: int, retention_ms: int, inbox_epoch: str) -> None:
         self.inputs = (topics.order_inbox,)
@@ -76,21 +95,21 @@ class OrderLogic(Logic):
         self.rules = OrderRules(retention_ms)
         self.origin_prefix = f"orders.{inbox_epoch or 'x'}"
         self.routes = {
-            ReviewDecision: topics.review_decisions,
-            OrderDecision: topics.order_decisions,
-            OrderCancellation: topics.order_cancellations,
-            Reserve: topics.inventory_commands,
-            Release: topics.inventory_commands,
-            Quote: topics.inventory_commands,
-            ParcelAccepted: topics.fulfilment_inbox,
-            OrderWithdrawn: topics.fulfilment_inbox,
-            ShortPickOutcome: topics.short_picks,
-            OrderAllocation: topics.allocations,
-            OrderOpened: topics.aftersales_inbox,
-            PickupReady: topics.aftersales_inbox,
-            ReturnRequested: topics.aftersales_inbox,
+            ReviewDecision: (topics.review_decisions,),
+            OrderDecision: (topics.order_decisions,),
+            OrderCancellation: (topics.order_cancellations,),
+            Reserve: (topics.inventory_commands,),
+            Release: (topics.inventory_commands,),
+            Quote: (topics.inventory_commands,),
+            ParcelAccepted: (topics.fulfilment_inbox,),
+            OrderWithdrawn: (topics.fulfilment_inbox,),
+            ShortPickOutcome: (topics.short_picks,),
+            OrderAllocation: (topics.allocations,),
+            # approvals also go to finance: what was paid, per line
+            OrderOpened: (topics.aftersales_inbox, topics.ledger_inbox),
+            PickupReady: (topics.aftersales_inbox,),
+            ReturnRequested: (topics.aftersales_inbox,),
         }
-        self.ledger_inbox = topics.ledger_inbox  # approvals also go to finance: what was paid, per line
         self.holds: HoldsModel | None = None
         self.sync: ReadModelSync | None = None
         self.stage: Stage | None = None
@@ -106,36 +125,26 @@ class OrderLogic(Logic):
             self.waiting.pop(key)
         return sorted(k for k, (_, since) in self.waiting.items() if now - since >= older_than_s)
 
-    def process(self, work: PartitionWork, record: Input) -> None:
-        try:
-            item = wire.decode(record.value, InboxRecord)
-        except wire.WireError as exc:
-            work.dead_letter(record, exc.reason, exc.detail)
-            return
+    def event_time(self, item: InboxRecord, record: Input) -> int | None:
+        if not isinstance(item, OrderSnapshot):
+            return None
+        order = item.order
+        return min(max(order.version, order.created_at), record.timestamp_ms + MAX_CHANNEL_LEAD_MS)
+
+    def tenant_of(self, item: InboxRecord) -> str | None:
+        # A refused snapshot names its order's tenant; a misrouted one (``route``) has always named none.
+        return item.order.tenant if isinstance(item, OrderSnapshot) else getattr(item, "tenant", None)
+
+    def handle(self, work: PartitionWork, record: Input, item: InboxRecord) -> Step:
         p = record.partition
-        if isinstance(item, RulesVersion):  # broadcast: one copy on every partition
-            key = rules_key(item.rules.tenant, p)
-            current = work.get_as(RULES, key, RulesState)
-            version = current.rules.version if current else None
-            work.put_if_newer(RULES, key, RulesState(rules=item.rules), item.rules.version, version, "rules")
-            return
-        if isinstance(item, LayoutVersion):  # the same, for the warehouse layout that ranks reservations
-            key = layout_key(item.layout.tenant, p)
-            layout = work.get_as(LAYOUTS, key, Layout)
-            version = layout.version if layout else None
-            work.put_if_newer(LAYOUTS, key, item.layout, item.layout.version, version, "layout")
-            return
-        if work.misrouted(record, item.key, self.partitions, getattr(item, "tenant", None)):
-            return
         stamp = Stamp(f"{self.origin_prefix}.p{p}", record.offset)
         now = record.timestamp_ms
         if isinstance(item, OrderSnapshot):
             order = item.order
-            work.advance(min(max(order.version, order.created_at), now + MAX_CHANNEL_LEAD_MS))
             state = work.get_as(ORDERS, order.key, OrderState)
             buyer = work.get_as(BUYERS, item.key, BuyerState)
-            rules = work.get_config(RULES, rules_key(order.tenant, p), RulesState)
-            layout = work.get_config(LAYOUTS, layout_key(order.tenant, p), Layout)
+            rules = self.config(work, RULES_COPY, order.tenant, p)
+            layout = self.config(work, LAYOUT_COPY, order.tenant, p)
             step = self.rules.on_snapshot(
                 state, buyer, rules.rules if rules else None, order, stamp, now, work.watermark, layout
             )
@@ -144,34 +153,23 @@ class OrderLogic(Logic):
         elif isinstance(item, LineResult):
             state = work.get_as(ORDERS, f"{item.tenant}:{item.order_id}", OrderState)
             step = self.rules.on_result(state, item, stamp, now)
-        elif isinstance(item, StockQuote):
-            state = work.get_as(ORDERS, f"{item.tenant}:{item.order_id}", OrderState)
-            layout = work.get_config(LAYOUTS, layout_key(item.tenant, p), Layout)
-            step = self.rules.on_quote(state, item, stamp, now, layout)
-        elif isinstance(item, LineShort):
-            state = work.get_as(ORDERS, f"{item.tenant}:{item.order_id}", OrderState)
-            layout = work.get_config(LAYOUTS, layout_key(item.tenant, p), Layout)
-            step = self.rules.on_short(state, item, stamp, now, layout)
         else:
-            assert isinstance(item, OperatorAction)
             state = work.get_as(ORDERS, f"{item.tenant}:{item.order_id}", OrderState)
-            layout = work.get_config(LAYOUTS, layout_key(item.tenant, p), Layout)
-            step = self.rules.on_operator(state, item, stamp, now, layout)
+            layout = self.config(work, LAYOUT_COPY, item.tenant, p)
+            if isinstance(item, StockQuote):
+                step = self.rules.on_quote(state, item, stamp, now, layout)
+            elif isinstance(item, LineShort):
+                step = self.rules.on_short(state, item, stamp, now, layout)
+            else:
+                assert isinstance(item, OperatorAction)
+                step = self.rules.on_operator(state, item, stamp, now, layout)
         if step.order_changed and step.order is not None:
             work.put(ORDERS, step.order.key, step.order, expires_at=step.order.expires_at)
             work.side_effects.append(SagaProgress(step.order.key, step.order.phase is Phase.RESERVING))
-        for out in step.outputs:
-            work.emit(self.routes[type(out)], out.key, out)
-            if isinstance(out, OrderOpened):
-                work.emit(self.ledger_inbox, out.key, out)
         for hold in step.holds:
             hold.version = record.offset  # an order lives in one inbox partition: its versions only grow
         work.side_effects.extend(step.holds)
-        if step.note:
-            work.note(step.note)
-        if step.refused is not None:
-            tenant = item.order.tenant if isinstance(item, OrderSnapshot) else getattr(item, "tenant", None)
-            work.dead_letter(record, step.refused[0], step.refused[1], tenant)
+        return step
 
     def expires_at(self, table: str, value: bytes) -> int | None:
         if table == ORDERS:

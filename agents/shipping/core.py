@@ -20,13 +20,12 @@ record's time; the policy and the warehouse's carriers come from the log.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import Any
 
 import msgspec
 
 from agents.shipping.carriers import NoCarrier, choose_carrier, price, rate_for
 from agents.shipping.packing import PackLine, pack
+from engine.runtime.kit import Step
 from engine.runtime.stamp import Stamp
 from schemas import keys
 from schemas.aftersales import WaybillRegistered
@@ -94,15 +93,6 @@ class ShipmentState(msgspec.Struct, kw_only=True):
     @property
     def key(self) -> str:
         return keys.shipment(self.tenant, self.shipment_id)  # reply_to of its waybill requests
-
-
-@dataclass
-class Step:
-    state: ShipmentState | None
-    changed: bool = False
-    outputs: list[Any] = field(default_factory=list)
-    note: str = ""
-    refused: tuple[str, str] | None = None  # (reason code, detail): the input is dead-lettered
 
 
 def on_picked(

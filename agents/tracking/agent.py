@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import faust
 
-from agents.tracking.core import Applied, Tracking, apply_event, register
+from agents.tracking.core import Tracking, apply_event, register
 from engine.app import context
+from engine.runtime.kit import KeyedLogic, Step
 from engine.runtime.stage import Stage
-from engine.runtime.work import Input, Logic, PartitionWork
+from engine.runtime.work import Input, PartitionWork
 from engine.topics import Topics
-from schemas import wire
 from schemas.aftersales import OrderTracking, TrackingRecord, WaybillRegistered
 from schemas.deadletter import ReasonCode
 from schemas.shipping import TrackingUpdate
@@ -23,45 +23,37 @@ from schemas.shipping import TrackingUpdate
 WAYBILLS = "tracking-waybills"
 
 
-class TrackingLogic(Logic):
+class TrackingLogic(KeyedLogic[Tracking]):
+    """Record time; the waybill's tracking is kept a retention after its last change."""
+
     name = "tracking"
     tables = (WAYBILLS,)
+    record_type = TrackingRecord
+    state_table, state_type = WAYBILLS, Tracking
 
     def __init__(self, topics: Topics, partitions: int, retention_ms: int) -> None:
         self.inputs = (topics.tracking_inbox,)
         self.partitions = partitions
         self.retention_ms = retention_ms
-        self.routes: dict[type, str] = {
-            TrackingUpdate: topics.tracking_updates,
-            OrderTracking: topics.aftersales_inbox,
+        self.routes = {
+            TrackingUpdate: (topics.tracking_updates,),
+            OrderTracking: (topics.aftersales_inbox,),
         }
 
-    def process(self, work: PartitionWork, record: Input) -> None:
-        try:
-            item = wire.decode(record.value, TrackingRecord)
-        except wire.WireError as exc:
-            work.dead_letter(record, exc.reason, exc.detail)
-            return
-        if work.misrouted(record, item.key, self.partitions, item.tenant):
-            return
-        now = record.timestamp_ms
-        work.advance(now)
+    def handle(self, work: PartitionWork, record: Input, item: TrackingRecord) -> Step[Tracking]:
         state = work.get_as(WAYBILLS, item.key, Tracking)
         if state is not None and state.carrier != item.carrier:
             detail = f"{item.waybill} is a {state.carrier} waybill, the record says {item.carrier}"
-            work.dead_letter(record, ReasonCode.INVALID_RECORD, detail, item.tenant)
-            return
-        registering = isinstance(item, WaybillRegistered)
-        applied: Applied = register(state, item, now) if registering else apply_event(state, item, now)
-        work.note(applied.note)
-        if applied.tracking is not state:
-            applied.tracking.updated_at = now
-            work.put(WAYBILLS, item.key, applied.tracking, expires_at=now + self.retention_ms)
-        for out in applied.outputs:
-            work.emit(self.routes[type(out)], out.key, out)
+            return Step(refused=(ReasonCode.INVALID_RECORD, detail))
+        if isinstance(item, WaybillRegistered):
+            return register(state, item, work.now)
+        return apply_event(state, item, work.now)
 
-    def expires_at(self, table: str, value: bytes) -> int | None:
-        return wire.decode_state(value, Tracking).updated_at + self.retention_ms
+    def touch(self, state: Tracking, now: int) -> None:
+        state.updated_at = now
+
+    def keep_until(self, state: Tracking) -> int | None:
+        return state.updated_at + self.retention_ms
 
 
 def install(app: faust.App) -> Stage:

@@ -23,11 +23,9 @@ faster than our log) are applied all the same, and the registration tells the or
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import msgspec
 
+from engine.runtime.kit import Step
 from schemas.aftersales import OrderTracking, WaybillRegistered
 from schemas.shipping import CarrierEvent, TrackingStatus, TrackingUpdate
 
@@ -66,31 +64,29 @@ class Tracking(msgspec.Struct):
         return msgspec.structs.replace(self, history=list(self.history), seen=list(self.seen))
 
 
-@dataclass
-class Applied:
-    tracking: Tracking
-    update: TrackingUpdate | None  # the visible state changed
-    note: str  # duplicate, after_final, late, progress, exception, recovered, final, registered
-    outputs: list[Any] = field(default_factory=list)  # the update and what each order of the waybill is told
+def apply_event(state: Tracking | None, event: CarrierEvent, now: int) -> Step[Tracking]:
+    """Apply one carrier event to its waybill's tracking. Pure: ``state`` is not modified.
 
-
-def apply_event(state: Tracking | None, event: CarrierEvent, now: int) -> Applied:
-    """Apply one carrier event to its waybill's tracking. Pure: ``state`` is not modified."""
-    applied = _apply(state, event, now)
-    if applied.update is not None:
-        if applied.tracking.final and applied.tracking.closed_at is None:
-            applied.tracking.closed_at = now
-        applied.outputs = [applied.update, *_tell_orders(applied.tracking, applied.update.occurred_at, now)]
+    The step holds the waybill's tracking (``changed`` when it is a new one to write), the visible update and what
+    each order of the waybill is told (``outputs``: the ``TrackingUpdate`` first), and a note: duplicate,
+    after_final, late, progress, exception, recovered or final."""
+    tracking, update, note = _apply(state, event, now)
+    applied = Step(tracking, tracking is not state, note=note)
+    if update is not None:
+        if tracking.final and tracking.closed_at is None:
+            tracking.closed_at = now
+        applied.outputs = [update, *_tell_orders(tracking, update.occurred_at, now)]
     return applied
 
 
-def register(state: Tracking | None, registered: WaybillRegistered, now: int) -> Applied:
-    """Shipping says which orders the waybill carries. If scans came first, the orders hear where it is."""
+def register(state: Tracking | None, registered: WaybillRegistered, now: int) -> Step[Tracking]:
+    """Shipping says which orders the waybill carries. If scans came first, the orders hear where it is (note:
+    registered, or duplicate_registration)."""
     if state is not None and state.registered_at is not None:
-        return Applied(state, None, "duplicate_registration")
+        return Step(state, note="duplicate_registration")
     new = (state or Tracking(registered.tenant, registered.carrier, registered.waybill)).copy()
     new.shipment_id, new.order_ids, new.registered_at = registered.shipment_id, list(registered.order_ids), now
-    applied = Applied(new, None, "registered")
+    applied = Step(new, True, note="registered")
     if new.status is not TrackingStatus.CREATED or new.exception_at is not None:
         applied.outputs = _tell_orders(new, max(new.progress_at, new.exception_at or 0), now)
     return applied
@@ -113,23 +109,24 @@ def _tell_orders(state: Tracking, occurred_at: int, now: int) -> list[OrderTrack
     ]
 
 
-def _apply(state: Tracking | None, event: CarrierEvent, now: int) -> Applied:
+def _apply(state: Tracking | None, event: CarrierEvent, now: int) -> tuple[Tracking, TrackingUpdate | None, str]:
+    """(the tracking after the event, the visible update if the state the carrier shows changed, the note)"""
     base = state or Tracking(event.tenant, event.carrier, event.waybill)
     if event.event_id in base.seen:
-        return Applied(base, None, "duplicate")
+        return base, None, "duplicate"
     new = base.copy()
     new.seen = [*new.seen, event.event_id][-RECENT_EVENTS:]
     new.history = sorted([*new.history, (event.occurred_at, event.status.value, event.event_id)])[-RECENT_EVENTS:]
     if new.final:
-        return Applied(new, None, "after_final")
+        return new, None, "after_final"
     if event.status is TrackingStatus.RETURNED:
         new.status, new.progress_at, new.exception_at = TrackingStatus.RETURNED, event.occurred_at, None
-        return Applied(new, _update(new, event, "final", now), "final")
+        return new, _update(new, event, "final", now), "final"
     if event.status is TrackingStatus.EXCEPTION:
         if new.exception_at is not None or event.occurred_at < new.progress_at:
-            return Applied(new, None, "late")  # already open, or older than the last move
+            return new, None, "late"  # already open, or older than the last move
         new.exception_at = event.occurred_at
-        return Applied(new, _update(new, event, "exception", now), "exception")
+        return new, _update(new, event, "exception", now), "exception"
     rank, current = PROGRESS[event.status], PROGRESS[new.status]
     recovers = new.exception_at is not None and event.occurred_at >= new.exception_at
     if rank > current or (rank == current and recovers and rank > 0):
@@ -137,8 +134,8 @@ def _apply(state: Tracking | None, event: CarrierEvent, now: int) -> Applied:
         if recovers:
             new.exception_at = None
         reason = "final" if new.final else "recovered" if recovers else "progress"
-        return Applied(new, _update(new, event, reason, now), reason)
-    return Applied(new, None, "late")
+        return new, _update(new, event, reason, now), reason
+    return new, None, "late"
 
 
 def _update(state: Tracking, event: CarrierEvent, reason: str, now: int) -> TrackingUpdate:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from agents.shipping.carriers import NoCarrier, choose_carrier, price, rate_for
 from agents.tracking.core import PROGRESS, Tracking, apply_event
-from schemas.shipping import CarrierEvent, CarrierRate, CarrierRule, ShippingPolicy, TrackingStatus
+from schemas.shipping import CarrierEvent, CarrierRate, CarrierRule, ShippingPolicy, TrackingStatus, TrackingUpdate
 
 S = TrackingStatus
 
@@ -22,10 +22,11 @@ def run(*events: CarrierEvent) -> tuple[Tracking | None, list[str], list]:
     state, notes, updates = None, [], []
     for event in events:
         applied = apply_event(state, event, now=9_000)
-        state = applied.tracking
+        state = applied.state
         notes.append(applied.note)
-        if applied.update is not None:
-            updates.append((applied.update.status, applied.update.exception, applied.update.reason))
+        for update in applied.outputs:
+            if isinstance(update, TrackingUpdate):
+                updates.append((update.status, update.exception, update.reason))
     return state, notes, updates
 
 
@@ -96,7 +97,7 @@ def test_any_order_of_the_same_scans_ends_in_the_same_stage_and_never_goes_back(
     for order in (events, shuffled):
         state, rank = None, -1
         for event in order:
-            state = apply_event(state, event, 1).tracking
+            state = apply_event(state, event, 1).state
             assert PROGRESS[state.status] >= rank  # never backwards
             rank = PROGRESS[state.status]
         ends.append(state.status)
