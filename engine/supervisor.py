@@ -1,6 +1,6 @@
 """Engine worker processes: start N, wait until they own every partition, restart the ones that die, stop them.
 
-Used by the main job and by the pipeline tests. Each worker is ``python -m engine.cli worker --index i`` with
+Used by the main job and by the pipeline tests. Each worker is ``python -m engine.worker --index i`` with
 the settings passed through the environment, logging to ``$OMS_STATE_DIR/logs/<app id>-worker<i>.log``. A worker
 that dies is started again by :meth:`WorkerPool.supervise` (a crash costs latency, never an order): its
 partitions move to the others after the session timeout, and back once it has restored its tables.
@@ -106,7 +106,7 @@ class WorkerPool:
     def _spawn(self, index: int, env: dict[str, str] | None = None) -> None:
         extra = self.env.get(index, {}) if env is None else env
         env_all = {**os.environ, **self.settings.to_env(), "PYTHONPATH": str(REPO_ROOT), **extra}
-        argv = [sys.executable, "-m", "engine.cli", "worker", "--index", str(index)]
+        argv = [sys.executable, "-m", "engine.worker", "--index", str(index)]
         self.procs[index] = self.spawner.popen(argv, self.log_path(index), env_all)
 
     def supervise(self) -> list[Restart]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import importlib
 import logging
 import signal
+import sys
 from collections.abc import Callable
 
 import faust
@@ -77,3 +79,23 @@ def run_worker(settings: Settings, index: int = 0) -> int:
     worker = _Worker(app, loglevel=settings.log_level, quiet=True, loop=loop, redirect_stdouts=False)
     worker.execute_from_commandline()  # exits the process when done
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m engine.worker --index i``: one worker, configured from the environment (how the supervisor
+    starts each worker; ``oms worker`` is the same)."""
+    parser = argparse.ArgumentParser(prog="python -m engine.worker", description="one engine worker (Faust)")
+    parser.add_argument("--index", type=int, default=0, help="worker number: web port and data dir offset")
+    args = parser.parse_args(argv)
+    try:
+        return run_worker(Settings.from_env(), args.index)
+    except tripwire.TripwireError as exc:
+        print(f"oms worker: {exc}", file=sys.stderr)
+        return 3
+    except SettingsError as exc:
+        print(f"oms worker: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -193,9 +193,9 @@ class Pipeline:
             t for t in existing if t.startswith(self.settings.app_id + "-") and t.endswith("-changelog")
         )
         for m in read_topics(self.bootstrap, [*self.topics.all(), *changelogs]):
-            raw = (m.key() or b"") + b" " + (m.value() or b"")
+            raw = (m.key or b"") + b" " + (m.value or b"")
             if any(n in raw for n in wanted):
-                found.append(f"{m.topic()}/{m.partition()}@{m.offset()} key={m.key()!r} {(m.value() or b'')[:600]!r}")
+                found.append(f"{m.topic}/{m.partition}@{m.offset} key={m.key!r} {(m.value or b'')[:600]!r}")
                 if len(found) >= limit:
                     break
         return found

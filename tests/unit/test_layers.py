@@ -15,7 +15,6 @@ import ast
 from pathlib import Path
 
 import msgspec
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -103,11 +102,6 @@ def test_invariants_never_import_the_code_they_check() -> None:
     assert offenders("invariants", ("agents",)) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/cli.py still imports agents, workload and deploy: the CLI moves out of engine/ (issue #19 item 4); "
-    "when this passes, remove the marker",
-)
 def test_the_engine_imports_no_stage_workload_or_deployment() -> None:
     assert offenders("engine", ("agents", "workload", "deploy")) == []
 

@@ -1,4 +1,8 @@
-"""``oms``: the command line. ``oms --help`` lists the subcommands."""
+"""``oms``: the command line. ``oms --help`` lists the subcommands.
+
+It lives in ``deploy/`` because it puts the pieces together (local servers, the stages' publishers, the main job):
+``engine/`` never imports ``agents/``, ``workload/`` or ``deploy/``. A worker process is ``python -m engine.worker``
+(the supervisor starts it so); ``oms worker`` runs the same in the foreground."""
 
 from __future__ import annotations
 
@@ -17,14 +21,9 @@ def _settings(**overrides: object) -> Settings:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from engine.tripwire import TripwireError
-    from engine.worker import run_worker
+    from engine.worker import main as worker_main
 
-    try:
-        return run_worker(_settings(), args.index)
-    except TripwireError as exc:
-        print(f"oms worker: {exc}", file=sys.stderr)
-        return 3
+    return worker_main(["--index", str(args.index)])
 
 
 def cmd_servers(args: argparse.Namespace) -> int:
