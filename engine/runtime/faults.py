@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,10 @@ class Fault:
             self.report.write_text(json.dumps(report))
         log.error("fault injection: %s", json.dumps(report))
         if self.step == "pause":
-            os.kill(os.getpid(), signal.SIGSTOP)
+            # At this thread, not the process: a process-directed SIGSTOP is taken by whichever thread the kernel
+            # picks, and until that one runs (on a loaded machine, milliseconds) this thread ran on and committed
+            # the very transaction the pause was to hold open. Sent to itself, it stops before kill returns.
+            signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)
             log.error("fault injection: resumed after SIGSTOP")
             return
         fatal(137, f"fault injection at {self.step}")

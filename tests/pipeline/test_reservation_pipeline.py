@@ -14,6 +14,7 @@ from engine.kafka.admin import admin
 from engine.kafka.clients import end_offsets, partition_for, read_topics, unprocessed
 from engine.kafka.transactions import TxnProducer
 from engine.runtime.faults import FAULT_ENV, REPORT_ENV
+from engine.supervisor import WorkerPool
 from invariants import Verdict
 from schemas import wire
 from schemas.deadletter import ReasonCode
@@ -209,6 +210,17 @@ def test_a_crash_at_each_step_of_a_transaction_loses_and_doubles_nothing(
     assert verdict.counts["orders"] == unique
 
 
+def _fencing_log(pool: WorkerPool) -> str:
+    """What both workers logged about groups, transactions and fencing: a failure seen once explains itself."""
+    words = ("fenc", "abort", "txn", "transaction", "generation", "sesstmout", "fault", "refused", "error")
+    out = []
+    for i in range(2):
+        lines = pool.log_path(i).read_text(errors="replace").splitlines() if pool.log_path(i).exists() else []
+        out.append(f"-- worker {i}:")
+        out.extend(line[:400] for line in lines if any(w in line.lower() for w in words))
+    return "\n".join(out[-120:])
+
+
 @pytest.mark.parametrize("stage", ["inventory", "orders"])
 def test_a_paused_worker_is_fenced_and_writes_nothing_after_losing_its_partitions(
     pipeline: Pipeline, tmp_path: Path, stage: str
@@ -241,7 +253,7 @@ def test_a_paused_worker_is_fenced_and_writes_nothing_after_losing_its_partition
     pool.resume(1)
     deadline = time.monotonic() + 60
     while (pipeline.stats(pool, 1, stage) or {}).get("fenced", 0) < 1:
-        assert time.monotonic() < deadline, "the resumed worker was never fenced"
+        assert time.monotonic() < deadline, "the resumed worker was never fenced\n" + _fencing_log(pool)
         time.sleep(0.5)
     pipeline.wait_decisions(unique, timeout_s=300)
     verdict = assert_invariants(pipeline)  # includes: no stock version written by two events
