@@ -326,6 +326,12 @@ def summarize(rows: list[dict], orders_n: int, seed: int, reps: int, workers: in
             )
             for side in ("workers", "broker")
         },
+        # the records per order of the median engine run (by orders/s): consumed, produced, changelog, per stage
+        "engine_records_per_order": (
+            sorted(good_engine, key=lambda r: r["orders_per_s"] or 0)[len(good_engine) // 2].get("records_per_order")
+            if good_engine
+            else None
+        ),
         "kstreams_cpu_ms_per_order": median(
             [
                 1000 * r["peer_cpu_s"] / r["orders"]
@@ -384,6 +390,28 @@ def markdown_lines(result: dict, kafka_version: str) -> list[str]:
         "",
         "What the Redis allocators cannot do that the engine does: " + " ".join(REDIS_CANNOT),
     ]
+    per_order = summary.get("engine_records_per_order")
+    if per_order:
+        stages = [name for name in per_order if name != "all"] + ["all"]
+        lines += [
+            "",
+            "Records per decided order in the median engine run, per stage (from the workers' `/oms/stats/`): read "
+            "from its inputs, sent to topics, and written to its tables' changelogs. The order stage's and the "
+            "inventory's are the reservation itself; the rest is the day's downstream (fulfilment, shipping, "
+            "tracking, after-sales, the ledger) on the orders the run sends.",
+            "",
+            *table(
+                ["Stage", "Consumed", "Produced", "Changelog"],
+                [
+                    [
+                        f"**{name}**" if name == "all" else name,
+                        *(f"{per_order[name].get(k, 0):.2f}" for k in ("consumed", "produced", "changelog")),
+                    ]
+                    for name in stages
+                ],
+                ["l", "r", "r", "r"],
+            ),
+        ]
     failures = failure_lines(rows)
     return [*lines, "", *failures] if failures else lines
 
@@ -398,8 +426,8 @@ def write_profile(settings: Settings, row: dict, found: dict) -> None:
         f"py-spy (`--gil`: samples holding the GIL, i.e. the workers' Python CPU) on both workers during one "
         f"engine run of {row['orders']:,} orders ({row['orders_per_s']:,.0f} orders/s while sampled). Command: "
         "`python -m bench.pipeline --profile`. Self time in `Worker.execute_from_commandline` is the event loop "
-        "itself (uvloop runs in C below that frame); `Recovery._slurp_changelogs` is the standby replaying the "
-        "other worker's changelogs.",
+        "itself (uvloop runs in C below that frame); the stream runtime's thread (`StreamRuntime`) reads, runs the "
+        "stages' logic and commits.",
         "",
         *table(
             ["Self (where the samples were)", "%"],
