@@ -165,8 +165,8 @@ def write_goals(settings: Settings) -> None:
             "What stands in the way of the goals not met: the engine is CPU-bound on two cores shared with the "
             "broker and every stage (the JVM peer runs only the reservation saga); " + _profile_line() + ". Faust's "
             "per-message plumbing is gone from the hot path (see *Before and after*); what is left is the rules "
-            "themselves (decoding, state, encoding: about 0.25 ms per order in-process) and the records each order "
-            "moves (see *Records per order*).",
+            "themselves (decoding, state, encoding: about 0.25–0.38 ms per order in-process) and the records each "
+            "order moves (see the records per order under *Reservation pipeline*).",
         ]
     write_section("Goals", lines)
 

@@ -477,7 +477,7 @@ def failover(run: Run, pool: WorkerPool, standby: int, restart: bool) -> dict[st
     before = [r - s for s, r in steady if r is not None]
     in_flight = [r - s for s, _p, _k, r in run.tracker.since(kill_ms - 60_000) if s < kill_ms and r and r > kill_ms]
     on_victim = [round((served[p] - kill_ms) / 1000, 2) for p in victim if p in served]
-    # Faust pauses every partition of a worker during a rebalance: the survivor's own orders wait too.
+    # A rebalance (eager) pauses every partition of the group: the survivor's own orders wait too.
     last_served = max(served.values(), default=kill_ms)
     on_survivor = [
         r - s for s, p, _k, r in run.tracker.since(kill_ms) if s <= last_served and p not in victim and r is not None
@@ -829,16 +829,17 @@ def write_markdown(result: dict[str, Any]) -> None:
         + f" with their stores kept, and {rows['ready, full state, stores deleted (cold)']['seconds']:.0f} s with "
         "every table restored from its changelog. "
     )
-    sticky = "Faust's assignor is sticky only to a running worker's in-memory assignment"
     if any(r["restored_in_full"] for r in warm):
         reading += (
-            "A local store saves only the partitions the new group assigns back to the worker that held them, and "
-            f"{sticky}: a restarted pool's assignment ignores where the stores are. "
+            "A local store saves only the partitions the new group assigns back to the worker that held them; the "
+            "range assignor over static members (`group.instance.id` = the worker's index) gives a worker index the "
+            "same partitions when the same indexes are members, and the others were restored in full. "
         )
     else:
         reading += (
-            "The new group happened to assign every partition back to the worker whose store held it; nothing makes "
-            f"it do so ({sticky}), and a partition that lands elsewhere is restored in full. "
+            "Every partition came back to the worker whose store held it: the range assignor over static members "
+            "(`group.instance.id` = the worker's index) gives a worker index the same partitions when the same "
+            "indexes are members. "
         )
     reading += (
         f"A killed worker's partitions are served again after {fig(0, False)} s (standby 0) and {fig(1, False)} s "
@@ -848,14 +849,18 @@ def write_markdown(result: dict[str, Any]) -> None:
     if served and min(served) >= session:
         reading += (
             f"The session timeout ({session:g} s, `OMS_SESSION_TIMEOUT_S`) is the floor of every one of them: the "
-            "group keeps the dead member's partitions until its session expires, even when its replacement has "
-            "already joined. Then come the rebalance and the restore of the moved tables (*owned again*), then the "
+            "group keeps the dead member's partitions until its session expires. Then come the rebalance and the restore of the moved tables (*owned again*), then the "
             "orders that queued meanwhile: an order's stock answers reach it through the same inbox, behind them. "
             "The survivor's own orders wait too, for their lines' SKUs on the dead worker's inventory partitions and "
             "through the rebalance."
         )
     else:
-        reading += f"The session timeout in force was {session:g} s (`OMS_SESSION_TIMEOUT_S`)."
+        reading += (
+            f"A worker started again at once rejoins under its own `group.instance.id` and takes its partitions back "
+            f"without waiting out the session timeout ({session:g} s, `OMS_SESSION_TIMEOUT_S`); one that stays dead "
+            "hands them over when its session expires. Either way the new owner restores only what its store (or "
+            "standby copy) lacks, after fencing the departed worker's transactional id."
+        )
     stalls = [r for r in fails.values() if r.get("stall_rereads")]
     if stalls:
         reading += (
