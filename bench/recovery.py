@@ -849,7 +849,8 @@ def write_markdown(result: dict[str, Any]) -> None:
     if served and min(served) >= session:
         reading += (
             f"The session timeout ({session:g} s, `OMS_SESSION_TIMEOUT_S`) is the floor of every one of them: the "
-            "group keeps the dead member's partitions until its session expires. Then come the rebalance and the restore of the moved tables (*owned again*), then the "
+            "group keeps the dead member's partitions until its session expires. Then come the rebalance and the "
+            "restore of the moved tables (*owned again*), then the "
             "orders that queued meanwhile: an order's stock answers reach it through the same inbox, behind them. "
             "The survivor's own orders wait too, for their lines' SKUs on the dead worker's inventory partitions and "
             "through the rebalance."

@@ -38,7 +38,7 @@ from deploy.local.servers import LocalServers
 from engine.settings import Settings
 from workload.generator import Workload, WorkloadSpec
 
-#: The runtime's levers, the defaults second; each entry: label, settings changes. "× first row" compares with the first.
+#: The runtime's levers, today's defaults second; each entry: label, settings changes.
 TUNING: list[tuple[str, dict[str, Any]]] = [
     ("small batches: ≤500 records, 20 ms linger", {"standby_replicas": 0, "batch_max": 500, "batch_within_s": 0.02}),
     (
