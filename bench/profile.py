@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -28,13 +29,19 @@ class Profiler:
         self.procs: list[tuple[subprocess.Popen, Path]] = []
 
     @staticmethod
-    def available() -> bool:
-        return shutil.which("py-spy") is not None
+    def executable() -> str | None:
+        """py-spy next to this Python (``.venv/bin``, without activating it) or on the PATH."""
+        beside = Path(sys.executable).parent / "py-spy"
+        return str(beside) if beside.exists() else shutil.which("py-spy")
+
+    @classmethod
+    def available(cls) -> bool:
+        return cls.executable() is not None
 
     def attach(self, pid: int, name: str) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         out = self.out_dir / f"{name}.txt"
-        argv = ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", str(self.rate)]
+        argv = [self.executable() or "py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", str(self.rate)]
         argv += ["--nonblocking", "--output", str(out)] + (["--gil"] if self.gil_only else [])
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.procs.append((proc, out))
