@@ -815,7 +815,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if not args.no_markdown:
             write_markdown(result)
-        save_result("latency", {"ok": result["ok"], "steps": result["steps"], "knee": result.get("knee")})
+        knee = {k: result.get(k) for k in ("knee_per_s", "first_failed_per_s")}
+        save_result("latency", {"ok": result["ok"], "steps": result["steps"], "knee": knee})
         if not result["ok"]:
             print(
                 f"latency: the run FAILED: invariants {result['invariants']}, engine errors {result['engine_errors']}, "
