@@ -1,6 +1,6 @@
 """``python -m bench all`` regenerates every table of BENCHMARKS.md from real runs on this machine.
 
-    python -m bench all            # everything, about 40 minutes on 2 cores
+    python -m bench all            # everything, about 45 minutes on 2 cores
     python -m bench all --quick    # the same tables from short runs (about 12 minutes): a smoke, not a result
     python -m bench pipeline | variants | latency | recovery | locust | paths | fulfilment | ledger | goals   # one part
 

@@ -227,7 +227,7 @@ def write_tuning(settings: Settings, result: dict) -> None:
         "after its first record set how many transactions a day costs; a standby follows the other worker's "
         "changelogs on the same two cores, in exchange for a takeover that restores only the last moments.",
     ]
-    write_section("Tuning: before and after", lines)
+    write_section("Tuning: the runtime's levers", lines)
 
 
 def write_scale(settings: Settings, result: dict) -> None:
