@@ -142,7 +142,7 @@ def test_a_webhook_batch_of_distinct_orders_is_every_order(pipeline: Pipeline, c
 
 
 def test_bad_requests_are_refused_with_a_reason(pipeline: Pipeline, credentials: Credentials) -> None:
-    edge = pipeline.start_workers(1, topics=[pipeline.topics.order_inbox])
+    pipeline.start_workers(1, topics=[pipeline.topics.order_inbox])
     body = json.dumps(sample("shopify_order.json")).encode()
     domain, _ = credentials.shopify[("acme", "s1")]
     headers = {"X-Shopify-Shop-Domain": domain, "X-Shopify-Hmac-SHA256": sign("wrong", body)}
@@ -171,7 +171,8 @@ def test_bad_requests_are_refused_with_a_reason(pipeline: Pipeline, credentials:
     pipeline.inputs.add_orders([sent_order(Channel.JD, "s1", "301234567890", [("SKU-00003", 2)])])
     stock(pipeline, "acme", "SKU-00003")
     pipeline.wait_decisions(1)
-    edge.stop()
+    # checked with the worker running: a stopped one may leave the ticks it wrote as it stopped unread, and the
+    # idle check would wait for them for ever
     assert_invariants(pipeline)
 
 
