@@ -249,45 +249,6 @@ def _drain(consumer: Consumer, ends: dict[tuple[str, int], int], timeout_s: floa
                 pending.pop(tp)
 
 
-def last_committed_offsets(bootstrap: str, tps: Iterable[tuple[str, int]], timeout_s: float = 60.0) -> dict:
-    """The offset of the last committed record of each partition, or -1 when it holds none.
-
-    With transactional writers a partition ends with a commit marker, so "end offset − 1" names a marker that is
-    never delivered; table recovery must wait for the last *record* instead. Reads a growing tail of each
-    partition until a committed record is found."""
-    tps = list(tps)
-    result: dict[tuple[str, int], int] = {}
-    if not tps:
-        return result
-    consumer = _reader(bootstrap, "tail")
-    try:
-        bounds = {}
-        for t, p in tps:
-            lo, hi = watermarks(consumer, t, p)
-            bounds[(t, p)] = (lo, hi)
-            if hi <= lo:
-                result[(t, p)] = -1
-        window = 16
-        todo = [tp for tp in tps if tp not in result]
-        while todo:
-            starts = {tp: max(bounds[tp][0], bounds[tp][1] - window) for tp in todo}
-            consumer.assign([TopicPartition(t, p, starts[(t, p)]) for t, p in todo])
-            last: dict[tuple[str, int], int] = {}
-            for m in _drain(consumer, {tp: bounds[tp][1] for tp in todo}, timeout_s, todo):
-                last[(m.topic, m.partition)] = m.offset
-            consumer.unassign()
-            for tp in todo:
-                if tp in last:
-                    result[tp] = last[tp]
-                elif starts[tp] <= bounds[tp][0]:
-                    result[tp] = -1  # the whole partition holds nothing committed
-            todo = [tp for tp in todo if tp not in result]
-            window *= 16
-        return result
-    finally:
-        consumer.close()
-
-
 def tail(bootstrap: str, topics: list[str], on_message: Callable[[Message], None], stop: Callable[[], bool]) -> None:
     """Follow ``topics`` from the beginning until ``stop()`` says so (progress counting in the main job)."""
     consumer = _reader(bootstrap, "tail", **{"enable.partition.eof": False})

@@ -134,9 +134,3 @@ class FaultyProducer:
         if self._armed and self.fault.step == step:
             self._armed = False
             self.fault.fire(self._info)
-
-
-def with_fault(producer: Any) -> Any:
-    """``producer``, wrapped if ``OMS_FAULT`` arms a fault in this process."""
-    fault = Fault.from_env()
-    return producer if fault is None else FaultyProducer(producer, fault)
