@@ -25,6 +25,7 @@ pytestmark = pytest.mark.pipeline
 
 SHANGHAI = Address(name="王五", phone="13800000000", province="上海市", city="上海市", street="南京西路 1 号")
 BEIJING = Address(name="赵六", phone="13900000000", province="北京市", city="北京市", street="长安街 2 号")
+LEAVING_TENANT = "cove"  # its merge window is long enough for a cancellation to arrive inside it on any machine
 WAVES = WavePolicy(group_by=["carrier"], release_count=8, release_after_s=2, path="optimal")
 
 
@@ -69,9 +70,13 @@ def test_orders_go_from_acceptance_to_pick_lists(pipeline: Pipeline) -> None:
     layouts = [
         generate_layout(t, workload.spec.warehouses, skus, merge_window_s=3, waves=WAVES) for t in workload.spec.tenants
     ]
-    publish_layouts(pipeline.settings, layouts, "test-layouts")
+    # The order cancelled inside its merge window belongs to a tenant of its own whose window is long: the
+    # window is wall time from its acceptance (the record's time), so a short one would race a loaded machine.
+    slow = generate_layout(LEAVING_TENANT, ["WH-SH"], ["ONLY-SH"], merge_window_s=600, waves=WAVES)
+    publish_layouts(pipeline.settings, [*layouts, slow], "test-layouts")
     pipeline.load(workload)
     pipeline.send_commands(receipts("acme", {("ONLY-SH", "WH-SH"): 50, ("ONLY-BJ", "WH-BJ"): 50}))
+    pipeline.send_commands(receipts(LEAVING_TENANT, {("ONLY-SH", "WH-SH"): 5}))
     pool = pipeline.start_workers(2)
 
     now = DAY_START_MS + 12 * 3_600_000  # channel time inside the workload's day (its orders' times)
@@ -79,7 +84,7 @@ def test_orders_go_from_acceptance_to_pick_lists(pipeline: Pipeline) -> None:
     merge_a = order(2, [("ONLY-SH", 1)], SHANGHAI, "merge-buyer", now)
     merge_b = order(3, [("ONLY-SH", 2)], SHANGHAI, "merge-buyer", now + 1)
     elsewhere = order(4, [("ONLY-SH", 1)], BEIJING, "merge-buyer", now + 2)  # same buyer, other address
-    leaving = order(5, [("ONLY-SH", 1)], SHANGHAI, "leaving-buyer", now + 3)
+    leaving = order(5, [("ONLY-SH", 1)], SHANGHAI, "leaving-buyer", now + 3, tenant=LEAVING_TENANT)
     pipeline.send_orders([split, merge_a, merge_b, elsewhere, leaving])
     pipeline.wait_decisions(5, timeout_s=120)
     cancelled = msgspec.structs.replace(
@@ -88,7 +93,7 @@ def test_orders_go_from_acceptance_to_pick_lists(pipeline: Pipeline) -> None:
         version=now + 10,
         lines=[msgspec.structs.replace(ln, status=LineState.CANCELLED) for ln in leaving.lines],
     )
-    pipeline.send_orders([cancelled])  # well inside its 3-second merge window
+    pipeline.send_orders([cancelled])  # well inside its 10-minute merge window
 
     # A layout change while running: every bin of the split order's SKUs moves, and waves group by shape too.
     def moved(layout: Layout) -> Layout:
