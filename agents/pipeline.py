@@ -22,6 +22,7 @@ HTTP API, webhooks ───────────┴─► order inbox ─►
   approvals, goods issued, stock moves (valued), shipped parcels, deliveries, returns, settlement lines
      └──► ledger inbox ─► ledger (per order: costing, VAT, revenue recognition) ─► vouchers ─► PostgreSQL sink
                                      trial balance (table → Redis → HTTP)         reconciliations
+  result topics ─► views projector (per worker, its own group) ─► Redis views ─► query API (orders, shipments, stock)
 """
 
 from __future__ import annotations
@@ -47,12 +48,15 @@ from agents.shipping import agent as shipping
 from agents.shipping.gateway import CarrierGateway, LocalCarrier
 from agents.tracking import agent as tracking
 from agents.tracking import views as tracking_views
+from agents.views import api as views_api
+from agents.views.projection import Views
 from engine.app import context
 from engine.app import create_app as create_base_app
 from engine.http.edge import Edge
 from engine.kafka import broadcast
 from engine.readmodels.catalog import Catalog
 from engine.readmodels.holds import HoldsModel
+from engine.readmodels.projector import Projector
 from engine.readmodels.sync import ReadModelSync
 from engine.settings import Settings
 from engine.tenants import Tenants
@@ -90,18 +94,23 @@ def create_app(settings: Settings, worker_index: int = 0, topic_epochs: dict[str
     aftersales_views.install(app, edge)
     ledger.install(app, edge.redis, edge.keys, sync)
     ledger_views.install(app, edge)
-    gateways = [
+    views_api.install(app, edge)
+    gateways: list = [
         CarrierGateway(settings, topics, carrier),
         ChannelGateway(
             settings, topics, LocalChannel(carrier.client, settings.topic_prefix, settings.writeback_fail_every)
         ),
         VoucherSink(settings, topics),  # the books into PostgreSQL, for the accounting system
     ]
+    if settings.views:
+        gateways.append(Projector(settings, Views(topics)))  # the query API's read models in Redis
+
+    context(app).sidecars.update({g.name: g for g in gateways})
 
     @app.task
     async def start_gateways() -> None:
-        """The carrier and channel gateways and the voucher sink run beside the agents (their own threads and
-        consumer groups)."""
+        """The carrier and channel gateways, the voucher sink and the views projector run beside the agents (their
+        own threads and consumer groups)."""
         for gateway in gateways:
             gateway.start()
 

@@ -111,6 +111,36 @@ def cmd_settle(args: argparse.Namespace) -> int:
     return settle(_settings(), opts)
 
 
+def cmd_views(args: argparse.Namespace) -> int:
+    """Rebuild the query API's read models from the topics (``oms views rebuild``)."""
+    import time
+
+    from agents.views.projection import Views
+    from engine.readmodels.projector import namespace, rebuild
+    from engine.topics import Topics
+
+    settings = _settings()
+    space = namespace(settings, args.into) if args.into else namespace(settings)
+    started = time.monotonic()
+
+    def progress(records: int) -> None:
+        print(f"\roms views rebuild: {records:,} records into {space}", end="", file=sys.stderr, flush=True)
+
+    try:
+        counts = rebuild(settings, Views(Topics(settings.topic_prefix)), space, fresh=not args.keep, progress=progress)
+    except Exception as exc:  # Kafka or Redis not there: say so, in one line
+        print(f"\noms views rebuild: failed: {exc}", file=sys.stderr)
+        return 1
+    took = time.monotonic() - started
+    print(
+        f"\roms views rebuild: {counts['records']:,} records, {counts['applied']:,} of {counts['writes']:,} writes "
+        f"applied, {counts['cleared']:,} old keys cleared, {counts['undecodable']} undecodable, into {space} "
+        f"in {took:.1f}s",
+        file=sys.stderr,
+    )
+    return 0 if counts["undecodable"] == 0 else 1
+
+
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--orders", type=int, default=20_000, help="orders in the generated day (default 20000)")
     p.add_argument("--seed", type=int, default=11, help="workload seed: same seed, same day")
@@ -205,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--out", default=None, help="write the report as JSON to this file")
     st.add_argument("--receivable-code", default="1122", help="the receivable account's code (default 1122)")
     st.set_defaults(func=cmd_settle)
+    vw = sub.add_parser("views", help="the query API's read models in Redis")
+    vw_sub = vw.add_subparsers(dest="views_action", required=True)
+    rb = vw_sub.add_parser("rebuild", help="rebuild them from the topics (the live projector may keep running)")
+    rb.add_argument("--into", default=None, help="another namespace, <prefix>:<INTO> (default: the live one)")
+    rb.add_argument("--keep", action="store_true", help="do not delete the namespace's keys first")
+    rb.set_defaults(func=cmd_views)
     c = sub.add_parser("config", help="print the configuration table (environment variables)")
     c.set_defaults(func=cmd_config)
 

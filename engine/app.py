@@ -48,6 +48,9 @@ class Context:
     topic_epochs: dict[str, str] = field(default_factory=dict)
     #: the stages installed on this app, by name (for /oms/stats/)
     stages: dict[str, Any] = field(default_factory=dict)
+    #: threads beside the stages with their own consumer groups (gateways, sinks, projectors), by name: each one
+    #: with a ``stats()`` shows it in /oms/stats/
+    sidecars: dict[str, Any] = field(default_factory=dict)
 
 
 def create_app(settings: Settings, worker_index: int = 0, topic_epochs: dict[str, str] | None = None) -> faust.App:
@@ -87,9 +90,17 @@ def create_app(settings: Settings, worker_index: int = 0, topic_epochs: dict[str
     @app.page("/oms/stats/")
     async def stats(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
         """Each stage's counters (records admitted, covered, transactions, fenced, ...) and the worker's commits."""
-        stages = {name: stage.stats.as_dict() for name, stage in context(app).stages.items()}
+        ctx = context(app)
+        stages = {name: stage.stats.as_dict() for name, stage in ctx.stages.items()}
+        sidecars = {name: s.stats() for name, s in ctx.sidecars.items() if hasattr(s, "stats")}
         return web.json(
-            {"worker": worker_index, "pid": os.getpid(), "stages": stages, "runtime": runtime.stats.as_dict()}
+            {
+                "worker": worker_index,
+                "pid": os.getpid(),
+                "stages": stages,
+                "sidecars": sidecars,
+                "runtime": runtime.stats.as_dict(),
+            }
         )
 
     @app.page("/oms/debug/")

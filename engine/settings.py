@@ -157,6 +157,13 @@ class Settings:
         "membership); one stopped with SIGTERM leaves the group and hands them over at once.",
         30.0,
     )
+    views: int = setting(
+        "OMS_VIEWS",
+        "1: every worker runs a projector (its own consumer group) that keeps the query API's read models in Redis "
+        "— orders, shipments, waybills, available to promise — from the result topics; 0: none (the API's GETs "
+        "then answer from whatever an earlier run or `oms views rebuild` left).",
+        1,
+    )
     standby_replicas: int = setting(
         "OMS_STANDBY_REPLICAS",
         "1: every worker keeps a warm copy of the table partitions it does not own (it follows their changelogs "
@@ -256,6 +263,7 @@ class Settings:
         need(self.batch_max >= 1, "OMS_BATCH_MAX", "must be at least 1")
         need(self.batch_within_s > 0, "OMS_BATCH_WITHIN_S", "must be positive")
         need(self.standby_replicas in (0, 1), "OMS_STANDBY_REPLICAS", "0 or 1")
+        need(self.views in (0, 1), "OMS_VIEWS", "0 or 1")
         need(self.standby_interval_s > 0, "OMS_STANDBY_INTERVAL_S", "must be positive")
         need(self.session_timeout_s >= 6, "OMS_SESSION_TIMEOUT_S", "must be at least 6 seconds")
         need(self.workers >= 1, "OMS_WORKERS", "must be at least 1")
