@@ -22,6 +22,8 @@ HTTP API, webhooks ───────────┴─► order inbox ─►
   approvals, goods issued, stock moves (valued), shipped parcels, deliveries, returns, settlement lines
      └──► ledger inbox ─► ledger (per order: costing, VAT, revenue recognition) ─► vouchers ─► PostgreSQL sink
                                      trial balance (table → Redis → HTTP)         reconciliations
+  stock events ─► stock-sync inbox ─► stock sync (per SKU: rules, coalescing) ─► stock-sync outbox ─► gateway ─►
+                       ▲ platforms' answers ◄────────────────────────────────────────────────────────┘  platforms
   result topics ─► views projector (per worker, its own group) ─► Redis views ─► query API (orders, shipments, stock)
 """
 
@@ -46,6 +48,8 @@ from agents.orders import views as order_views
 from agents.orders.registry import Registry
 from agents.shipping import agent as shipping
 from agents.shipping.gateway import CarrierGateway, LocalCarrier
+from agents.stocksync import agent as stocksync
+from agents.stocksync.gateway import HttpPlatform, StockSyncGateway
 from agents.tracking import agent as tracking
 from agents.tracking import views as tracking_views
 from agents.views import api as views_api
@@ -94,6 +98,7 @@ def create_app(settings: Settings, worker_index: int = 0, topic_epochs: dict[str
     aftersales_views.install(app, edge)
     ledger.install(app, edge.redis, edge.keys, sync)
     ledger_views.install(app, edge)
+    stocksync.install(app)
     views_api.install(app, edge)
     gateways: list = [
         CarrierGateway(settings, topics, carrier),
@@ -102,6 +107,8 @@ def create_app(settings: Settings, worker_index: int = 0, topic_epochs: dict[str
         ),
         VoucherSink(settings, topics),  # the books into PostgreSQL, for the accounting system
     ]
+    if settings.platform_url:  # stock updates to the platforms (unset: they wait in the outbox topic)
+        gateways.append(StockSyncGateway(settings, topics, HttpPlatform(settings.platform_url)))
     if settings.views:
         gateways.append(Projector(settings, Views(topics)))  # the query API's read models in Redis
 

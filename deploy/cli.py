@@ -111,6 +111,21 @@ def cmd_settle(args: argparse.Namespace) -> int:
     return settle(_settings(), opts)
 
 
+def cmd_stock_sync(args: argparse.Namespace) -> int:
+    from agents.stocksync.publish import RulesError, load_rules, publish_sync_rules
+
+    settings = _settings()
+    try:
+        rules = load_rules(Path(args.file))
+    except RulesError as exc:
+        print(f"oms stock-sync: {exc}", file=sys.stderr)
+        return 2
+    published = publish_sync_rules(settings, rules, "stock-sync-publisher")
+    tenants = ", ".join(f"{r.tenant} v{r.version}" for r in rules)
+    print(f"published {published} stock-sync rule set(s) ({tenants}) to {settings.topic_prefix}.stock-sync-inbox")
+    return 0
+
+
 def cmd_views(args: argparse.Namespace) -> int:
     """Rebuild the query API's read models from the topics (``oms views rebuild``)."""
     import time
@@ -235,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--out", default=None, help="write the report as JSON to this file")
     st.add_argument("--receivable-code", default="1122", help="the receivable account's code (default 1122)")
     st.set_defaults(func=cmd_settle)
+    ss = sub.add_parser("stock-sync", help="stock sync to the platforms (库存同步)")
+    ss_sub = ss.add_subparsers(dest="stock_sync_action", required=True)
+    sp = ss_sub.add_parser("publish", help="publish a stock-sync rules file (TOML) into the log")
+    sp.add_argument("file", help="e.g. deploy/stocksync.example.toml")
+    sp.set_defaults(func=cmd_stock_sync)
     vw = sub.add_parser("views", help="the query API's read models in Redis")
     vw_sub = vw.add_subparsers(dest="views_action", required=True)
     rb = vw_sub.add_parser("rebuild", help="rebuild them from the topics (the live projector may keep running)")

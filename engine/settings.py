@@ -164,6 +164,19 @@ class Settings:
         "then answer from whatever an earlier run or `oms views rebuild` left).",
         1,
     )
+    stock_sync_tick_s: float = setting(
+        "OMS_STOCK_SYNC_TICK_S",
+        "How often a stock-sync partition where an update waits (coalesced, or backing off after a refusal) gets "
+        "a tick record: the resolution of `every_ms` in the stock-sync rules.",
+        1.0,
+    )
+    platform_url: str | None = setting(
+        "OMS_PLATFORM_URL",
+        "Base URL of the platforms' open APIs the stock-sync gateway calls (each request in its platform's shape). "
+        "Unset: no gateway sends stock updates (they stay in the outbox topic for another sender); the main job "
+        "and the tests start a simulated platform server and set it.",
+        None,
+    )
     standby_replicas: int = setting(
         "OMS_STANDBY_REPLICAS",
         "1: every worker keeps a warm copy of the table partitions it does not own (it follows their changelogs "

@@ -44,6 +44,7 @@ from schemas.shipping import (
     TrackingUpdate,
     WaybillWanted,
 )
+from schemas.stocksync import StockSyncRecord, StockSyncResult, StockUpdate, SyncRules
 
 
 @dataclass(frozen=True)
@@ -371,6 +372,45 @@ SPECS: tuple[TopicSpec, ...] = (
         "missing in books, missing in file, duplicate.",
     ),
     _spec(
+        "stock_sync_inbox",
+        "stock-sync-inbox",
+        "tenant:sku",
+        StockSyncRecord,
+        "stock-sync-inbox.v1",
+        True,
+        "Everything that changes what the shops may sell of one SKU, in one order: the inventory's ATP changes, the "
+        "platforms' answers to stock updates, stock-sync rules versions (one copy per partition) and ticks.",
+    ),
+    _spec(
+        "stock_sync_rules",
+        "stock-sync-rules",
+        "tenant",
+        SyncRules,
+        "stock-sync-rules.v1",
+        True,
+        "The latest published stock-sync rules of each tenant (compacted): shops, shares, safety stock, overrides.",
+        cleanup_policy="compact",
+    ),
+    _spec(
+        "stock_sync_requests",
+        "stock-sync-requests",
+        "tenant:shop_id",
+        StockUpdate,
+        "stock-update.v1",
+        True,
+        "The stock-sync outbox (库存同步): set a shop's sellable quantity of a SKU, in the platform's terms; the "
+        "update id is the platform's idempotency key. The stock-sync gateway sends them.",
+    ),
+    _spec(
+        "stock_sync_results",
+        "stock-sync-results",
+        "tenant:sku",
+        StockSyncResult,
+        "stock-sync-result.v1",
+        True,
+        "The platforms' answers to stock updates (accepted, refused and why), as the gateway received them.",
+    ),
+    _spec(
         "dead_letters",
         "dead-letters",
         "original key",
@@ -427,6 +467,10 @@ class Topics:
     ledger_inbox: str
     vouchers: str
     reconciliations: str
+    stock_sync_inbox: str
+    stock_sync_rules: str
+    stock_sync_requests: str
+    stock_sync_results: str
     dead_letters: str
 
     def all(self) -> list[str]:

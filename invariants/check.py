@@ -20,7 +20,8 @@
   topic and must match the letter's size and digest).
 
 Then the fulfilment invariants F1–F5 (invariants.fulfilment), the picking invariants F6–F8
-(invariants.picking), shipping S1–S4, aftersales A1–A4 and the books I5 (invariants.ledger).
+(invariants.picking), shipping S1–S4, aftersales A1–A4, the books I5 (invariants.ledger) and stock sync Y1–Y3
+(invariants.stocksync).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from invariants.inputs import Inputs, SentOrder
 from invariants.ledger import check_ledger
 from invariants.picking import Truth, check_picking
 from invariants.shipping import check_shipping, shipped_lines
+from invariants.stocksync import check_stock_sync
 from schemas import wire
 from schemas.aftersales import AftersalesRecord
 from schemas.deadletter import MAX_VALUE_PREFIX, DeadLetter, ReasonCode, sha256
@@ -92,6 +94,7 @@ def check(inputs: Inputs, out: Outputs, partitions: int | None = None) -> Verdic
     check_shipping(out, truth, applied, v, set(handed))
     check_aftersales(inputs, out, applied, decided, handed, v)
     check_ledger(inputs, out, applied, v)
+    check_stock_sync(inputs, out, applied, v)
     return v
 
 

@@ -39,6 +39,7 @@ from schemas.shipping import (
     TrackingUpdate,
     WaybillAnswer,
 )
+from schemas.stocksync import StockSyncResult, StockUpdate
 
 
 @dataclass
@@ -70,6 +71,8 @@ class Outputs:
     vouchers: list[Voucher] = field(default_factory=list)
     voucher_bytes: dict[str, set[bytes]] = field(default_factory=dict)  # voucher id -> every distinct copy
     reconciliations: list[Reconciliation] = field(default_factory=list)
+    stock_updates: list[StockUpdate] = field(default_factory=list)  # the stock-sync outbox
+    stock_sync_results: list[StockSyncResult] = field(default_factory=list)  # the platforms' answers, in order
     undecodable: Counter = field(default_factory=Counter)  # result topic -> records that fail their schema
     #: dead letter id -> the full value at the letter's source coordinates, for letters that hold a prefix only
     #: (absent when the source record could not be read: deleted by retention, or never there)
@@ -104,6 +107,8 @@ def collect(bootstrap: str, topics: Topics, timeout_s: float = 120.0) -> Outputs
         topics.returns: (ReturnSettled, out.returns_settled),
         topics.vouchers: (Voucher, out.vouchers),
         topics.reconciliations: (Reconciliation, out.reconciliations),
+        topics.stock_sync_requests: (StockUpdate, out.stock_updates),
+        topics.stock_sync_results: (StockSyncResult, out.stock_sync_results),
     }
     for msg in read_topics(bootstrap, list(sinks), timeout_s=timeout_s):
         typ, sink = sinks[msg.topic]

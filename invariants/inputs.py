@@ -12,6 +12,7 @@ from schemas.inventory import InventoryCommand
 from schemas.order import LineState, Order, OrderStatus, line_id
 from schemas.review import OperatorActionKind
 from schemas.shipping import CarrierEvent
+from schemas.stocksync import SyncRules
 
 CLOSED_LINE = (LineState.REFUNDING, LineState.CANCELLED)
 
@@ -105,6 +106,11 @@ class Inputs:
     refused_requests: dict[tuple[str, str], ReasonCode] = field(default_factory=dict)
     #: a tenant books revenue at delivery: a goods issue may have no revenue voucher yet (its cost is in 发出商品)
     revenue_deferred: bool = False
+    #: stock-sync rules as published, every version (the checker applies the latest of each tenant, and the version
+    #: an update names to that update)
+    sync_rules: list[SyncRules] = field(default_factory=list)
+    #: stock sync has settled: every shop's last accepted quantity must be its rule applied to the final ATP
+    stock_sync_complete: bool = False
 
     def forgotten_before(self) -> int | None:
         """Orders created at or before this time may have been forgotten by the engine (the retention before the

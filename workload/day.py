@@ -347,6 +347,7 @@ def engine_inputs(topics: Topics) -> list[str]:
         topics.tracking_inbox,
         topics.aftersales_inbox,
         topics.ledger_inbox,
+        topics.stock_sync_inbox,  # ticked only while an update waits
     ]
 
 
@@ -532,6 +533,7 @@ class DrainClock(threading.Thread):
             "tracking": (app, [topics.tracking_inbox]),
             "aftersales": (app, [topics.aftersales_inbox]),
             "ledger": (app, [topics.ledger_inbox]),
+            "stocksync": (app, [topics.stock_sync_inbox]),
             **{name: (f"{app}-{name}", [requests]) for _, name, requests in gateways(topics)},
         }
         self.drained_s: dict[str, float] = {}
@@ -577,6 +579,7 @@ def gateways(topics: Topics) -> list[tuple[str, str, str]]:
         (topics.shipping_inbox, "carrier-gateway", topics.waybill_requests),
         (topics.aftersales_inbox, "channel-gateway", topics.writebacks),
         (topics.ledger_inbox, "voucher-sink", topics.vouchers),  # the books are in PostgreSQL too
+        (topics.stock_sync_inbox, "stock-sync-gateway", topics.stock_sync_requests),
     ]
 
 

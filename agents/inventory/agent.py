@@ -25,6 +25,7 @@ from schemas import keys, wire
 from schemas.inventory import CommandKind, InventoryCommand, Quote, StockEvent
 from schemas.ledger import StockMoved
 from schemas.saga import LineResult, StockQuote
+from schemas.stocksync import AtpChanged
 
 log = logging.getLogger("oms.inventory")
 
@@ -44,7 +45,11 @@ class InventoryLogic(KeyedLogic[SkuStock]):
         self.partitions = partitions
         self.retention_ms = line_retention_ms
         self.routes = {
-            StockEvent: (topics.stock_events, (topics.ledger_inbox, stock_moved)),
+            StockEvent: (
+                topics.stock_events,
+                (topics.ledger_inbox, stock_moved),
+                (topics.stock_sync_inbox, atp_changed),
+            ),
             LineResult: (topics.order_inbox,),
             StockQuote: (topics.order_inbox,),
         }
@@ -104,6 +109,16 @@ class InventoryLogic(KeyedLogic[SkuStock]):
 def stock_moved(event: StockEvent) -> StockMoved | None:
     """Finance books every change of on hand at its value (业财一体化)."""
     return StockMoved(event=event) if event.d_on_hand else None
+
+
+def atp_changed(event: StockEvent) -> AtpChanged | None:
+    """Stock sync hears of every change of available to promise (an issue moves on hand and reserved alike: no)."""
+    if event.d_on_hand == event.d_reserved:
+        return None
+    return AtpChanged(
+        tenant=event.tenant, sku=event.sku, warehouse=event.warehouse, on_hand=event.on_hand,
+        reserved=event.reserved, version=event.version, ts=event.ts,
+    )  # fmt: skip
 
 
 def install(app: faust.App, catalog: Catalog | None = None, sync: ReadModelSync | None = None) -> Stage:

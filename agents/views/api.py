@@ -9,7 +9,10 @@
   channel's own id (the same view as by id).
 * ``GET /api/v1/{tenant}/shipments/{shipment_id}`` and ``GET /api/v1/{tenant}/waybills/{waybill}`` — a shipment.
 * ``GET /api/v1/{tenant}/stock/{sku}`` — available to promise (on hand − reserved) per warehouse and in all;
-  ``GET /api/v1/{tenant}/stock?skus=A,B,…`` — the same for up to ``MAX_SKUS`` SKUs.
+  ``GET /api/v1/{tenant}/stock?skus=A,B,…`` — the same for up to ``MAX_SKUS`` SKUs; both with what each shop
+  may sell (stock sync: the quantity its platform last accepted).
+* ``GET /api/v1/{tenant}/stock-sync/{shop}`` — per SKU, the last quantity sent to the shop and its platform's
+  answer, and which SKUs were refused last.
 
 Every answer is a read model (engine.readmodels.projector): it trails the result topics by the projector's lag,
 never disagrees with them. Answers carry an ``ETag`` (a digest of the body); a request with a matching
@@ -25,7 +28,7 @@ import faust
 import orjson
 
 from agents.views import read
-from agents.views.projection import buyer_key, order_key, shipment_key, stock_key, waybill_key
+from agents.views.projection import buyer_key, order_key, shipment_key, stock_key, sync_key, waybill_key
 from engine.http.edge import Edge, Problem, at_most, problem
 from engine.readmodels.projector import namespace
 from engine.readmodels.redis import ERRORS
@@ -77,6 +80,10 @@ class Reader:
         for sku in skus:
             pipe.hgetall(self._k(stock_key(tenant, sku)))
         return [read.stock_view(tenant, sku, h) for sku, h in zip(skus, await pipe.execute(), strict=True)]
+
+    async def sync(self, tenant: str, shop: str) -> dict[str, Any] | None:
+        synced = await self.redis.hgetall(self._k(sync_key(tenant, shop)))
+        return read.sync_view(tenant, shop, synced) if synced else None
 
     async def _hashes(self, keys: list[str], names: list[str]) -> dict[str, read.Hash]:
         if not keys:
@@ -165,6 +172,11 @@ def install(app: faust.App, edge: Edge) -> None:
                 return level if level["known"] else None
 
             return await guarded(self, request, tenant, produce)
+
+    @app.page("/api/v1/{tenant}/stock-sync/{shop}")
+    class StockSyncView(faust.web.View):
+        async def get(self, request: Any, tenant: str, shop: str) -> faust.web.Response:
+            return await guarded(self, request, tenant, lambda: views.sync(tenant, shop))
 
     @app.page("/api/v1/{tenant}/stock")
     class StockListView(faust.web.View):

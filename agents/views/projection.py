@@ -16,6 +16,8 @@ hash                           field ← topic                          version
 ``shipment:<tenant>:<id>``     ``shipment``, ``wave``, ``picked``, ``shipped``, ``failed``          offset
 ``waybill:<tenant>:<number>``  ``shipment`` ← shipped; ``tracking`` ← tracking updates              offset
 ``stock:<tenant>:<sku>``       ``<warehouse>`` ← stock events          the SKU's stock version
+                               ``shop:<shop>`` ← stock-sync results   offset (accepted answers only)
+``sync:<tenant>:<shop>``       ``<sku>`` ← stock-sync results         offset (the last answer, accepted or not)
 =============================  =====================================  ============================================
 
 An order's status is not stored: :mod:`agents.views.read` derives it from these parts when it is read, so no
@@ -41,6 +43,7 @@ from schemas.ledger import Voucher
 from schemas.review import OrderCancellation, ReviewDecision
 from schemas.saga import OrderDecision
 from schemas.shipping import ShipmentFailed, ShipmentShipped, TrackingUpdate
+from schemas.stocksync import StockSyncResult
 
 
 class _Kind(msgspec.Struct):
@@ -65,6 +68,10 @@ def waybill_key(tenant: str, waybill: str) -> str:
 
 def stock_key(tenant: str, sku: str) -> str:
     return f"stock:{tenant}:{sku}"
+
+
+def sync_key(tenant: str, shop: str) -> str:
+    return f"sync:{tenant}:{shop}"
 
 
 def _json(value: Any) -> bytes:
@@ -99,6 +106,7 @@ class Views:
             t.returns: self._return,
             t.vouchers: self._voucher,
             t.stock_events: self._stock,
+            t.stock_sync_results: self._synced,
         }
 
     def topics(self) -> list[str]:
@@ -258,3 +266,12 @@ class Views:
         e = wire.decode(value, StockEvent)
         body = {"on_hand": e.on_hand, "reserved": e.reserved, "version": e.version, "ts": e.ts}
         return [Write(stock_key(e.tenant, e.sku), e.warehouse, e.version, _json(body))]
+
+    def _synced(self, value: bytes, offset: int) -> list[Write]:
+        r = wire.decode(value, StockSyncResult)
+        body = {"quantity": r.quantity, "status": r.status, "answer": r.answer[:200], "attempt": r.attempt, "ts": r.ts}
+        writes = [Write(sync_key(r.tenant, r.shop_id), r.sku, offset, _json(body))]
+        if r.status == "accepted":
+            shown = _json({"quantity": r.quantity, "ts": r.ts})
+            writes.append(Write(stock_key(r.tenant, r.sku), f"shop:{r.shop_id}", offset, shown))
+        return writes

@@ -170,10 +170,14 @@ def shipment_view(tenant: str, shipment_id: str, shipment: Hash, tracking: dict[
 
 
 def stock_view(tenant: str, sku: str, stock: Hash) -> dict[str, Any]:
-    """Available to promise (可售): on hand − reserved, per warehouse and in all, as the inventory last said."""
-    warehouses = {}
-    for wh, raw in sorted(stock.items()):
-        level = orjson.loads(raw)
+    """Available to promise (可售): on hand − reserved, per warehouse and in all, as the inventory last said; and
+    what each shop may sell of it, as stock sync last told the shop."""
+    warehouses, shops = {}, {}
+    for name, raw in sorted(stock.items()):
+        if name.startswith(b"shop:"):
+            shops[name.decode()[len("shop:") :]] = orjson.loads(raw)
+            continue
+        wh, level = name, orjson.loads(raw)
         warehouses[wh.decode()] = {
             "on_hand": level["on_hand"],
             "reserved": level["reserved"],
@@ -189,4 +193,16 @@ def stock_view(tenant: str, sku: str, stock: Hash) -> dict[str, Any]:
         "atp": sum(w["atp"] for w in warehouses.values()),
         "version": max((w["version"] for w in warehouses.values()), default=0),
         "warehouses": warehouses,
+        "shops": shops,  # what each shop was last told it may sell (stock sync), as its platform accepted
+    }
+
+
+def sync_view(tenant: str, shop: str, sync: Hash) -> dict[str, Any]:
+    """What one shop was last sent per SKU and how its platform answered."""
+    skus = {k.decode(): orjson.loads(v) for k, v in sorted(sync.items())}
+    return {
+        "tenant": tenant,
+        "shop_id": shop,
+        "skus": skus,
+        "refused": sorted(sku for sku, s in skus.items() if s["status"] != "accepted"),
     }

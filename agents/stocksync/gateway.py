@@ -1,0 +1,89 @@
+"""The stock-sync gateway: the outbox's sender (库存同步). I/O, not a core.
+
+One thread per worker consumes ``stock-sync-requests`` (its own consumer group; key ``tenant:shop``, so one shop's
+updates come in order), keeps of each batch only the latest update per shop and SKU (a hot SKU sends its latest
+quantity, not every change), calls the platform in its own request shape (:mod:`agents.stocksync.platforms`) with
+the update id as idempotency key, and writes one ``StockSyncResult`` per call to the stock-sync inbox (the stage
+decides whether to ask again, after a backoff) and to ``stock-sync-results``; only then are the requests committed.
+A call that fails on the network is a refusal like any other: the stage asks again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Protocol
+
+from agents.stocksync.platforms import accepted, request_for
+from engine.kafka.gateway import Gateway
+from engine.settings import Settings
+from engine.topics import Topics
+from schemas.stocksync import StockSyncResult, StockUpdate
+
+log = logging.getLogger("oms.stocksync")
+
+
+class StockPlatform(Protocol):
+    def set_quantity(self, update: StockUpdate) -> tuple[bool, str]:
+        """Ask the shop's platform to set the quantity; whether it did, and its words."""
+        ...
+
+
+class HttpPlatform:
+    """The platforms' open APIs under one base URL (a real gateway, or the simulated platforms)."""
+
+    def __init__(self, base_url: str, timeout_s: float = 5.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+
+    def set_quantity(self, update: StockUpdate) -> tuple[bool, str]:
+        req = request_for(update)
+        http = urllib.request.Request(
+            self.base_url + req.path,
+            data=req.body,
+            method="POST",
+            headers={"Content-Type": req.content_type, **req.headers},
+        )
+        try:
+            with urllib.request.urlopen(http, timeout=self.timeout_s) as res:
+                return accepted(update.platform, res.status, res.read())
+        except urllib.error.HTTPError as exc:
+            return accepted(update.platform, exc.code, exc.read())
+        except (OSError, TimeoutError) as exc:
+            return False, f"unreachable: {exc}"[:500]
+
+
+class StockSyncGateway(Gateway):
+    request_type = StockUpdate
+
+    def __init__(self, settings: Settings, topics: Topics, platform: StockPlatform) -> None:
+        super().__init__("stock-sync-gateway", settings, topics.stock_sync_requests, topics.dead_letters)
+        self.topics = topics
+        self.platform = platform
+        self.sent = self.coalesced = self.refused = 0
+
+    def stats(self) -> dict[str, int]:
+        return {"answered": self.answered, "sent": self.sent, "coalesced": self.coalesced, "refused": self.refused}
+
+    def answer(self, requests: list[Any]) -> list[tuple[str, str, Any]]:
+        latest: dict[tuple[str, str, str], StockUpdate] = {}
+        for r in requests:  # one shop's updates are in offset order: the last is the newest
+            latest[(r.tenant, r.shop_id, r.sku)] = r
+        self.coalesced += len(requests) - len(latest)
+        out: list[tuple[str, str, Any]] = []
+        for r in latest.values():
+            ok, words = self.platform.set_quantity(r)
+            self.sent += 1
+            self.refused += not ok
+            result = StockSyncResult(
+                update_id=r.update_id, tenant=r.tenant, shop_id=r.shop_id, sku=r.sku, quantity=r.quantity,
+                status="accepted" if ok else "refused", answer=words[:500], attempt=r.attempt,
+                ts=int(time.time() * 1000),
+            )  # fmt: skip
+            out += [
+                (self.topics.stock_sync_inbox, result.key, result),
+                (self.topics.stock_sync_results, result.key, result),
+            ]
+        return out
