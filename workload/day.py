@@ -35,6 +35,7 @@ from agents.ledger.agent import post
 from agents.ledger.publish import publish_policies as publish_ledger_policies
 from agents.orders.publish import load_rules_file, publish_rules
 from agents.shipping.publish import demo_policy, publish_policies
+from agents.stocksync.publish import publish_sync_rules
 from deploy.local.servers import LocalServerError, LocalServers
 from engine.kafka.admin import KafkaUnavailable, create_topics, delete_topics, wait_for_broker
 from engine.kafka.clients import DeliveryFailed, Message, tail, unprocessed
@@ -50,6 +51,7 @@ from schemas.ledger import LedgerPolicy, LedgerPolicyVersion, TrialBalance
 from schemas.review import Action, OperatorActionKind, Outcome, ReviewDecision
 from schemas.saga import DecisionStatus, OrderDecision
 from schemas.shipping import ShippingPolicyVersion
+from schemas.stocksync import ShopRule, SkuRule, SyncRules, SyncShop
 from workload.aftersales import (
     CarrierDay,
     PickupDesk,
@@ -63,6 +65,7 @@ from workload.channels import channel_day
 from workload.delivery import Credentials, DeliveryStats, deliver, resolve_holds
 from workload.generator import Workload, WorkloadSpec
 from workload.picking import PickingDay, PickingStalled, confirm_all
+from workload.platforms import SimulatedPlatforms
 from workload.stock import load_stock
 
 PICK_SHORT_RATE = 0.01  # share of pick-list stops the main job's pickers find short (缺货)
@@ -142,6 +145,24 @@ def run_layouts(settings: Settings, workload: Workload) -> list[Layout]:
     ]
 
 
+def day_sync_rules(workload: Workload) -> list[SyncRules]:
+    """The day's stock-sync rules: every platform shop of every tenant (the generator's shops ``s1`` and ``s2`` on
+    Tmall, JD, Douyin and Shopify), shares, a fixed quantity, a shop switched off, the flash SKU kept off Douyin."""
+    platforms = {"tmall": "taobao", "jd": "jd", "douyin": "douyin", "shopify": "shopify"}
+    shops = [SyncShop(shop_id=f"{ch}-{s}", platform=p) for ch, p in platforms.items() for s in ("s1", "s2")]  # type: ignore[arg-type]
+    rules = [
+        ShopRule(shop_id="tmall-s1", share_pct=25), ShopRule(shop_id="tmall-s2", share_pct=15),
+        ShopRule(shop_id="jd-s1", share_pct=15), ShopRule(shop_id="jd-s2", share_pct=10),
+        ShopRule(shop_id="douyin-s1", mode="fixed", fixed=20), ShopRule(shop_id="douyin-s2", share_pct=10),
+        ShopRule(shop_id="shopify-s1", share_pct=10), ShopRule(shop_id="shopify-s2", mode="off"),
+    ]  # fmt: skip
+    off = [SkuRule(shop_id="douyin-s1", sku="FLASH-*", mode="off")]
+    return [
+        SyncRules(tenant=t, version=1, shops=shops, safety_stock=2, rules=rules, sku_rules=off)
+        for t in workload.spec.tenants
+    ]
+
+
 def main_job(base: Settings, opts: RunOptions) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # run the cleanup below on SIGTERM too
     console = Console(stderr=True)
@@ -162,6 +183,10 @@ def main_job(base: Settings, opts: RunOptions) -> int:
         # … and the workers issue pickup codes under a secret of the run's own (OMS_PICKUP_SECRET has no default)
         pickup_secret=base.pickup_secret or secrets.token_hex(16),
     )
+    # Stock updates go to simulated platforms (a real HTTP server here) unless OMS_PLATFORM_URL names real ones.
+    platforms = None if base.platform_url else SimulatedPlatforms(fail_every=STOCK_SYNC_FAIL_EVERY).start()
+    if platforms is not None:
+        settings = settings.with_(platform_url=platforms.url)
     workers = max(2, opts.workers or settings.workers)
     log_file = _log_to_file(Path(settings.state_dir) / "logs" / f"{settings.app_id}-main.log")
     topics = Topics(settings.topic_prefix)
@@ -192,11 +217,14 @@ def main_job(base: Settings, opts: RunOptions) -> int:
         publish_policies(settings, policies, "shipping-policy-publisher")
         books = {tenant: LedgerPolicyVersion(tenant=tenant, version=1, policy=LedgerPolicy()) for tenant in policies}
         publish_ledger_policies(settings, books, "ledger-policy-publisher")  # the standard chart, 13 %, at shipment
+        sync_rules = day_sync_rules(workload)
+        publish_sync_rules(settings, sync_rules, "stock-sync-publisher")  # every platform shop, from the first unit
         with console.status(f"Starting {workers} engine workers…"):
             pool.start()
             pool.wait_ready([topics.order_inbox, topics.inventory_commands])
         console.print(f"[green]✓[/] {workers} workers own {settings.partitions} partitions of every topic")
         inputs = Inputs(rules=bool(rules), order_retention_ms=settings.order_retention_s * 1000)
+        inputs.sync_rules = sync_rules
         with console.status("Loading the product catalog and opening stock…"):
             publish_catalog(settings.redis, Keys(settings.topic_prefix), workload.catalog())
             stock = list(workload.opening_stock("stock-loader", 0, int(time.time() * 1000)))
@@ -253,6 +281,9 @@ def main_job(base: Settings, opts: RunOptions) -> int:
         drained = drain.stop()
         after = aftersales_day(console, settings, topics, creds, workers, opts.seed, pool, desk, inputs)
         phases["aftersales"] = after.seconds
+        with console.status("Waiting for the last stock updates to reach the platforms…"):
+            wait_stock_sync(settings, topics, pool)
+            inputs.stock_sync_complete = True
         stuck = stuck_sagas(pool)
         pool.stop()
         with console.status("Checking invariants from the result topics against what was sent…"):
@@ -267,6 +298,7 @@ def main_job(base: Settings, opts: RunOptions) -> int:
         summary["aftersales"] = aftersales_summary(after, verdict.counts, outputs)
         summary["books"] = books_summary(outputs, verdict.counts)
         summary["books"]["postgres"] = postgres_books(settings, outputs)
+        summary["stock_sync"] = stock_sync_summary(outputs, platforms)
         summary["ok"] = summary["ok"] and summary["books"]["postgres"].get("agrees", False)
         # where the day's time went: sending it, deciding every order not held, the operator pass on the holds
         summary["phases_s"] = {k: round(v, 1) for k, v in phases.items()}
@@ -302,6 +334,8 @@ def main_job(base: Settings, opts: RunOptions) -> int:
             cleanup(settings)
             shutil.rmtree(run_dir, ignore_errors=True)
         servers.stop(only_started=True)
+        if platforms is not None:
+            platforms.stop()
 
 
 def _log_to_file(path: Path) -> Path:
@@ -334,6 +368,8 @@ CARRIER_FAIL_EVERY = 97
 WRITEBACK_FAIL_EVERY = 31
 #: The main job's pickups expire this soon (seconds) unless OMS_PICKUP_HOLD_S says otherwise.
 PICKUP_HOLD_S = 60
+#: the simulated platforms refuse every n-th stock update (the stage asks again: the report shows the refusals)
+STOCK_SYNC_FAIL_EVERY = 53
 
 
 def engine_inputs(topics: Topics) -> list[str]:
@@ -583,6 +619,25 @@ def gateways(topics: Topics) -> list[tuple[str, str, str]]:
     ]
 
 
+def wait_stock_sync(settings: Settings, topics: Topics, pool: WorkerPool, timeout_s: float = 180.0) -> None:
+    """Until stock sync has settled: the engine idle (the stock-sync inbox and its gateway included) and no worker
+    with a round of updates waiting for its time (a coalesced round, or one backing off after a refusal)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        wait_idle(settings, engine_inputs(topics), pool, max(1.0, deadline - time.monotonic()))
+        time.sleep(1.5)  # the gauge is sampled every second
+        waiting = sum(
+            int((pool.stats(i) or {}).get("stages", {}).get("stocksync", {}).get("gauges", {}).get("rounds_waiting", 1))
+            for i in range(pool.count)
+        )
+        if waiting == 0:
+            wait_idle(settings, engine_inputs(topics), pool, max(1.0, deadline - time.monotonic()))
+            return
+        if time.monotonic() > deadline:
+            raise RunFailed(f"stock sync still has rounds waiting after {timeout_s:.0f}s ({waiting} partition(s))")
+        time.sleep(1.0)
+
+
 def stuck_sagas(pool: WorkerPool) -> int:
     total = 0
     for i in range(pool.count):
@@ -673,6 +728,34 @@ def build_summary(
         "flash_sale": opts.flash_sale,
         "run_id": run_id,
     }
+
+
+def stock_sync_summary(outputs: Any, platforms: SimulatedPlatforms | None) -> dict[str, Any]:
+    """What the shops were told: updates sent (by the stage), answers (accepted, refused), the SKUs and shops
+    reached, and what the platforms counted (calls, repeats of an idempotency key)."""
+    answers = Counter(r.status for r in outputs.stock_sync_results)
+    summary: dict[str, Any] = {
+        "updates": len(outputs.stock_updates),
+        "retries": sum(1 for u in outputs.stock_updates if u.attempt > 1),
+        "accepted": answers.get("accepted", 0),
+        "refused": answers.get("refused", 0),
+        "superseded": len(outputs.stock_updates) - len(outputs.stock_sync_results),  # a newer one in the batch
+        "shops": len({(u.tenant, u.shop_id) for u in outputs.stock_updates}),
+        "skus": len({(u.tenant, u.sku) for u in outputs.stock_updates}),
+    }
+    if platforms is not None:
+        state = platforms.state()
+        summary["platform_calls"] = state["calls"]
+        summary["platform_repeats"] = state["repeated"]
+    return summary
+
+
+def _stock_sync_row(s: dict[str, Any]) -> str:
+    return (
+        f"{s['updates']:,} updates to {s['shops']} shops for {s['skus']:,} SKUs: {s['accepted']:,} accepted, "
+        f"{s['refused']:,} refused and sent again ({s['retries']:,} retries); "
+        f"{s['superseded']:,} superseded before they were sent"
+    )
 
 
 def picking_summary(picking: PickingDay | None, counts: dict[str, Any]) -> dict[str, Any]:
@@ -774,6 +857,7 @@ def print_report(s: dict[str, Any], console: Console) -> None:
         ("stores", _stores_row(s.get("aftersales", {}))),
         ("books", _books_row(s.get("books", {}))),
         ("trial balance", _trial_balance_row(s.get("books", {}))),
+        ("stock sync", _stock_sync_row(s["stock_sync"]) if s.get("stock_sync") else "not run"),
         ("oversold units", f"{s['oversold_units']}"),
         ("invariants", "[green]ok[/]" if s["invariants"] == "ok" else "[red]VIOLATED[/]"),
     ]

@@ -191,6 +191,25 @@ class Workload:
             offset = int(rng.random() * DAY_MS / 1000)
         return DAY_START_MS + offset * 1000
 
+    @staticmethod
+    def _home(rng: random.Random, tenant: str, buyer: str) -> Address:
+        """Where a buyer's orders go: one address per buyer (a repeat buyer ships home, so orders paid close together
+        merge into one parcel). The day's stream still draws the receiver it used to (the place, then these four),
+        so every later draw of the day stays what it was."""
+        rng.choice(SURNAMES), rng.randint(30, 99), rng.randint(1000, 9999), rng.randint(1, 999)
+        home = random.Random(f"{tenant}:{buyer}")
+        province, city, district = home.choice(PLACES)
+        name, area, number, street = (
+            home.choice(SURNAMES),
+            home.randint(30, 99),
+            home.randint(1000, 9999),
+            home.randint(1, 999),
+        )
+        return Address(
+            name=name + "先生", phone=f"1{area}****{number}", province=province, city=city, district=district,
+            street=f"{street}号",
+        )  # fmt: skip
+
     def _order(self, rng: random.Random, n: int, created: int) -> Order:
         spec = self.spec
         tenant = spec.tenants[bisect.bisect_left(self.tenant_cum, rng.random() * self.tenant_cum[-1])]
@@ -212,7 +231,7 @@ class Workload:
                 if i not in chosen:
                     chosen.append(i)
             picks = [(spec.sku(i + 1), rng.choices(QUANTITIES, QUANTITY_WEIGHTS)[0], self.price[i]) for i in chosen]
-        province, city, district = rng.choice(PLACES)
+        rng.choice(PLACES)  # the place the receiver had before receivers were per buyer (see _home)
         buyer = f"b{rng.randint(1, max(10, spec.orders // 3))}"
         # OMO, from its own random stream (the rest of the day does not move): POS sells at a store's counter,
         # some web orders are picked up in a store (门店自提).
@@ -229,14 +248,7 @@ class Workload:
             shop_id=shop,
             platform_order_id=platform_id,
             buyer=Buyer(id=buyer, nick=f"nick_{buyer}"),
-            receiver=Address(
-                name=rng.choice(SURNAMES) + "先生",
-                phone=f"1{rng.randint(30, 99)}****{rng.randint(1000, 9999)}",
-                province=province,
-                city=city,
-                district=district,
-                street=f"{rng.randint(1, 999)}号",
-            ),
+            receiver=self._home(rng, tenant, buyer),
             lines=[
                 OrderLine(line_no=k + 1, sku=sku, quantity=qty, unit_price_fen=price)
                 for k, (sku, qty, price) in enumerate(picks)

@@ -136,4 +136,10 @@ def install(app: faust.App) -> Stage:
         ctx.settings.bootstrap,
         wanted=lambda p: logic.wants_ticks.get(p, True),
     )
+
+    @app.timer(1.0)
+    async def report_rounds_waiting() -> None:
+        """Partitions where a round of updates waits (or may: not ticked since assigned): 0 once sync settled."""
+        stage.stats.gauges["rounds_waiting"] = sum(1 for p in stage.owned() if logic.wants_ticks.get(p, True))
+
     return stage

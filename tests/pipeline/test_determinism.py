@@ -41,6 +41,7 @@ from schemas.inventory import InventoryCommand
 from schemas.ledger import LedgerRecord, ProgressMade, ReturnBooked, StockMoved
 from schemas.saga import LineResult, StockQuote
 from schemas.shipping import GoodsIssued, ShippingRecord
+from schemas.stocksync import AtpChanged, StockSyncRecord
 from tests.pipeline.harness import Pipeline
 from tests.pipeline.test_reservation_pipeline import assert_invariants
 from workload.channels import channel_day
@@ -169,6 +170,9 @@ def test_replaying_each_stage_reproduces_what_the_engine_wrote(pipeline: Pipelin
         if isinstance(wire.decode(m.value, InboxRecord), LineResult | StockQuote):
             wrote[(m.topic, m.key, m.value)] += 1
     wrote += ledger_inbox(StockMoved)
+    for m in read_topics(pipeline.bootstrap, [t.stock_sync_inbox]):  # ATP changes, for stock sync
+        if isinstance(wire.decode(m.value, StockSyncRecord), AtpChanged):
+            wrote[(m.topic, m.key, m.value)] += 1
     assert Counter({k: n for k, n in replayed.items() if k[0] != t.dead_letters}) == wrote
     for table in InventoryLogic.tables:
         assert state.get(table, {}) == changelog_state(pipeline, table), f"table {table} differs"

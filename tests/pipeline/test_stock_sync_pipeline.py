@@ -18,6 +18,7 @@ from schemas.stocksync import ShopRule, SkuRule, SyncRules, SyncShop
 from tests.pipeline.harness import Pipeline, http, wait_for
 from tests.pipeline.test_channels_pipeline import auth
 from tests.pipeline.test_reservation_pipeline import assert_invariants
+from workload.day import wait_stock_sync
 from workload.delivery import Credentials
 from workload.generator import DAY_START_MS
 from workload.platforms import SimulatedPlatforms
@@ -94,7 +95,7 @@ def test_every_shop_ends_with_its_rule_applied_to_the_final_atp_through_refusals
         more = orders(60, 60, now + 1_000, rng)
         pipeline.send_orders(more)
         pipeline.wait_decisions(len(day) + len(more), timeout_s=180, pool=pool)
-        pipeline.wait_idle()
+        wait_stock_sync(pipeline.settings, pipeline.topics, pool)  # idle, and no round waiting for its time
 
         # -- what the platforms hold: each shop, its rule of the final ATP -----------------------------------
         final = pipeline.verdict().counts["final_levels"]
