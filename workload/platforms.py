@@ -24,7 +24,7 @@ class SimulatedPlatforms:
     def __init__(self, fail_every: int = 0, host: str = "127.0.0.1", port: int = 0) -> None:
         self.fail_every = fail_every
         self.lock = threading.Lock()
-        self.quantities: dict[tuple[str, str, str], int] = {}  # (platform, shop, sku) -> quantity
+        self.quantities: dict[tuple[str, str, str, str], int] = {}  # (platform, tenant, shop, sku) -> quantity
         self.answers: dict[str, tuple[int, bytes]] = {}  # idempotency key -> the first answer
         self.calls = self.refused = self.repeated = 0
         platforms = self
@@ -76,8 +76,8 @@ class SimulatedPlatforms:
         with self.lock:
             return {
                 "quantities": [
-                    {"platform": p, "shop_id": shop, "sku": sku, "quantity": q}
-                    for (p, shop, sku), q in sorted(self.quantities.items())
+                    {"platform": p, "tenant": tenant, "shop_id": shop, "sku": sku, "quantity": q}
+                    for (p, tenant, shop, sku), q in sorted(self.quantities.items())
                 ],
                 "calls": self.calls,
                 "refused": self.refused,
@@ -85,7 +85,8 @@ class SimulatedPlatforms:
             }
 
     def handle(self, platform: str, headers: Any, body: bytes) -> tuple[int, bytes]:
-        shop, key = headers.get("X-Oms-Shop", ""), headers.get("Idempotency-Key", "")
+        tenant, shop = headers.get("X-Oms-Tenant", ""), headers.get("X-Oms-Shop", "")
+        key = headers.get("Idempotency-Key", "")
         with self.lock:
             self.calls += 1
             if key and key in self.answers:
@@ -98,7 +99,7 @@ class SimulatedPlatforms:
                 sku, quantity = parse(platform, body)
             except (KeyError, ValueError, TypeError) as exc:
                 return 400, orjson.dumps({"error": f"bad request: {exc}"})
-            self.quantities[(platform, shop, sku)] = quantity
+            self.quantities[(platform, tenant, shop, sku)] = quantity
             answer = ok(platform, sku, quantity)
             if key:
                 self.answers[key] = answer

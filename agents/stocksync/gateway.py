@@ -3,9 +3,10 @@
 One thread per worker consumes ``stock-sync-requests`` (its own consumer group; key ``tenant:shop``, so one shop's
 updates come in order), keeps of each batch only the latest update per shop and SKU (a hot SKU sends its latest
 quantity, not every change), calls the platform in its own request shape (:mod:`agents.stocksync.platforms`) with
-the update id as idempotency key, and writes one ``StockSyncResult`` per call to the stock-sync inbox (the stage
-decides whether to ask again, after a backoff) and to ``stock-sync-results``; only then are the requests committed.
-A call that fails on the network is a refusal like any other: the stage asks again.
+the update id as idempotency key — 8 calls in flight, one per shop and SKU, so none overtakes another — and writes
+one ``StockSyncResult`` per call to the stock-sync inbox (the stage decides whether to ask again, after a backoff)
+and to ``stock-sync-results``; only then are the requests committed. A call that fails on the network is a refusal
+like any other: the stage asks again.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from agents.stocksync.platforms import accepted, request_for
@@ -58,11 +60,13 @@ class HttpPlatform:
 class StockSyncGateway(Gateway):
     request_type = StockUpdate
 
-    def __init__(self, settings: Settings, topics: Topics, platform: StockPlatform) -> None:
+    def __init__(self, settings: Settings, topics: Topics, platform: StockPlatform, concurrency: int = 8) -> None:
         super().__init__("stock-sync-gateway", settings, topics.stock_sync_requests, topics.dead_letters)
         self.topics = topics
         self.platform = platform
         self.sent = self.coalesced = self.refused = 0
+        #: calls in flight at once: a batch holds one update per shop and SKU, so no two of them race
+        self.calls = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="stock-sync-call")
 
     def stats(self) -> dict[str, int]:
         return {"answered": self.answered, "sent": self.sent, "coalesced": self.coalesced, "refused": self.refused}
@@ -73,8 +77,8 @@ class StockSyncGateway(Gateway):
             latest[(r.tenant, r.shop_id, r.sku)] = r
         self.coalesced += len(requests) - len(latest)
         out: list[tuple[str, str, Any]] = []
-        for r in latest.values():
-            ok, words = self.platform.set_quantity(r)
+        updates = list(latest.values())
+        for r, (ok, words) in zip(updates, self.calls.map(self.platform.set_quantity, updates), strict=True):
             self.sent += 1
             self.refused += not ok
             result = StockSyncResult(

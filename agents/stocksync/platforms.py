@@ -14,8 +14,8 @@ shopify    ``POST /admin/api/2024-01/inventory_levels/set.json`` JSON:  HTTP 200
            ``location_id``, ``inventory_item_id`` (the SKU), ``available``
 =========  ==========================================================  ===============================================
 
-Every request carries ``X-Oms-Shop`` (the shop: a real adapter signs with the shop's session instead) and
-``Idempotency-Key`` (the update id).
+Every request carries ``X-Oms-Tenant`` and ``X-Oms-Shop`` (whose shop: a real adapter signs with the shop's
+session instead) and ``Idempotency-Key`` (the update id).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class PlatformRequest:
 
 
 def request_for(u: StockUpdate) -> PlatformRequest:
-    headers = {"X-Oms-Shop": u.shop_id, "Idempotency-Key": u.update_id}
+    headers = {"X-Oms-Tenant": u.tenant, "X-Oms-Shop": u.shop_id, "Idempotency-Key": u.update_id}
     form = "application/x-www-form-urlencoded"
     if u.platform == "taobao":
         fields = {"method": "taobao.item.quantity.update", "outer_id": u.sku, "quantity": u.quantity, "type": 1}

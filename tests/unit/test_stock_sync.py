@@ -137,7 +137,9 @@ def test_each_platforms_request_shape_round_trips_through_the_simulated_platform
     platforms = sim.SimulatedPlatforms(fail_every=2)
     status, body = platforms.handle(platform, {**req.headers}, req.body)
     assert accepted(platform, status, body)[0]
-    assert platforms.state()["quantities"] == [{"platform": platform, "shop_id": "x", "sku": "SKU-9", "quantity": 17}]
+    assert platforms.state()["quantities"] == [
+        {"platform": platform, "tenant": "acme", "shop_id": "x", "sku": "SKU-9", "quantity": 17}
+    ]
     other = request_for(msgspec.structs.replace(update, update_id="other", quantity=3))
     status, body = platforms.handle(platform, {**other.headers}, other.body)  # the 2nd call: refused, busy
     ok, words = accepted(platform, status, body)
