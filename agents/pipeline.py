@@ -39,6 +39,7 @@ from agents.fulfilment import agent as fulfilment
 from agents.fulfilment import views as fulfilment_views
 from agents.ingest import agent as ingest
 from agents.ingest import views as ingest_views
+from agents.ingest.pull import OrderPuller, TaobaoOrderList
 from agents.inventory import agent as inventory
 from agents.ledger import agent as ledger
 from agents.ledger import views as ledger_views
@@ -64,6 +65,7 @@ from engine.readmodels.projector import Projector
 from engine.readmodels.sync import ReadModelSync
 from engine.settings import Settings
 from engine.tenants import Tenants
+from schemas.order import Channel
 
 
 def create_app(settings: Settings, worker_index: int = 0, topic_epochs: dict[str, str] | None = None) -> faust.App:
@@ -109,6 +111,9 @@ def create_app(settings: Settings, worker_index: int = 0, topic_epochs: dict[str
     ]
     if settings.platform_url:  # stock updates to the platforms (unset: they wait in the outbox topic)
         gateways.append(StockSyncGateway(settings, topics, HttpPlatform(settings.platform_url)))
+    if settings.platform_url and tenants is not None and tenants.pulled_shops():  # order pulling (定时抓取)
+        lists = {c: TaobaoOrderList(settings.platform_url) for c in (Channel.TMALL.value, Channel.TAOBAO.value)}
+        gateways.append(OrderPuller(settings, topics, tenants.pulled_shops(), lists, context(app).worker_index))
     if settings.views:
         gateways.append(Projector(settings, Views(topics)))  # the query API's read models in Redis
 

@@ -177,6 +177,25 @@ class Settings:
         "and the tests start a simulated platform server and set it.",
         None,
     )
+    pull_since_s: int = setting(
+        "OMS_PULL_SINCE_S",
+        "Order pulling: how far back a shop's first window reaches (it has no checkpoint yet), in seconds.",
+        86_400,
+    )
+    pull_overlap_s: int = setting(
+        "OMS_PULL_OVERLAP_S",
+        "Order pulling: each window starts this long before the last one ended (orders the platform wrote late).",
+        30,
+    )
+    pull_lag_s: float = setting(
+        "OMS_PULL_LAG_S",
+        "Order pulling: a window ends this long before now (the platform's list trails its own writes).",
+        1.0,
+    )
+    pull_page_size: int = setting("OMS_PULL_PAGE_SIZE", "Order pulling: orders per page of a list call.", 50)
+    pull_calls_per_s: float = setting(
+        "OMS_PULL_CALLS_PER_S", "Order pulling: at most this many list calls per shop and second.", 10.0
+    )
     standby_replicas: int = setting(
         "OMS_STANDBY_REPLICAS",
         "1: every worker keeps a warm copy of the table partitions it does not own (it follows their changelogs "
@@ -277,6 +296,8 @@ class Settings:
         need(self.batch_within_s > 0, "OMS_BATCH_WITHIN_S", "must be positive")
         need(self.standby_replicas in (0, 1), "OMS_STANDBY_REPLICAS", "0 or 1")
         need(self.views in (0, 1), "OMS_VIEWS", "0 or 1")
+        need(1 <= self.pull_page_size <= 100, "OMS_PULL_PAGE_SIZE", "from 1 to 100")
+        need(self.pull_calls_per_s > 0, "OMS_PULL_CALLS_PER_S", "must be positive")
         need(self.standby_interval_s > 0, "OMS_STANDBY_INTERVAL_S", "must be positive")
         need(self.session_timeout_s >= 6, "OMS_SESSION_TIMEOUT_S", "must be at least 6 seconds")
         need(self.workers >= 1, "OMS_WORKERS", "must be at least 1")

@@ -12,6 +12,11 @@ API tokens are stored as SHA-256 hex digests, never in clear. A Shopify shop is 
     domain = "acme-store.myshopify.com"
     shop_id = "acme-store"
     secret_env = "ACME_SHOPIFY_SECRET"
+
+    [[tenants.acme.pull]]            # order pulling (定时抓取) from the platform's order list, besides its pushes
+    channel = "tmall"
+    shop_id = "tm-1"
+    every_s = 5.0
 """
 
 from __future__ import annotations
@@ -37,10 +42,19 @@ class ShopifyShop(msgspec.Struct, kw_only=True, frozen=True):
         return os.environ.get(self.secret_env, "") if self.secret_env else self.secret
 
 
+class PullShop(msgspec.Struct, kw_only=True, frozen=True):
+    """A shop whose orders are also pulled from its platform's order list (定时抓取), every ``every_s``."""
+
+    channel: str
+    shop_id: Ident
+    every_s: float = 5.0
+
+
 class TenantConfig(msgspec.Struct, kw_only=True, frozen=True):
     tokens_sha256: list[str] = msgspec.field(default_factory=list)
     shopify: list[ShopifyShop] = msgspec.field(default_factory=list)
     check_catalog: bool = True
+    pull: list[PullShop] = msgspec.field(default_factory=list)
 
 
 class TenantsFile(msgspec.Struct, kw_only=True, frozen=True):
@@ -88,6 +102,10 @@ class Tenants:
                 if shop.domain.lower() == domain.lower():
                     return tenant, shop
         return None
+
+    def pulled_shops(self) -> list[tuple[str, PullShop]]:
+        """Every (tenant, shop) whose orders are pulled, in a stable order."""
+        return sorted(((t, p) for t, cfg in self.config.items() for p in cfg.pull), key=lambda x: (x[0], x[1].shop_id))
 
     def checks_catalog(self, tenant: str) -> bool:
         cfg = self.config.get(tenant)

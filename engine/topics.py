@@ -34,6 +34,7 @@ from schemas.inbox import InboxRecord
 from schemas.inventory import InventoryCommand, StockEvent
 from schemas.ledger import LedgerRecord, Reconciliation, Voucher
 from schemas.order import Channel
+from schemas.pulling import PullCheckpoint
 from schemas.review import OrderCancellation, ReviewDecision, RuleSet
 from schemas.saga import OrderDecision
 from schemas.shipping import (
@@ -411,6 +412,17 @@ SPECS: tuple[TopicSpec, ...] = (
         "The platforms' answers to stock updates (accepted, refused and why), as the gateway received them.",
     ),
     _spec(
+        "pull_checkpoints",
+        "pull-checkpoints",
+        "tenant:channel:shop_id",
+        PullCheckpoint,
+        "pull-checkpoint.v1",
+        True,
+        "How far each pulled shop's order list has been read (compacted), written in the transaction of the raw "
+        "orders of the window it closes; the order pullers own shops by its partitions.",
+        cleanup_policy="compact",
+    ),
+    _spec(
         "dead_letters",
         "dead-letters",
         "original key",
@@ -471,6 +483,7 @@ class Topics:
     stock_sync_rules: str
     stock_sync_requests: str
     stock_sync_results: str
+    pull_checkpoints: str
     dead_letters: str
 
     def all(self) -> list[str]:

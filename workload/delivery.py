@@ -20,7 +20,7 @@ import orjson
 
 from engine.kafka.clients import Sender
 from engine.settings import Settings
-from engine.tenants import ShopifyShop, TenantConfig, token_digest, write
+from engine.tenants import PullShop, ShopifyShop, TenantConfig, token_digest, write
 from engine.topics import Topics
 from workload.channels import SHOPIFY_DOMAIN, Delivery
 from workload.stock import SENT_HEADER
@@ -35,10 +35,17 @@ class Credentials:
     path: Path
 
     @classmethod
-    def create(cls, tenants: Iterable[str], directory: Path, shops: Iterable[str] = ("s1", "s2")) -> Credentials:
-        """Fresh tokens and webhook secrets for a run, written as an OMS_TENANTS_FILE."""
+    def create(
+        cls,
+        tenants: Iterable[str],
+        directory: Path,
+        shops: Iterable[str] = ("s1", "s2"),
+        pull: Iterable[tuple[str, PullShop]] = (),
+    ) -> Credentials:
+        """Fresh tokens and webhook secrets for a run, written as an OMS_TENANTS_FILE (with the shops whose orders
+        are pulled, if any)."""
         directory.mkdir(parents=True, exist_ok=True)
-        tenants, shops = list(tenants), list(shops)
+        tenants, shops, pulled = list(tenants), list(shops), list(pull)
         tokens = {t: secrets.token_urlsafe(24) for t in tenants}
         shopify = {
             (t, s): (SHOPIFY_DOMAIN.format(tenant=t, shop=s), secrets.token_hex(16)) for t in tenants for s in shops
@@ -47,6 +54,7 @@ class Credentials:
             t: TenantConfig(
                 tokens_sha256=[token_digest(tokens[t])],
                 shopify=[ShopifyShop(domain=shopify[(t, s)][0], shop_id=s, secret=shopify[(t, s)][1]) for s in shops],
+                pull=[p for owner, p in pulled if owner == t],
             )
             for t in tenants
         }

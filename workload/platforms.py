@@ -1,15 +1,24 @@
 """Simulated platforms (Taobao/Tmall, JD, Douyin, Shopify) as a real HTTP server, for the main job and the tests.
 
-It speaks the stock-update requests of :mod:`agents.stocksync.platforms` and answers in each platform's shape;
-it keeps, per platform, shop and SKU, the last quantity set, applies each idempotency key once (a second call
-gets the first answer), and refuses every ``fail_every``-th call the way its platform does (Taobao/JD an
-``error_response`` "service busy", Douyin ``code`` 50002, Shopify HTTP 429). ``GET /state`` shows what it holds.
+Stock sync: it speaks the stock-update requests of :mod:`agents.stocksync.platforms` and answers in each
+platform's shape; it keeps, per platform, tenant, shop and SKU, the last quantity set, applies each idempotency key
+once (a second call gets the first answer), and refuses every ``fail_every``-th call the way its platform does
+(Taobao/JD an ``error_response`` "service busy", Douyin ``code`` 50002, Shopify HTTP 429).
+
+Order lists (定时抓取): every order placed on it (:meth:`SimulatedPlatforms.place`), stamped with the platform's
+own modification time (wall time when placed), is listed by Taobao's ``taobao.trades.sold.increment.get`` (by
+modified time, page by page, ``has_next``); at most ``list_per_s`` list calls per shop and second (more: "App
+Call Limited"); :meth:`SimulatedPlatforms.outage` makes every list call fail until it ends.
+
+``GET /state`` shows what it holds.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import urllib.parse
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -21,12 +30,19 @@ PATHS = {"/router/rest": "taobao", "/routerjson": "jd", "/sku/syncStock": "douyi
 
 
 class SimulatedPlatforms:
-    def __init__(self, fail_every: int = 0, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, fail_every: int = 0, host: str = "127.0.0.1", port: int = 0, list_per_s: int = 20) -> None:
         self.fail_every = fail_every
         self.lock = threading.Lock()
         self.quantities: dict[tuple[str, str, str, str], int] = {}  # (platform, tenant, shop, sku) -> quantity
         self.answers: dict[str, tuple[int, bytes]] = {}  # idempotency key -> the first answer
         self.calls = self.refused = self.repeated = 0
+        self.listed: dict[
+            tuple[str, str], list[tuple[int, str, bytes]]
+        ] = {}  # (tenant, shop) -> (modified, tid, trade)
+        self.list_per_s = list_per_s
+        self.list_calls = self.list_refused = 0
+        self._list_window: dict[tuple[str, str], list[float]] = {}
+        self._outage = False
         platforms = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -45,7 +61,10 @@ class SimulatedPlatforms:
                 if platform is None:
                     self._send(404, b'{"error": "not found"}')
                     return
-                status, answer = platforms.handle(platform, self.headers, body)
+                if platform == "taobao" and b"method=taobao.trades.sold.increment.get" in body:
+                    status, answer = platforms.list_trades(self.headers, body)
+                else:
+                    status, answer = platforms.handle(platform, self.headers, body)
                 self._send(status, answer)
 
             def _send(self, status: int, body: bytes) -> None:
@@ -82,7 +101,50 @@ class SimulatedPlatforms:
                 "calls": self.calls,
                 "refused": self.refused,
                 "repeated": self.repeated,
+                "orders_listed": sum(len(v) for v in self.listed.values()),
+                "list_calls": self.list_calls,
+                "list_refused": self.list_refused,
             }
+
+    # -- order lists -------------------------------------------------------------------------------------------
+    def place(self, tenant: str, shop: str, trade: dict[str, Any], modified_ms: int | None = None) -> None:
+        """An order (a Taobao trade) as the platform holds it, modified now (or at ``modified_ms``)."""
+        at = int(time.time() * 1000) if modified_ms is None else modified_ms
+        with self.lock:
+            self.listed.setdefault((tenant, shop), []).append((at, str(trade["tid_str"]), orjson.dumps(trade)))
+
+    def outage(self, down: bool) -> None:
+        with self.lock:
+            self._outage = down
+
+    def list_trades(self, headers: Any, body: bytes) -> tuple[int, bytes]:
+        tenant, shop = headers.get("X-Oms-Tenant", ""), headers.get("X-Oms-Shop", "")
+        form = dict(urllib.parse.parse_qsl(body.decode()))
+        with self.lock:
+            self.list_calls += 1
+            now = time.monotonic()
+            recent = [t for t in self._list_window.get((tenant, shop), []) if now - t < 1.0]
+            self._list_window[(tenant, shop)] = [*recent, now]
+            if self._outage:
+                self.list_refused += 1
+                error = {"code": 520, "msg": "Remote service error", "sub_code": "isp.remote-service-unavailable"}
+                return 200, orjson.dumps({"error_response": error})
+            if len(recent) >= self.list_per_s:
+                self.list_refused += 1
+                return 200, orjson.dumps({"error_response": {"code": 7, "msg": "App Call Limited"}})
+            try:
+                start, end = cst_ms(form["start_modified"]), cst_ms(form["end_modified"])
+                page, size = int(form.get("page_no", 1)), min(100, int(form.get("page_size", 40)))
+            except (KeyError, ValueError) as exc:
+                return 200, orjson.dumps({"error_response": {"code": 41, "msg": f"Invalid arguments: {exc}"}})
+            found = sorted((m, tid, t) for m, tid, t in self.listed.get((tenant, shop), []) if start <= m < end + 1000)
+        chunk = found[(page - 1) * size : page * size]
+        trades = b"[" + b",".join(t for _, _, t in chunk) + b"]"
+        has_next = b"true" if page * size < len(found) else b"false"
+        return 200, (
+            b'{"trades_sold_increment_get_response":{"total_results":' + str(len(found)).encode()
+            + b',"has_next":' + has_next + b',"trades":{"trade":' + trades + b"}}}"
+        )  # fmt: skip
 
     def handle(self, platform: str, headers: Any, body: bytes) -> tuple[int, bytes]:
         tenant, shop = headers.get("X-Oms-Tenant", ""), headers.get("X-Oms-Shop", "")
@@ -137,3 +199,11 @@ def busy(platform: str) -> tuple[int, bytes]:
     if platform == "douyin":
         return 200, orjson.dumps({"code": 50002, "msg": "系统繁忙，请稍后重试"})
     return 429, orjson.dumps({"errors": "Exceeded 2 calls per second for api client. Reduce request rates."})
+
+
+CST = timezone(timedelta(hours=8))
+
+
+def cst_ms(text: str) -> int:
+    """Taobao's ``yyyy-MM-dd HH:mm:ss`` (China time) as epoch milliseconds."""
+    return int(datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=CST).timestamp() * 1000)
