@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import re
 import secrets
 import shutil
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -38,16 +40,19 @@ from agents.shipping.publish import demo_policy, publish_policies
 from agents.stocksync.publish import publish_sync_rules
 from deploy.local.servers import LocalServerError, LocalServers
 from engine.kafka.admin import KafkaUnavailable, create_topics, delete_topics, wait_for_broker
-from engine.kafka.clients import DeliveryFailed, Message, tail, unprocessed
+from engine.kafka.clients import DeliveryFailed, Message, read_topics, tail, unprocessed
 from engine.readmodels.catalog import publish as publish_catalog
 from engine.readmodels.redis import Keys
 from engine.settings import Settings
 from engine.supervisor import WorkerError, WorkerPool
+from engine.tenants import PullShop
 from engine.topics import Topics
 from invariants import Inputs, check, collect
 from schemas import wire
 from schemas.fulfilment import Layout, WavePolicy
 from schemas.ledger import LedgerPolicy, LedgerPolicyVersion, TrialBalance
+from schemas.order import Channel
+from schemas.pulling import PullCheckpoint
 from schemas.review import Action, OperatorActionKind, Outcome, ReviewDecision
 from schemas.saga import DecisionStatus, OrderDecision
 from schemas.shipping import ShippingPolicyVersion
@@ -61,7 +66,7 @@ from workload.aftersales import (
     shipped_parcels,
     wait_quiet,
 )
-from workload.channels import channel_day
+from workload.channels import Delivery, channel_day
 from workload.delivery import Credentials, DeliveryStats, deliver, resolve_holds
 from workload.generator import Workload, WorkloadSpec
 from workload.picking import PickingDay, PickingStalled, confirm_all
@@ -145,6 +150,31 @@ def run_layouts(settings: Settings, workload: Workload) -> list[Layout]:
     ]
 
 
+PULL_ONLY_SHARE = 0.03  # of the Tmall orders with a single delivery: their push is lost, only a pull finds them
+
+
+def split_pull_only(
+    deliveries: list[Delivery], seed: int, platforms: SimulatedPlatforms | None
+) -> tuple[list[Delivery], list[Delivery]]:
+    """The day's deliveries without those of a few Tmall orders (``PULL_ONLY_SHARE`` of those with one delivery,
+    sent to the raw topic), which are placed on the simulated platform instead: only the order pullers can bring
+    them in. Nothing is held back when the platforms are real (``OMS_PLATFORM_URL``)."""
+    if platforms is None:
+        return deliveries, []
+    per_order = Counter(d.raw_key for d in deliveries)
+    rng = random.Random(seed * 7_919)
+    chosen = {
+        d.raw_key
+        for d in deliveries
+        if d.channel is Channel.TMALL and d.kind == "order" and d.via == "kafka" and per_order[d.raw_key] == 1
+        and d.intent is not None and d.shop in ("s1", "s2") and rng.random() < PULL_ONLY_SHARE
+    }  # fmt: skip
+    pull_only = [d for d in deliveries if d.raw_key in chosen]
+    for d in pull_only:
+        platforms.place(d.tenant, d.shop, orjson.loads(d.body))
+    return [d for d in deliveries if d.raw_key not in chosen], pull_only
+
+
 def day_sync_rules(workload: Workload) -> list[SyncRules]:
     """The day's stock-sync rules: every platform shop of every tenant (the generator's shops ``s1`` and ``s2`` on
     Tmall, JD, Douyin and Shopify), shares, a fixed quantity, a shop switched off, the flash SKU kept off Douyin."""
@@ -169,7 +199,9 @@ def main_job(base: Settings, opts: RunOptions) -> int:
     run_id = time.strftime("r%Y%m%d%H%M%S")
     run_dir = Path(base.state_dir) / "runs" / run_id
     workload = Workload(WorkloadSpec(orders=opts.orders, seed=opts.seed, flash_sale=opts.flash_sale))
-    creds = Credentials.create(workload.spec.tenants, run_dir)
+    pulled_shops = [(t, PullShop(channel="tmall", shop_id=shop, every_s=2.0)) for t in workload.spec.tenants
+                    for shop in ("s1", "s2")]  # fmt: skip
+    creds = Credentials.create(workload.spec.tenants, run_dir, pull=pulled_shops)
     settings = base.with_(
         topic_prefix=f"{base.topic_prefix}.{run_id}",
         app_id=f"{base.app_id}-{run_id}",
@@ -237,7 +269,9 @@ def main_job(base: Settings, opts: RunOptions) -> int:
         startup_s = time.monotonic() - t0
 
         deliveries = list(channel_day(workload.orders(), opts.seed))
-        monitor.expected = len({d.intent.key for d in deliveries if d.intent is not None})  # for chaos timing
+        # Some Tmall orders' pushes never come: they are only on the platform, for the pullers to find.
+        deliveries, pull_only = split_pull_only(deliveries, opts.seed, platforms)
+        monitor.expected = len({d.intent.key for d in deliveries + pull_only if d.intent is not None})
         monitor.start()
         desk.start()  # buyers come to the stores for their pickups as the codes arrive
         start = time.monotonic()
@@ -245,6 +279,7 @@ def main_job(base: Settings, opts: RunOptions) -> int:
             sent = asyncio.run(deliver(settings, topics, deliveries, creds, workers))
         phases = {"send": time.monotonic() - start}
         inputs.add_orders(d.intent for i, d in enumerate(deliveries) if i in sent.taken and d.intent is not None)
+        inputs.add_orders(d.intent for d in pull_only if d.intent is not None)
         inputs.bad_records = {d.body for d in deliveries if d.kind == "bad" and d.via == "kafka"}
         expected = monitor.expected = len(inputs.orders)
         stall = opts.stall_s or max(180.0, 3 * settings.session_timeout_s + 60)
@@ -299,6 +334,7 @@ def main_job(base: Settings, opts: RunOptions) -> int:
         summary["books"] = books_summary(outputs, verdict.counts)
         summary["books"]["postgres"] = postgres_books(settings, outputs)
         summary["stock_sync"] = stock_sync_summary(outputs, platforms)
+        summary["pulling"] = pulling_summary(settings, topics, pull_only, outputs)
         summary["ok"] = summary["ok"] and summary["books"]["postgres"].get("agrees", False)
         # where the day's time went: sending it, deciding every order not held, the operator pass on the holds
         summary["phases_s"] = {k: round(v, 1) for k, v in phases.items()}
@@ -750,6 +786,29 @@ def stock_sync_summary(outputs: Any, platforms: SimulatedPlatforms | None) -> di
     return summary
 
 
+def pulling_summary(settings: Settings, topics: Topics, pull_only: list[Delivery], outputs: Any) -> dict[str, Any]:
+    """Orders pulled from the platforms' order lists (their checkpoints), and the pull-only orders decided."""
+    latest: dict[str, PullCheckpoint] = {}
+    for m in read_topics(settings.bootstrap, [topics.pull_checkpoints]):
+        cp = wire.decode(m.value, PullCheckpoint)
+        latest[cp.key] = cp
+    keys = {d.intent.key for d in pull_only if d.intent is not None}
+    return {
+        "shops": len(latest),
+        "windows": sum(c.windows for c in latest.values()),
+        "pulled": sum(c.pulled for c in latest.values()),
+        "pull_only": len(keys),
+        "pull_only_decided": len({d.key for d in outputs.decisions if d.key in keys}),
+    }
+
+
+def _pulling_row(p: dict[str, Any]) -> str:
+    return (
+        f"{p['pulled']:,} orders pulled from {p['shops']} shops' order lists in {p['windows']:,} windows · "
+        f"{p['pull_only_decided']:,} of {p['pull_only']:,} orders whose push never came decided"
+    )
+
+
 def _stock_sync_row(s: dict[str, Any]) -> str:
     return (
         f"{s['updates']:,} updates to {s['shops']} shops for {s['skus']:,} SKUs: {s['accepted']:,} accepted, "
@@ -858,6 +917,7 @@ def print_report(s: dict[str, Any], console: Console) -> None:
         ("books", _books_row(s.get("books", {}))),
         ("trial balance", _trial_balance_row(s.get("books", {}))),
         ("stock sync", _stock_sync_row(s["stock_sync"]) if s.get("stock_sync") else "not run"),
+        ("pulling", _pulling_row(s["pulling"]) if s.get("pulling") else "not run"),
         ("oversold units", f"{s['oversold_units']}"),
         ("invariants", "[green]ok[/]" if s["invariants"] == "ok" else "[red]VIOLATED[/]"),
     ]

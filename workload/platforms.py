@@ -46,6 +46,8 @@ class SimulatedPlatforms:
         platforms = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive: a gateway thread sends its calls on one connection
+
             def log_message(self, *args: Any) -> None:  # quiet
                 return
 

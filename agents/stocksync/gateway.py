@@ -11,10 +11,11 @@ like any other: the stage asks again.
 
 from __future__ import annotations
 
+import http.client
 import logging
+import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -34,27 +35,40 @@ class StockPlatform(Protocol):
 
 
 class HttpPlatform:
-    """The platforms' open APIs under one base URL (a real gateway, or the simulated platforms)."""
+    """The platforms' open APIs under one base URL (a real gateway, or the simulated platforms). Each calling thread
+    keeps its own connection open (HTTP/1.1 keep-alive) and opens a new one after an error."""
 
     def __init__(self, base_url: str, timeout_s: float = 5.0) -> None:
-        self.base_url = base_url.rstrip("/")
+        url = urllib.parse.urlsplit(base_url)
+        self.https = url.scheme == "https"
+        self.host = url.hostname or "127.0.0.1"
+        self.port = url.port or (443 if self.https else 80)
+        self.prefix = url.path.rstrip("/")
         self.timeout_s = timeout_s
+        self.local = threading.local()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            kind = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
+            conn = self.local.conn = kind(self.host, self.port, timeout=self.timeout_s)
+        return conn
 
     def set_quantity(self, update: StockUpdate) -> tuple[bool, str]:
         req = request_for(update)
-        http = urllib.request.Request(
-            self.base_url + req.path,
-            data=req.body,
-            method="POST",
-            headers={"Content-Type": req.content_type, **req.headers},
-        )
-        try:
-            with urllib.request.urlopen(http, timeout=self.timeout_s) as res:
+        headers = {"Content-Type": req.content_type, **req.headers}
+        for attempt in (1, 2):  # a kept connection the server closed meanwhile: once more on a new one
+            conn = self._connection()
+            try:
+                conn.request("POST", self.prefix + req.path, body=req.body, headers=headers)
+                res = conn.getresponse()
                 return accepted(update.platform, res.status, res.read())
-        except urllib.error.HTTPError as exc:
-            return accepted(update.platform, exc.code, exc.read())
-        except (OSError, TimeoutError) as exc:
-            return False, f"unreachable: {exc}"[:500]
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                self.local.conn = None
+                if attempt == 2:
+                    return False, f"unreachable: {exc}"[:500]
+        raise AssertionError("unreachable")
 
 
 class StockSyncGateway(Gateway):
