@@ -2,7 +2,7 @@
 
     python -m bench all            # everything, about 45 minutes on 2 cores
     python -m bench all --quick    # the same tables from short runs (about 12 minutes): a smoke, not a result
-    python -m bench pipeline | variants | latency | recovery | locust | paths | fulfilment | ledger | goals   # one part
+    python -m bench pipeline | variants | latency | recovery | locust | paths | fulfilment | ledger | lookups | goals
 
 Each part starts the local servers if needed, ends its runs with the invariants checked, and rewrites only its
 own section. The exit code is 1 if any part failed (a broken invariant is a failure, never a number).
@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import time
 
-PARTS = ("pipeline", "variants", "latency", "recovery", "locust", "paths", "fulfilment", "ledger", "goals")
+PARTS = ("pipeline", "variants", "latency", "recovery", "locust", "paths", "fulfilment", "ledger", "lookups", "goals")
 
 
 def _args(part: str, quick: bool) -> list[str]:
@@ -35,6 +35,8 @@ def _args(part: str, quick: bool) -> list[str]:
         return ["--orders", "2000", "--reps", "1"] if quick else []
     if part == "ledger":
         return ["--orders", "5000", "--reps", "1", "--stage-reps", "1"] if quick else []
+    if part == "lookups":
+        return ["--orders", "2000", "--reps", "1"] if quick else []
     raise ValueError(part)
 
 
@@ -55,6 +57,8 @@ def _main(part: str) -> object:
         from bench.fulfilment import main
     elif part == "ledger":
         from bench.ledger import main
+    elif part == "lookups":
+        from bench.lookups import main
     else:
         from bench.locust.run import main
     return main

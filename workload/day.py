@@ -319,6 +319,8 @@ def main_job(base: Settings, opts: RunOptions) -> int:
         with console.status("Waiting for the last stock updates to reach the platforms…"):
             wait_stock_sync(settings, topics, pool)
             inputs.stock_sync_complete = True
+        with console.status("Customer service looks orders and stock up through the query API…"):
+            lookups = look_up(settings, topics, creds, workers, inputs, opts.seed, pool)
         stuck = stuck_sagas(pool)
         pool.stop()
         with console.status("Checking invariants from the result topics against what was sent…"):
@@ -335,6 +337,8 @@ def main_job(base: Settings, opts: RunOptions) -> int:
         summary["books"]["postgres"] = postgres_books(settings, outputs)
         summary["stock_sync"] = stock_sync_summary(outputs, platforms)
         summary["pulling"] = pulling_summary(settings, topics, pull_only, outputs)
+        summary["lookups"] = lookups
+        summary["ok"] = summary["ok"] and lookups["wrong"] == 0 and lookups["not_found"] == 0
         summary["ok"] = summary["ok"] and summary["books"]["postgres"].get("agrees", False)
         # where the day's time went: sending it, deciding every order not held, the operator pass on the holds
         summary["phases_s"] = {k: round(v, 1) for k, v in phases.items()}
@@ -786,6 +790,94 @@ def stock_sync_summary(outputs: Any, platforms: SimulatedPlatforms | None) -> di
     return summary
 
 
+LOOKUPS = 300  # orders customer service looks up at the end of the day (and stock for 50 SKUs per tenant)
+
+
+def look_up(
+    settings: Settings, topics: Topics, creds: Credentials, workers: int, inputs: Inputs, seed: int, pool: WorkerPool
+) -> dict[str, Any]:
+    """Orders and stock looked up through the query API once the views caught up, each answer held against the
+    topics: an order's view has the lines that were sent and a status that agrees with its decision; a SKU's ATP
+    is on hand − reserved as its last stock event says. Returns counts and latencies (wrong and not found: 0)."""
+    from agents.views.projection import Views
+    from engine.readmodels.projector import projector_group
+    from schemas.inventory import StockEvent
+
+    deadline = time.monotonic() + 120
+    while unprocessed(settings.bootstrap, projector_group(settings), Views(topics).topics()):
+        pool.supervise()
+        if time.monotonic() > deadline:
+            raise RunFailed("the views projector did not catch up within 120 s")
+        time.sleep(0.5)
+    decisions = (wire.decode(m.value, OrderDecision) for m in read_topics(settings.bootstrap, [topics.order_decisions]))
+    decided = {d.order_id: d.status.value for d in decisions}
+    last: dict[tuple[str, str], dict[str, StockEvent]] = {}
+    for m in read_topics(settings.bootstrap, [topics.stock_events]):
+        e = wire.decode(m.value, StockEvent)
+        last.setdefault((e.tenant, e.sku), {})[e.warehouse] = e
+    rng = random.Random(seed)
+    sent = sorted(inputs.orders.values(), key=lambda o: o.key)
+    ms: list[float] = []
+    wrong: list[str] = []
+    not_found = 0
+    for i, order in enumerate(rng.sample(sent, min(LOOKUPS, len(sent)))):
+        o = order.latest()
+        started = time.perf_counter()
+        status, view = _get(
+            settings.web_port + i % workers, f"/api/v1/{o.tenant}/orders/{o.order_id}", creds.tokens[o.tenant]
+        )
+        ms.append((time.perf_counter() - started) * 1000)
+        if status == 404:
+            not_found += 1
+            continue
+        lines = [(ln["sku"], ln["quantity"]) for ln in view.get("lines", [])]
+        want = decided.get(o.order_id)
+        agrees = (
+            want is None or view.get("status") == want or (want == "accepted" and view.get("status") in ACCEPTED_AFTER)
+        )
+        if status != 200 or lines != [(ln.sku, ln.quantity) for ln in o.lines] or not agrees:
+            wrong.append(f"{o.order_id}: {status} {view.get('status')} (decision {want})")
+    skus = sorted(last)
+    for i, (tenant, sku) in enumerate(rng.sample(skus, min(100, len(skus)))):
+        started = time.perf_counter()
+        status, view = _get(settings.web_port + i % workers, f"/api/v1/{tenant}/stock/{sku}", creds.tokens[tenant])
+        ms.append((time.perf_counter() - started) * 1000)
+        atp = sum(max(0, e.on_hand - e.reserved) for e in last[(tenant, sku)].values())
+        if status != 200 or view.get("atp") != atp:
+            wrong.append(f"{tenant}:{sku}: {status} atp {view.get('atp')} (stock events: {atp})")
+    ms.sort()
+    return {
+        "served": len(ms),
+        "p50_ms": round(ms[len(ms) // 2], 2) if ms else None,
+        "p99_ms": round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 2) if ms else None,
+        "not_found": not_found,
+        "wrong": len(wrong),
+        "examples": wrong[:5],
+    }
+
+
+ACCEPTED_AFTER = ("accepted", "waved", "picked", "shipped", "delivered", "returned", "cancelled")
+
+
+def _get(port: int, path: str, token: str) -> tuple[int, dict[str, Any]]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as res:
+            return res.status, orjson.loads(res.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, {}
+
+
+def _lookups_row(x: dict[str, Any]) -> str:
+    return (
+        f"{x['served']:,} answered (orders and stock) · p50 {x['p50_ms']} ms, p99 {x['p99_ms']} ms · "
+        f"{x['wrong']} disagree with the topics, {x['not_found']} not found"
+    )
+
+
 def pulling_summary(settings: Settings, topics: Topics, pull_only: list[Delivery], outputs: Any) -> dict[str, Any]:
     """Orders pulled from the platforms' order lists (their checkpoints), and the pull-only orders decided."""
     latest: dict[str, PullCheckpoint] = {}
@@ -918,6 +1010,7 @@ def print_report(s: dict[str, Any], console: Console) -> None:
         ("trial balance", _trial_balance_row(s.get("books", {}))),
         ("stock sync", _stock_sync_row(s["stock_sync"]) if s.get("stock_sync") else "not run"),
         ("pulling", _pulling_row(s["pulling"]) if s.get("pulling") else "not run"),
+        ("lookups", _lookups_row(s["lookups"]) if s.get("lookups") else "not run"),
         ("oversold units", f"{s['oversold_units']}"),
         ("invariants", "[green]ok[/]" if s["invariants"] == "ok" else "[red]VIOLATED[/]"),
     ]
