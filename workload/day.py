@@ -70,7 +70,7 @@ from workload.channels import Delivery, channel_day
 from workload.delivery import Credentials, DeliveryStats, deliver, resolve_holds
 from workload.generator import Workload, WorkloadSpec
 from workload.picking import PickingDay, PickingStalled, confirm_all
-from workload.platforms import SimulatedPlatforms
+from workload.platforms import PlatformsProcess
 from workload.stock import load_stock
 
 PICK_SHORT_RATE = 0.01  # share of pick-list stops the main job's pickers find short (缺货)
@@ -154,7 +154,7 @@ PULL_ONLY_SHARE = 0.03  # of the Tmall orders with a single delivery: their push
 
 
 def split_pull_only(
-    deliveries: list[Delivery], seed: int, platforms: SimulatedPlatforms | None
+    deliveries: list[Delivery], seed: int, platforms: PlatformsProcess | None
 ) -> tuple[list[Delivery], list[Delivery]]:
     """The day's deliveries without those of a few Tmall orders (``PULL_ONLY_SHARE`` of those with one delivery,
     sent to the raw topic), which are placed on the simulated platform instead: only the order pullers can bring
@@ -216,7 +216,11 @@ def main_job(base: Settings, opts: RunOptions) -> int:
         pickup_secret=base.pickup_secret or secrets.token_hex(16),
     )
     # Stock updates go to simulated platforms (a real HTTP server here) unless OMS_PLATFORM_URL names real ones.
-    platforms = None if base.platform_url else SimulatedPlatforms(fail_every=STOCK_SYNC_FAIL_EVERY).start()
+    platforms = None
+    if not base.platform_url:
+        sim_log = Path(base.state_dir) / "logs" / f"{base.app_id}-{run_id}-platforms.log"
+        sim_log.parent.mkdir(parents=True, exist_ok=True)
+        platforms = PlatformsProcess(STOCK_SYNC_FAIL_EVERY, sim_log)
     if platforms is not None:
         settings = settings.with_(platform_url=platforms.url)
     workers = max(2, opts.workers or settings.workers)
@@ -770,7 +774,7 @@ def build_summary(
     }
 
 
-def stock_sync_summary(outputs: Any, platforms: SimulatedPlatforms | None) -> dict[str, Any]:
+def stock_sync_summary(outputs: Any, platforms: PlatformsProcess | None) -> dict[str, Any]:
     """What the shops were told: updates sent (by the stage), answers (accepted, refused), the SKUs and shops
     reached, and what the platforms counted (calls, repeats of an idempotency key)."""
     answers = Counter(r.status for r in outputs.stock_sync_results)

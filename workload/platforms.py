@@ -15,16 +15,24 @@ Call Limited"); :meth:`SimulatedPlatforms.outage` makes every list call fail unt
 
 from __future__ import annotations
 
+import argparse
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
+import urllib.request
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from agents.stocksync.platforms import SHOPIFY_PATH
+from engine.supervisor import Spawner
 
 PATHS = {"/router/rest": "taobao", "/routerjson": "jd", "/sku/syncStock": "douyin", SHOPIFY_PATH: "shopify"}
 
@@ -59,6 +67,14 @@ class SimulatedPlatforms:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path in ("/sim/place", "/sim/outage"):  # the simulation's own controls
+                    doc = orjson.loads(body)
+                    if self.path == "/sim/place":
+                        platforms.place(doc["tenant"], doc["shop"], doc["trade"], doc.get("modified_ms"))
+                    else:
+                        platforms.outage(bool(doc["down"]))
+                    self._send(200, b"{}")
+                    return
                 platform = PATHS.get(self.path)
                 if platform is None:
                     self._send(404, b'{"error": "not found"}')
@@ -203,9 +219,74 @@ def busy(platform: str) -> tuple[int, bytes]:
     return 429, orjson.dumps({"errors": "Exceeded 2 calls per second for api client. Reduce request rates."})
 
 
+class PlatformsProcess:
+    """The simulated platforms in a process of their own (``python -m workload.platforms``), with the same
+    ``url``, ``state``, ``place``, ``outage`` and ``stop`` as :class:`SimulatedPlatforms`: the main job serves tens
+    of thousands of stock updates, and in the job's own process they would wait for its GIL. The process is started
+    like a worker (it dies with the job) and logs to ``log_path``."""
+
+    def __init__(self, fail_every: int, log_path: Path, timeout_s: float = 30.0) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.spawner = Spawner()
+        argv = [sys.executable, "-m", "workload.platforms", "--port", str(port), "--fail-every", str(fail_every)]
+        self.proc = self.spawner.popen(argv, log_path, dict(os.environ))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self.state()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"the simulated platforms did not start (see {log_path})") from None
+                time.sleep(0.1)
+
+    def _post(self, path: str, doc: dict[str, Any]) -> None:
+        req = urllib.request.Request(self.url + path, data=orjson.dumps(doc), method="POST")
+        with urllib.request.urlopen(req, timeout=10) as res:
+            res.read()
+
+    def place(self, tenant: str, shop: str, trade: dict[str, Any], modified_ms: int | None = None) -> None:
+        self._post("/sim/place", {"tenant": tenant, "shop": shop, "trade": trade, "modified_ms": modified_ms})
+
+    def outage(self, down: bool) -> None:
+        self._post("/sim/outage", {"down": down})
+
+    def state(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + "/state", timeout=10) as res:
+            return dict(orjson.loads(res.read()))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.spawner.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workload.platforms", description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--fail-every", type=int, default=0)
+    args = parser.parse_args(argv)
+    platforms = SimulatedPlatforms(fail_every=args.fail_every, port=args.port)
+    print(f"simulated platforms at {platforms.url}", flush=True)
+    platforms.server.serve_forever()  # until SIGTERM
+    return 0
+
+
 CST = timezone(timedelta(hours=8))
 
 
 def cst_ms(text: str) -> int:
     """Taobao's ``yyyy-MM-dd HH:mm:ss`` (China time) as epoch milliseconds."""
     return int(datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=CST).timestamp() * 1000)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
