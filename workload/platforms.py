@@ -55,6 +55,7 @@ class SimulatedPlatforms:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive: a gateway thread sends its calls on one connection
+            disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms delayed-ACK wait
 
             def log_message(self, *args: Any) -> None:  # quiet
                 return

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import socket
 import threading
 import time
 import urllib.parse
@@ -52,6 +53,10 @@ class HttpPlatform:
         if conn is None:
             kind = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
             conn = self.local.conn = kind(self.host, self.port, timeout=self.timeout_s)
+            conn.connect()
+            # http.client writes the headers and the body separately: without TCP_NODELAY the body waits for the
+            # server's delayed ACK, ~40 ms a call (22 calls/s per thread, measured)
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return conn
 
     def set_quantity(self, update: StockUpdate) -> tuple[bool, str]:
