@@ -99,3 +99,16 @@ def test_rules_file_and_versions(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text('[[rulesets]]\ntenant = "acme"\n[[rulesets.rules]]\nkind = "nope"\n')
     with pytest.raises(RulesError):
         load_rules_file(tmp_path / "bad.toml")
+
+
+def test_repeat_homes_give_each_buyer_one_address_and_change_nothing_else() -> None:
+    from workload.generator import Workload, WorkloadSpec
+
+    plain = list(Workload(WorkloadSpec(orders=600, seed=5)).orders())
+    homes = list(Workload(WorkloadSpec(orders=600, seed=5, repeat_homes=True)).orders())
+    assert [(o.order_id, o.lines, o.buyer) for o in plain] == [(o.order_id, o.lines, o.buyer) for o in homes]
+    addresses: dict[tuple[str, str], set] = {}
+    for o in homes:
+        addresses.setdefault((o.tenant, o.buyer.id), set()).add(o.receiver)
+    assert max(len(a) for a in addresses.values()) == 1
+    assert any(len({o.receiver for o in plain if (o.tenant, o.buyer.id) == k}) > 1 for k in addresses)
