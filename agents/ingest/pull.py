@@ -29,24 +29,27 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from agents.ingest.adapters.base import CST
 from engine.kafka.clients import partition_for
 from engine.kafka.transactions import Aborted, TxnProducer
 from engine.settings import Settings
 from engine.tenants import PullShop
 from engine.topics import Topics
 from schemas import wire
+from schemas.deadletter import ReasonCode, dead_letter
 from schemas.order import Channel
 from schemas.pulling import PullCheckpoint, pull_key
 
 log = logging.getLogger("oms.pull")
 
-CST = timezone(timedelta(hours=8))
+#: a list page larger than this is refused (and asked again): nothing the platform answers can exhaust a worker
+MAX_PAGE_BYTES = 32 * 1024 * 1024
 
 
 class ListRefused(Exception):
@@ -91,16 +94,28 @@ class TaobaoOrderList:
         )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as res:
-                doc = orjson.loads(res.read())
+                raw = res.read(MAX_PAGE_BYTES + 1)
+            if len(raw) > MAX_PAGE_BYTES:
+                raise ListRefused(f"a page over {MAX_PAGE_BYTES} bytes (lower OMS_PULL_PAGE_SIZE)")
+            doc = orjson.loads(raw)
         except (OSError, TimeoutError, orjson.JSONDecodeError) as exc:
             raise ListRefused(f"unreachable or unreadable: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ListRefused("the answer is not a JSON object")
         if "error_response" in doc:
             raise ListRefused(str(doc["error_response"])[:300])
-        answer = doc.get("trades_sold_increment_get_response") or {}
-        trades = (answer.get("trades") or {}).get("trade") or []
-        return Page(
-            [(str(t.get("tid_str") or t.get("tid")), orjson.dumps(t)) for t in trades], bool(answer.get("has_next"))
-        )
+        answer = doc.get("trades_sold_increment_get_response")
+        trades = (answer.get("trades") or {}).get("trade") if isinstance(answer, dict) else None
+        if not isinstance(trades, list) and trades is not None:
+            raise ListRefused("trades is not a list")
+        orders = [(_tid(t), orjson.dumps(t)) for t in trades or []]
+        return Page(orders, bool(answer.get("has_next")) if isinstance(answer, dict) else False)
+
+
+def _tid(trade: Any) -> str:
+    """The trade's id for its raw key; a trade without one keeps a key ingest dead-letters (``bad_key``)."""
+    tid = (trade.get("tid_str") or trade.get("tid")) if isinstance(trade, dict) else None
+    return str(tid) if tid is not None else "missing-tid"
 
 
 @dataclass
@@ -225,7 +240,16 @@ class OrderPuller(threading.Thread):
         raw = self.topics.raw[Channel(shop.channel)]
         producer.begin()
         for platform_id, body in orders:
-            producer.produce(raw, f"{tenant}:{shop.shop_id}:{platform_id}".encode(), body)
+            raw_key = f"{tenant}:{shop.shop_id}:{platform_id}".encode()
+            if len(body) > s.max_payload_bytes:  # as ingest would for a push, but before the broker refuses it
+                letter = dead_letter(
+                    "pull", raw, -1, -1, raw_key, body, ReasonCode.OVERSIZE,
+                    f"a pulled order of {len(body)} bytes exceeds {s.max_payload_bytes} (OMS_MAX_PAYLOAD_BYTES)", now,
+                    tenant,
+                )  # fmt: skip
+                producer.produce(self.topics.dead_letters, raw_key, wire.encode(letter))
+                continue
+            producer.produce(raw, raw_key, body)
         producer.produce(self.topics.pull_checkpoints, cp.key.encode(), wire.encode(cp))
         try:
             producer.commit()  # the orders and the checkpoint, or neither
