@@ -24,13 +24,14 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from agents.ingest.adapters.base import CST
 from agents.stocksync.platforms import SHOPIFY_PATH
 from engine.supervisor import Spawner
 
@@ -279,9 +280,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"simulated platforms at {platforms.url}", flush=True)
     platforms.server.serve_forever()  # until SIGTERM
     return 0
-
-
-CST = timezone(timedelta(hours=8))
 
 
 def cst_ms(text: str) -> int:
